@@ -1,0 +1,174 @@
+"""The ``ollamactl`` command: a thin shell over the Python API.
+
+It parses flags, calls Controller, and turns results and typed errors into
+text (or one JSON object with ``--json``) and an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from ollamactl import __version__
+from ollamactl.errors import EXIT_CODES, EXIT_NOT_ANSWERING, OllamactlError, UsageError
+
+EPILOG = "exit codes:\n" + "\n".join(f"  {code:<3} {meaning}" for code, meaning in EXIT_CODES)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see: {self.prog} --help)")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds (got {text!r})") from None
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"must be in (0, 86400] seconds (got {text!r})")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; also the source of the man page."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print exactly one JSON object on stdout, errors included",
+    )
+    common.add_argument(
+        "--unit", default=argparse.SUPPRESS, metavar="UNIT", help="systemd unit to act on (default: ollama.service)"
+    )
+    common.add_argument(
+        "--url",
+        default=argparse.SUPPRESS,
+        metavar="URL",
+        help="Ollama's base URL (default: from OLLAMA_HOST, else http://127.0.0.1:11434)",
+    )
+    common.add_argument(
+        "--config", default=argparse.SUPPRESS, metavar="FILE", help="config file (default: /etc/ollamactl/config.toml)"
+    )
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log each step to stderr"
+    )
+
+    parser = _Parser(
+        prog="ollamactl",
+        description="Restart a wedged Ollama (ollama.service) without sudo, through systemd and polkit.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"ollamactl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser(
+        "restart",
+        parents=[common],
+        help="restart the unit and wait until Ollama answers",
+        description="Ask systemd to restart the unit, then wait until Ollama's API answers.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--reason", metavar="TEXT", help="why (logged with the restart)")
+    p.add_argument("--no-wait", action="store_true", help="return once systemd has queued the restart job")
+    p.add_argument("--timeout", type=_seconds, metavar="S", help="total seconds for job and readiness (default 90)")
+
+    sub.add_parser(
+        "status",
+        parents=[common],
+        help="show the unit's state and whether Ollama answers",
+        description="Show the unit's state and whether Ollama's API answers. "
+        f"Exits {EXIT_NOT_ANSWERING} if the unit is not active or the API does not answer.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in args_list
+    try:
+        args = build_parser().parse_args(args_list)
+        as_json = getattr(args, "json", False)
+        if getattr(args, "verbose", False):
+            from ollamactl._log import enable
+
+            enable()
+        return _dispatch(args, as_json)
+    except OllamactlError as err:
+        return _fail(err, as_json)
+    except KeyboardInterrupt:
+        return _fail(OllamactlError("interrupted"), as_json, code=130)
+
+
+def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
+    from ollamactl.config import load_config
+    from ollamactl.controller import Controller
+
+    settings: dict[str, Any] = {k: getattr(args, k, None) for k in ("unit", "url", "timeout")}
+    labels = {"unit": "--unit", "url": "--url", "timeout": "--timeout"}
+    config = load_config(settings, config_file=getattr(args, "config", None), labels=labels)
+    ctl = Controller(config=config)
+    if args.command == "restart":
+        result = ctl.restart(args.reason, wait=not args.no_wait)
+        _emit(result.to_dict() if as_json else _restart_text(result.to_dict()), as_json)
+        return 0
+    status = ctl.status()
+    _emit(status.to_dict() if as_json else _status_text(status.to_dict()), as_json)
+    return 0 if status.healthy else EXIT_NOT_ANSWERING
+
+
+def _emit(payload: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(payload, sort_keys=True))
+    else:
+        print(payload)
+
+
+def _fail(err: OllamactlError, as_json: bool, code: int | None = None) -> int:
+    data = err.to_dict()
+    if code is not None:
+        data["exit_code"] = code
+    if as_json:
+        print(json.dumps(data, sort_keys=True))
+    else:
+        print(f"ollamactl: {err.message}", file=sys.stderr)
+    return data["exit_code"]
+
+
+def _short(inv: str | None) -> str:
+    return inv[:12] if inv else "-"
+
+
+def _restart_text(r: dict[str, Any]) -> str:
+    if r["action"] == "queued":
+        return f"restart of {r['unit']} queued (job {r['job']}); not waiting for it"
+    total = (r["job_seconds"] or 0) + (r["ready_seconds"] or 0)
+    return (
+        f"restarted {r['unit']} in {total:.2f}s (systemd job {r['job_seconds']:.2f}s, "
+        f"API answering {r['ready_seconds']:.2f}s later, Ollama {r['api_version']})\n"
+        f"invocation {_short(r['old_invocation_id'])} -> {_short(r['new_invocation_id'])}"
+    )
+
+
+def _status_text(s: dict[str, Any]) -> str:
+    since = ""
+    if s["active_enter_timestamp"]:
+        since = " since " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s["active_enter_timestamp"]))
+    pid = f", pid {s['main_pid']}" if s["main_pid"] else ""
+    restarts = f", {s['n_restarts']} automatic restarts" if s["n_restarts"] else ""
+    api = f"answering (Ollama {s['api_version']})" if s["api_ok"] else f"NOT answering: {s['api_error']}"
+    return f"{s['unit']}: {s['active_state']} ({s['sub_state']}){since}{pid}{restarts}\nAPI {s['url']}: {api}"

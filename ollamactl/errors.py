@@ -1,0 +1,120 @@
+"""Typed failures, each with its own exit code and a one-line fix.
+
+The CLI prints ``str(err)`` and exits with ``err.exit_code``; the Python API
+raises the same objects, so apps can branch on the class instead of parsing
+text.  The exit codes are part of the public interface (see README).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_PERMISSION = 3
+EXIT_UNIT = 4
+EXIT_BUS = 5
+EXIT_RESTART_FAILED = 6
+EXIT_TIMEOUT = 7
+EXIT_NOT_ANSWERING = 10
+
+
+class OllamactlError(Exception):
+    """Base class: a failure the user can meet, with a fix in its message."""
+
+    exit_code = EXIT_ERROR
+    kind = "error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape printed by ``--json``."""
+        out: dict[str, Any] = {
+            "ok": False,
+            "error": self.kind,
+            "message": self.message,
+            "exit_code": self.exit_code,
+        }
+        out.update({k: v for k, v in self.details.items() if v is not None})
+        return out
+
+
+class UsageError(OllamactlError):
+    """A bad command-line flag or argument."""
+
+    exit_code = EXIT_USAGE
+    kind = "usage"
+
+
+class ConfigError(OllamactlError):
+    """A bad configuration value; nothing was done."""
+
+    exit_code = EXIT_USAGE
+    kind = "config"
+
+
+class PermissionDenied(OllamactlError):
+    """polkit (or the bus policy) refused the call."""
+
+    exit_code = EXIT_PERMISSION
+    kind = "permission-denied"
+
+
+class UnitNotFound(OllamactlError):
+    """systemd has no such unit loaded or on disk."""
+
+    exit_code = EXIT_UNIT
+    kind = "unit-not-found"
+
+
+class UnitMasked(OllamactlError):
+    """The unit is masked, so systemd refuses to start it."""
+
+    exit_code = EXIT_UNIT
+    kind = "unit-masked"
+
+
+class BusUnavailable(OllamactlError):
+    """The system bus (or systemd on it) cannot be reached."""
+
+    exit_code = EXIT_BUS
+    kind = "bus-unavailable"
+
+
+class RestartFailed(OllamactlError):
+    """systemd ran the restart, but the unit did not come back up."""
+
+    exit_code = EXIT_RESTART_FAILED
+    kind = "restart-failed"
+
+
+class TimedOut(OllamactlError):
+    """A deadline passed before the step finished."""
+
+    exit_code = EXIT_TIMEOUT
+    kind = "timeout"
+
+
+class NotAnswering(OllamactlError):
+    """Ollama's HTTP API does not answer."""
+
+    exit_code = EXIT_NOT_ANSWERING
+    kind = "not-answering"
+
+
+#: (exit code, meaning) for the README and ``--help``.
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (EXIT_OK, "success"),
+    (EXIT_ERROR, "unexpected error (a bug: please report it)"),
+    (EXIT_USAGE, "bad usage or configuration; nothing was done"),
+    (EXIT_PERMISSION, "permission denied by polkit or the bus"),
+    (EXIT_UNIT, "unit not found or masked"),
+    (EXIT_BUS, "system bus or systemd unavailable"),
+    (EXIT_RESTART_FAILED, "restart failed: the unit did not come back"),
+    (EXIT_TIMEOUT, "timed out"),
+    (EXIT_NOT_ANSWERING, "status: unit not active or Ollama's API not answering"),
+)

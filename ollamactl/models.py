@@ -1,0 +1,56 @@
+"""Results returned by the API and printed by ``--json``.
+
+pydantic models with plain field types only (str, int, float, bool, None), so
+they serialise to byte-identical JSON on pydantic 1.10 and 2.x.
+"""
+
+from __future__ import annotations
+
+from ollamactl._pydantic import BaseModel, to_dict, to_json
+
+
+class _Result(BaseModel):
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    def to_json(self) -> str:
+        return to_json(self)
+
+
+class RestartResult(_Result):
+    """What ``restart`` did.  action: "restarted", or "queued" with wait=False."""
+
+    ok: bool = True
+    action: str
+    unit: str
+    reason: str | None = None
+    job: str | None = None
+    job_result: str | None = None
+    old_invocation_id: str | None = None
+    new_invocation_id: str | None = None
+    job_seconds: float | None = None
+    ready_seconds: float | None = None
+    api_version: str | None = None
+
+
+class Status(_Result):
+    """The unit's state as systemd reports it, and whether the API answers.
+
+    healthy: active and answering, what ``ollamactl status`` exits 0 for.
+    """
+
+    healthy: bool
+    unit: str
+    load_state: str
+    active_state: str
+    sub_state: str
+    result: str | None = None
+    main_pid: int | None = None
+    invocation_id: str | None = None
+    active_enter_timestamp: float | None = None
+    n_restarts: int | None = None
+    fragment_path: str | None = None
+    url: str
+    api_ok: bool
+    api_version: str | None = None
+    api_error: str | None = None

@@ -1,0 +1,313 @@
+"""The systemd adapter: every D-Bus conversation with PID 1 lives here.
+
+We talk to ``org.freedesktop.systemd1`` on the system bus with dbus-next's
+low-level ``Message`` API (no introspection round trips).  dbus-next has no
+call timeout of its own, so every call is wrapped in a deadline, and every
+D-Bus error name is turned into one of our typed exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from dbus_next import BusType, Message, MessageType
+from dbus_next.aio import MessageBus
+from dbus_next.errors import DBusError, InvalidAddressError
+
+from ollamactl.errors import (
+    BusUnavailable,
+    OllamactlError,
+    PermissionDenied,
+    TimedOut,
+    UnitMasked,
+    UnitNotFound,
+)
+from ollamactl.units import unit_object_path
+
+SYSTEMD = "org.freedesktop.systemd1"
+MANAGER_PATH = "/org/freedesktop/systemd1"
+MANAGER = "org.freedesktop.systemd1.Manager"
+UNIT_IFACE = "org.freedesktop.systemd1.Unit"
+SERVICE_IFACE = "org.freedesktop.systemd1.Service"
+PROPS = "org.freedesktop.DBus.Properties"
+_JOB_MATCH = f"type='signal',sender='{SYSTEMD}',path='{MANAGER_PATH}',interface='{MANAGER}',member='JobRemoved'"
+_DENIED = {
+    "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired",
+    "org.freedesktop.DBus.Error.AccessDenied",
+    "org.freedesktop.DBus.Error.AuthFailed",
+}
+
+
+@dataclass(frozen=True)
+class UnitState:
+    """The unit properties that tell whether (and when) it was restarted."""
+
+    name: str
+    load_state: str
+    active_state: str
+    sub_state: str
+    result: str | None
+    main_pid: int | None
+    invocation_id: str | None
+    active_enter_timestamp: float | None  # seconds since the epoch
+    n_restarts: int | None
+    fragment_path: str | None
+
+    def check_loadable(self) -> None:
+        """Raise UnitNotFound / UnitMasked before asking systemd to act on it."""
+        if self.load_state == "not-found":
+            raise not_found(self.name)
+        if self.load_state == "masked":
+            raise masked(self.name)
+        if self.load_state not in ("loaded", ""):
+            raise UnitNotFound(
+                f"unit {self.name} failed to load (LoadState={self.load_state}); see: systemctl status {self.name}",
+                unit=self.name,
+                load_state=self.load_state,
+            )
+
+
+def not_found(unit: str, **details: Any) -> UnitNotFound:
+    return UnitNotFound(
+        f"unit {unit} not found; check the name (systemctl list-units --all '*ollama*') "
+        "or set it with --unit / OLLAMACTL_UNIT",
+        unit=unit,
+        **details,
+    )
+
+
+def masked(unit: str, **details: Any) -> UnitMasked:
+    return UnitMasked(
+        f"unit {unit} is masked; an admin can unmask it: sudo systemctl unmask {unit}", unit=unit, **details
+    )
+
+
+class DenialContext:
+    """What a PermissionDenied message needs to say who should do what."""
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+
+    def error(self, unit: str, verb: str, bus_error: str) -> PermissionDenied:
+        user = _user_name()
+        if _in_group(user, self.group):
+            msg = (
+                f"not allowed to {verb} {unit}: you are in group {self.group}, but no polkit rule "
+                f"grants {verb} of {unit} to it; ask an admin to install ollamactl's rule for this unit"
+            )
+        else:
+            msg = (
+                f"not allowed to {verb} {unit}: add yourself to group {self.group}: "
+                f"sudo usermod -aG {self.group} {user or '$USER'}"
+            )
+        return PermissionDenied(msg, unit=unit, group=self.group, bus_error=bus_error)
+
+
+def _user_name() -> str | None:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return None
+
+
+def _in_group(user: str | None, group: str) -> bool:
+    """Group membership as polkit sees it: the user's groups through NSS."""
+    import grp
+
+    if user is None:
+        return False
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        return False
+    return gid in os.getgrouplist(user, os.getgid())
+
+
+class SystemdBus:
+    """A connection to PID 1 on the system bus; use as ``async with``."""
+
+    def __init__(self, *, call_timeout: float, group: str = "ollamactl") -> None:
+        self.call_timeout = call_timeout
+        self.denial = DenialContext(group)
+        self._bus: MessageBus | None = None
+        self._subscribed = False
+        self._job_results: dict[str, str] = {}
+        self._job_waiters: dict[str, asyncio.Future[str]] = {}
+
+    async def __aenter__(self) -> SystemdBus:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    async def connect(self) -> None:
+        address = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/run/dbus/system_bus_socket")
+        try:
+            bus = MessageBus(bus_type=BusType.SYSTEM)
+            self._bus = await asyncio.wait_for(bus.connect(), self.call_timeout)
+        except TimeoutError:
+            raise BusUnavailable(
+                f"the system bus at {address} did not answer within {self.call_timeout:g}s; "
+                "check that dbus is running: systemctl status dbus",
+                address=address,
+            ) from None
+        except (OSError, InvalidAddressError, EOFError) as exc:
+            raise BusUnavailable(
+                f"cannot connect to the system bus at {address}: {_reason(exc)}; "
+                "check that dbus is running (systemctl status dbus) and DBUS_SYSTEM_BUS_ADDRESS",
+                address=address,
+            ) from None
+        except DBusError as exc:  # e.g. the auth handshake was refused
+            raise BusUnavailable(f"the system bus refused the connection: {exc.text}", address=address) from None
+        self._bus.add_message_handler(self._on_message)
+
+    def close(self) -> None:
+        if self._bus is not None:
+            self._bus.disconnect()
+            self._bus = None
+
+    async def call(
+        self,
+        path: str,
+        interface: str,
+        member: str,
+        signature: str = "",
+        body: list[Any] | None = None,
+        *,
+        destination: str = SYSTEMD,
+        timeout: float | None = None,
+        unit: str | None = None,
+        verb: str | None = None,
+    ) -> list[Any]:
+        """One method call under a deadline; D-Bus errors become typed exceptions."""
+        if self._bus is None:
+            raise RuntimeError("SystemdBus used before connect()")
+        msg = Message(
+            destination=destination,
+            path=path,
+            interface=interface,
+            member=member,
+            signature=signature,
+            body=body or [],
+        )
+        limit = self.call_timeout if timeout is None else min(timeout, self.call_timeout)
+        try:
+            reply = await asyncio.wait_for(self._bus.call(msg), max(limit, 0.001))
+        except TimeoutError:
+            raise TimedOut(
+                f"systemd did not answer {member} within {limit:g}s; the system may be overloaded",
+                step=member,
+            ) from None
+        except (OSError, EOFError) as exc:
+            raise BusUnavailable(f"lost the system bus during {member}: {_reason(exc)}") from None
+        if reply is None:
+            raise BusUnavailable(f"the system bus closed during {member}")
+        if reply.message_type == MessageType.ERROR:
+            text = reply.body[0] if reply.body else reply.error_name
+            raise self._map_error(reply.error_name, str(text), unit=unit, verb=verb or member)
+        return list(reply.body)
+
+    def _map_error(self, name: str, text: str, *, unit: str | None, verb: str) -> OllamactlError:
+        unit = unit or "?"
+        if name in _DENIED:
+            return self.denial.error(unit, verb, name)
+        if name in ("org.freedesktop.systemd1.NoSuchUnit", "org.freedesktop.systemd1.LoadFailed"):
+            return not_found(unit, bus_error=name)
+        if name == "org.freedesktop.systemd1.UnitMasked":
+            return masked(unit, bus_error=name)
+        if name in ("org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner"):
+            return BusUnavailable("systemd is not on the system bus (is PID 1 systemd?)", bus_error=name)
+        if name in ("org.freedesktop.DBus.Error.NoReply", "org.freedesktop.DBus.Error.Timeout"):
+            return TimedOut(f"systemd did not answer {verb}: {text}", bus_error=name)
+        return OllamactlError(f"systemd refused {verb} of {unit}: {text} ({name})", unit=unit, bus_error=name)
+
+    # -- jobs -----------------------------------------------------------------
+
+    def _on_message(self, msg: Message) -> None:
+        if (
+            msg.message_type == MessageType.SIGNAL
+            and msg.member == "JobRemoved"
+            and msg.interface == MANAGER
+            and len(msg.body) == 4
+        ):
+            _, job, _, result = msg.body
+            self._job_results[job] = result
+            waiter = self._job_waiters.pop(job, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(result)
+
+    async def subscribe(self) -> None:
+        """Ask for JobRemoved signals; must happen before the job is queued."""
+        if self._subscribed:
+            return
+        await self.call(
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "AddMatch",
+            "s",
+            [_JOB_MATCH],
+            destination="org.freedesktop.DBus",
+        )
+        await self.call(MANAGER_PATH, MANAGER, "Subscribe")
+        self._subscribed = True
+
+    async def restart_unit(self, unit: str, *, try_restart: bool = False) -> str:
+        """Queue a (try-)restart job in mode "replace"; return the job's object path."""
+        member = "TryRestartUnit" if try_restart else "RestartUnit"
+        verb = "try-restart" if try_restart else "restart"
+        (job,) = await self.call(MANAGER_PATH, MANAGER, member, "ss", [unit, "replace"], unit=unit, verb=verb)
+        return str(job)
+
+    async def wait_job(self, job: str, timeout: float) -> str:
+        """The job's result (done, failed, timeout, canceled, dependency, skipped)."""
+        if job in self._job_results:  # the signal beat the method reply
+            return self._job_results[job]
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._job_waiters[job] = fut
+        try:
+            return await asyncio.wait_for(fut, max(timeout, 0.001))
+        except TimeoutError:
+            raise TimedOut(
+                f"the restart job {job} did not finish within {timeout:.1f}s; "
+                "the unit may be slow to stop (see its TimeoutStopSec) or start",
+                job=job,
+            ) from None
+        finally:
+            self._job_waiters.pop(job, None)
+
+    # -- state ----------------------------------------------------------------
+
+    async def unit_state(self, unit: str, timeout: float | None = None) -> UnitState:
+        """Read the unit's state; loads the unit if needed, as ``systemctl show`` does."""
+        path = unit_object_path(unit)
+        ifaces = [UNIT_IFACE, SERVICE_IFACE] if unit.endswith(".service") else [UNIT_IFACE]
+        replies = await asyncio.gather(
+            *(self.call(path, PROPS, "GetAll", "s", [i], timeout=timeout, unit=unit, verb="read") for i in ifaces)
+        )
+        props: dict[str, Any] = {k: v.value for reply in replies for k, v in reply[0].items()}
+        inv = props.get("InvocationID")
+        ts = props.get("ActiveEnterTimestamp")
+        return UnitState(
+            name=str(props.get("Id", unit)),
+            load_state=str(props.get("LoadState", "")),
+            active_state=str(props.get("ActiveState", "")),
+            sub_state=str(props.get("SubState", "")),
+            result=props.get("Result"),
+            main_pid=props.get("MainPID"),
+            invocation_id=bytes(inv).hex() if inv else None,
+            active_enter_timestamp=ts / 1e6 if ts else None,
+            n_restarts=props.get("NRestarts"),
+            fragment_path=props.get("FragmentPath") or None,
+        )
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,55 @@
+"""systemd unit-name grammar, checked before any bus call.
+
+Mirrors ``unit_name_is_valid()`` in systemd's src/basic/unit-name.c so a typo
+is reported by us, naming the field, instead of as a D-Bus InvalidArgs.
+"""
+
+from __future__ import annotations
+
+import string
+
+UNIT_TYPES = frozenset("service socket device mount automount swap target path timer slice scope".split())
+_VALID_CHARS = frozenset(string.ascii_letters + string.digits + ":-_.\\@")
+UNIT_NAME_MAX = 255  # systemd's UNIT_NAME_MAX (256) counts the NUL
+
+
+def check_unit_name(name: str) -> str | None:
+    """Return why ``name`` is not a startable unit name, or None if it is."""
+    if not name:
+        return "must not be empty"
+    if len(name) > UNIT_NAME_MAX:
+        return f"must be at most {UNIT_NAME_MAX} characters"
+    bad = sorted({c for c in name if c not in _VALID_CHARS})
+    if bad:
+        shown = "".join(bad)
+        return f"has characters systemd does not allow in unit names: {shown!r}"
+    stem, dot, suffix = name.rpartition(".")
+    if not dot or not stem:
+        return "must end in a unit type such as .service"
+    if suffix not in UNIT_TYPES:
+        return f"unknown unit type .{suffix} (one of: {', '.join(sorted(UNIT_TYPES))})"
+    prefix, at, instance = stem.partition("@")
+    if at and not prefix:
+        return "must not start with '@'"
+    if at and not instance:
+        return "is a template (name@.type); give an instance, e.g. name@foo.type"
+    return None
+
+
+def mangle_unit_name(name: str) -> str:
+    """Append .service when no unit type is given, as ``systemctl`` does."""
+    _, dot, suffix = name.rpartition(".")
+    if name and not (dot and suffix in UNIT_TYPES):
+        return name + ".service"
+    return name
+
+
+def unit_object_path(name: str) -> str:
+    """The unit's D-Bus object path (systemd's bus_label_escape)."""
+    out = []
+    for i, ch in enumerate(name):
+        if ch.isascii() and (ch.isalpha() or (i > 0 and ch.isdigit())):
+            out.append(ch)
+        else:
+            out.append(f"_{ord(ch):02x}")
+    return "/org/freedesktop/systemd1/unit/" + ("".join(out) or "_")
