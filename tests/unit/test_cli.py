@@ -1,0 +1,83 @@
+"""The CLI's contract without a bus: exit codes, one JSON object, one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ollamactl import __version__
+from ollamactl.cli import build_parser
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(*args, env=None):
+    full_env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "OLLAMACTL_CONFIG": os.devnull}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "ollamactl", *args], capture_output=True, text=True, env=full_env, timeout=60
+    )
+
+
+def test_version():
+    r = run("--version")
+    assert (r.returncode, r.stdout.strip()) == (0, f"ollamactl {__version__}")
+
+
+def test_help_lists_exit_codes():
+    out = run("restart", "--help").stdout
+    assert "exit codes:" in out and "permission denied" in out and "--no-wait" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["restart", "--timeout", "0"], "--timeout"),
+        (["restart", "--timeout", "soon"], "--timeout"),
+        (["--unit", "bad name", "restart"], "--unit"),
+        (["restart", "--url", "localhost"], "--url"),
+        (["frobnicate"], "frobnicate"),
+        (["restart", "--bogus"], "--bogus"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_field_exit_2(args, field):
+    r = run(*args)
+    assert r.returncode == 2
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and field in lines[0] and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "args", [["restart", "--timeout", "-3", "--json"], ["--json", "--unit", "x@.service", "status"]]
+)
+def test_json_errors_are_exactly_one_object(args):
+    r = run(*args)
+    obj = json.loads(r.stdout)
+    assert r.returncode == 2 == obj["exit_code"]
+    assert obj["ok"] is False and obj["error"] in ("usage", "config") and obj["message"]
+    assert r.stdout.count("\n") == 1
+
+
+def test_bad_environment_value_names_the_variable():
+    r = run("restart", env={"OLLAMACTL_HTTP_TIMEOUT": "fast"})
+    assert r.returncode == 2 and "OLLAMACTL_HTTP_TIMEOUT" in r.stderr and "http_timeout" in r.stderr
+
+
+def test_no_bus_gives_bus_unavailable_code_quickly(tmp_path):
+    t0 = time.monotonic()
+    r = run("restart", "--json", env={"DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={tmp_path}/nowhere"})
+    obj = json.loads(r.stdout)
+    assert r.returncode == 5 == obj["exit_code"] and obj["error"] == "bus-unavailable"
+    assert time.monotonic() - t0 < 10
+
+
+def test_parser_has_documented_commands():
+    parser = build_parser()
+    assert parser.parse_args(["restart", "--no-wait"]).no_wait is True
+    assert parser.parse_args(["status", "--json"]).json is True
+    assert parser.parse_args(["--json", "status"]).json is True

@@ -1,0 +1,93 @@
+"""Settings precedence and validation errors that name the source and key."""
+
+import pytest
+
+from ollamactl.config import KEYS, load_config
+from ollamactl.errors import ConfigError
+
+
+def load(tmp_path, toml=None, env=None, **overrides):
+    path = tmp_path / "config.toml"
+    path.write_text(toml or "")
+    return load_config(overrides, config_file=path, environ=env or {})
+
+
+def test_defaults_without_any_source(tmp_path):
+    cfg = load(tmp_path)
+    assert cfg.as_dict() == {
+        "unit": "ollama.service",
+        "url": "http://127.0.0.1:11434",
+        "group": "ollamactl",
+        "timeout": 90.0,
+        "bus_timeout": 10.0,
+        "http_timeout": 5.0,
+    }
+
+
+def test_precedence_file_then_env_then_kwargs(tmp_path):
+    toml = 'unit = "from-file.service"\ntimeout = 11\nurl = "http://file:1"\ngroup = "g1"\n'
+    env = {"OLLAMACTL_TIMEOUT": "22", "OLLAMACTL_URL": "http://env:2"}
+    cfg = load(tmp_path, toml, env, url="http://kw:3")
+    assert (cfg.unit, cfg.timeout, cfg.url, cfg.group) == ("from-file.service", 22.0, "http://kw:3", "g1")
+    assert cfg.sources["unit"].endswith("config.toml")
+    assert cfg.sources["timeout"] == "environment variable OLLAMACTL_TIMEOUT"
+
+
+def test_ollama_host_sets_the_default_url_but_loses_to_ours(tmp_path):
+    assert load(tmp_path, env={"OLLAMA_HOST": "0.0.0.0:9999"}).url == "http://0.0.0.0:9999"
+    env = {"OLLAMA_HOST": "0.0.0.0:9999", "OLLAMACTL_URL": "http://127.0.0.1:1"}
+    assert load(tmp_path, env=env).url == "http://127.0.0.1:1"
+
+
+def test_unit_without_type_gets_service_suffix(tmp_path):
+    assert load(tmp_path, unit="ollama").unit == "ollama.service"
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "kwargs", "source", "key"),
+    [
+        ("timeout = -1\n", {}, {}, "config.toml", "timeout"),
+        ('timeout = "soon"\n', {}, {}, "config.toml", "timeout"),
+        ("", {"OLLAMACTL_BUS_TIMEOUT": "0"}, {}, "OLLAMACTL_BUS_TIMEOUT", "bus_timeout"),
+        ("", {"OLLAMACTL_UNIT": "a/b.service"}, {}, "OLLAMACTL_UNIT", "unit"),
+        ("", {}, {"url": "localhost:11434"}, "argument url=", "url"),
+        ("", {}, {"unit": "x@.service"}, "argument unit=", "unit"),
+        ('group = "Bad Group"\n', {}, {}, "config.toml", "group"),
+    ],
+)
+def test_invalid_value_names_source_and_key(tmp_path, toml, env, kwargs, source, key):
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, toml, env, **kwargs)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert source in msg and key in msg
+    assert info.value.details["key"] == key
+
+
+def test_unknown_key_in_file_is_an_error_listing_known_keys(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key 'timout'.*timeout"):
+        load(tmp_path, "timout = 3\n")
+
+
+def test_broken_toml_names_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="config.toml: not valid TOML"):
+        load(tmp_path, "timeout = = 3\n")
+
+
+def test_explicit_missing_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="nope.toml: config file not found"):
+        load_config({}, environ={"OLLAMACTL_CONFIG": str(tmp_path / "nope.toml")})
+
+
+def test_missing_default_file_means_defaults(tmp_path, monkeypatch):
+    monkeypatch.setattr("ollamactl.config.DEFAULT_CONFIG_FILE", tmp_path / "absent.toml")
+    assert load_config({}, environ={}).timeout == 90.0
+
+
+def test_unknown_kwarg_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="unknown setting 'colour'"):
+        load(tmp_path, colour="red")
+
+
+def test_every_key_has_help():
+    assert all(help_text for _, help_text in KEYS.values())
