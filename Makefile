@@ -1,0 +1,46 @@
+# Two entry points for a fresh Debian machine, as root:
+#   make demo   boot a throwaway systemd container and show a non-root user restarting Ollama
+#   make test   lint, unit tests, and the end-to-end suite on Debian 12 and 13 containers
+# Both install what they need first (apt packages, a venv with the test tools).
+
+PYTHON ?= python3
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+SUITE  ?= bookworm
+APT_PACKAGES := systemd-container debootstrap util-linux python3-venv
+
+.PHONY: deps demo test unit e2e lint bench clean
+
+deps: $(VENV)/.stamp
+	@command -v systemd-nspawn >/dev/null && command -v debootstrap >/dev/null || { \
+	  echo "installing $(APT_PACKAGES)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; }
+
+$(VENV)/.stamp: pyproject.toml
+	$(PYTHON) -m venv $(VENV) || { apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && $(PYTHON) -m venv $(VENV); }
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[test]'
+	touch $@
+
+demo: deps
+	$(VPY) -m tests.demo --suite $(SUITE)
+
+lint: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+unit: deps
+	$(VPY) -m pytest -ra tests/unit tests/test_standin.py
+
+e2e: deps
+	OLLAMACTL_E2E_REQUIRED=1 $(VPY) -m pytest -ra tests/e2e
+
+test: lint
+	OLLAMACTL_E2E_REQUIRED=1 $(VPY) -m pytest -ra --durations=15
+
+bench: deps
+	$(VPY) -m bench.bench_restart --suite $(SUITE)
+
+clean:
+	-$(VPY) tests/testbed.py gc
+	rm -rf $(VENV) build dist *.egg-info

@@ -1,0 +1,116 @@
+"""Fixtures that boot one real Debian container per release and act in it as users."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests import testbed
+
+REPO = Path(__file__).resolve().parents[2]
+UNIT = "ollama.service"
+MODE_FILE = "/etc/ollama-standin/mode"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+def _missing_prereq() -> str | None:
+    if os.geteuid() != 0:
+        return "the end-to-end suite needs root (it boots systemd-nspawn containers)"
+    for tool in ("systemd-nspawn", "debootstrap", "nsenter"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (apt-get install systemd-container debootstrap)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory) -> Path:
+    """The project built as an admin would get it: a wheel."""
+    why = _missing_prereq()
+    if why:
+        if os.environ.get("OLLAMACTL_E2E_REQUIRED"):
+            pytest.fail(why)
+        pytest.skip(why)
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(REPO)],
+        check=True,
+        timeout=600,
+    )
+    (whl,) = out.glob("ollamactl-*.whl")
+    return whl
+
+
+@pytest.fixture(scope="session", params=testbed.SUITES)
+def bed(request, wheel) -> Bed:
+    """A booted container for one Debian release, shared by that release's tests."""
+    container = testbed.boot(request.param, wheel=wheel)
+    request.addfinalizer(container.stop)
+    return Bed(container)
+
+
+class Bed:
+    """Test helpers over a booted testbed.Container."""
+
+    def __init__(self, container: testbed.Container) -> None:
+        self.c = container
+        self.suite = container.suite
+
+    def ollamactl(
+        self, *args: str, user: str = "alice", env: dict[str, str] | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return self.c.run(["ollamactl", *args], user=user, env=env, timeout=timeout)
+
+    def json(self, *args: str, **kw) -> tuple[int, dict]:
+        r = self.ollamactl(*args, "--json", **kw)
+        assert r.stdout.count("\n") == 1, f"expected one JSON line, got {r.stdout!r} / {r.stderr!r}"
+        return r.returncode, json.loads(r.stdout)
+
+    def prop(self, name: str, unit: str = UNIT) -> str:
+        return self.c.run(["systemctl", "show", "-p", name, "--value", unit], check=True).stdout.strip()
+
+    def python(self, code: str, user: str = "alice") -> subprocess.CompletedProcess[str]:
+        return self.c.run(["python3", "-c", code], user=user, timeout=120)
+
+    def set_mode(self, mode: str) -> None:
+        self.c.write_file(MODE_FILE, mode + "\n")
+
+    def api_answers(self, timeout: float = 1.0) -> bool:
+        code = (
+            "import urllib.request,sys\n"
+            f"urllib.request.urlopen('http://127.0.0.1:11434/api/version', timeout={timeout}).read()\n"
+        )
+        return self.python(code, user="root").returncode == 0
+
+    def recover(self, timeout: float = 60) -> None:
+        """Put ollama.service back to healthy for the next test, whatever this one did."""
+        self.set_mode("ok")
+        self.c.run(["systemctl", "unmask", "--runtime", UNIT])
+        self.c.run(["systemctl", "reset-failed", UNIT])
+        self.c.run(["systemctl", "restart", UNIT], check=True)
+        end = time.monotonic() + timeout
+        while not self.api_answers():
+            assert time.monotonic() < end, "ollama.service did not recover"
+            time.sleep(0.2)
+
+
+@pytest.fixture
+def healthy(bed: Bed) -> Bed:
+    """The bed, with Ollama answering before and put back after the test."""
+    if not bed.api_answers():
+        bed.recover()
+    yield bed
+    mode = bed.c.run(["cat", MODE_FILE]).stdout.strip()
+    if mode not in ("", "ok") or bed.prop("ActiveState") != "active" or not bed.api_answers():
+        bed.recover()

@@ -1,0 +1,188 @@
+"""End to end on booted Debian 12 and 13: real systemd, D-Bus, polkitd and the installed project.
+
+alice is in group ollamactl, bob is not.  Every case checks what a user would
+see (exit code, message, JSON) and what systemd did (InvocationID, NRestarts).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.e2e.conftest import UNIT, Bed
+
+PERMISSION, UNIT_CODE, BUS, RESTART_FAILED, USAGE, NOT_ANSWERING = 3, 4, 5, 6, 2, 10
+
+
+def test_member_restarts_ollama(healthy: Bed):
+    before = healthy.prop("InvocationID")
+    r = healthy.ollamactl("restart", "--reason", "e2e: generate timed out")
+    assert r.returncode == 0, r.stderr
+    assert f"restarted {UNIT}" in r.stdout
+    after = healthy.prop("InvocationID")
+    assert after and after != before
+    assert healthy.api_answers(timeout=0.5), "restart returned before the API answered"
+
+
+def test_member_restart_json(healthy: Bed):
+    before = healthy.prop("InvocationID")
+    rc, out = healthy.json("restart", "--reason", "json")
+    assert rc == 0, out
+    assert out["ok"] is True and out["action"] == "restarted" and out["job_result"] == "done"
+    assert out["unit"] == UNIT and out["reason"] == "json"
+    assert out["old_invocation_id"] == before
+    assert out["new_invocation_id"] == healthy.prop("InvocationID") != before
+    assert 0 < out["job_seconds"] < 30 and 0 <= out["ready_seconds"] < 30
+    assert out["api_version"] == "0.12.3"
+
+
+def test_member_restart_through_python_api_sync_and_async(healthy: Bed):
+    code = """
+import asyncio, json
+from ollamactl import AsyncController, Controller, OllamactlError
+r1 = Controller().restart(reason="sync")
+async def main():
+    async with AsyncController() as actl:
+        r2 = await actl.restart(reason="async")
+        s = await actl.status()
+    return r2, s
+r2, s = asyncio.run(main())
+print(json.dumps([r1.to_dict(), r2.to_dict(), s.to_dict()]))
+"""
+    r = healthy.python(code)
+    assert r.returncode == 0, r.stderr
+    r1, r2, s = json.loads(r.stdout)
+    assert r1["action"] == r2["action"] == "restarted"
+    assert r1["new_invocation_id"] == r2["old_invocation_id"] != r2["new_invocation_id"]
+    assert s["healthy"] is True and s["invocation_id"] == r2["new_invocation_id"]
+
+
+def test_no_wait_returns_once_the_job_is_queued(healthy: Bed):
+    before = healthy.prop("InvocationID")
+    rc, out = healthy.json("restart", "--no-wait")
+    assert rc == 0 and out["action"] == "queued" and out["job"].startswith("/org/freedesktop/systemd1/job/")
+    end = time.monotonic() + 30
+    while healthy.prop("InvocationID") == before:
+        assert time.monotonic() < end, "the queued restart never happened"
+        time.sleep(0.1)
+
+
+def test_non_member_is_refused_with_the_usermod_hint(healthy: Bed):
+    before = (healthy.prop("InvocationID"), healthy.prop("NRestarts"))
+    r = healthy.ollamactl("restart", user="bob")
+    assert r.returncode == PERMISSION
+    assert "sudo usermod -aG ollamactl bob" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert (healthy.prop("InvocationID"), healthy.prop("NRestarts")) == before
+
+
+def test_member_cannot_restart_another_unit_polkit_says_no(healthy: Bed):
+    before = healthy.prop("InvocationID", unit="other.service")
+    rc, out = healthy.json("--unit", "other.service", "restart")
+    assert rc == PERMISSION and out["error"] == "permission-denied"
+    # the refusal comes from polkit through systemd, not from a check of ours
+    assert out["bus_error"] == "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired"
+    assert "no polkit rule grants restart of other.service" in out["message"]
+    assert healthy.prop("InvocationID", unit="other.service") == before
+
+
+def test_unit_that_does_not_exist(healthy: Bed):
+    rc, out = healthy.json("--unit", "no-such-thing.service", "restart")
+    assert rc == UNIT_CODE and out["error"] == "unit-not-found" and "no-such-thing.service" in out["message"]
+
+
+def test_masked_unit(healthy: Bed):
+    rc, out = healthy.json("--unit", "masked.service", "restart")
+    assert rc == UNIT_CODE and out["error"] == "unit-masked" and "systemctl unmask masked.service" in out["message"]
+
+
+def test_masked_ollama_is_left_alone(healthy: Bed):
+    before = healthy.prop("InvocationID")
+    healthy.c.run(["systemctl", "mask", "--runtime", UNIT], check=True)
+    try:
+        rc, out = healthy.json("restart")
+    finally:
+        healthy.c.run(["systemctl", "unmask", "--runtime", UNIT], check=True)
+    assert rc == UNIT_CODE and out["error"] == "unit-masked"
+    assert healthy.prop("InvocationID") == before
+
+
+def test_start_that_fails_reports_the_units_result(healthy: Bed):
+    healthy.set_mode("exit-at-start")
+    t0 = time.monotonic()
+    rc, out = healthy.json("restart")
+    healthy.set_mode("ok")
+    assert rc == RESTART_FAILED, out
+    assert out["error"] == "restart-failed" and out["result"] == "exit-code"
+    assert out["sub_state"] in ("auto-restart", "failed", "dead")
+    assert "journalctl -u ollama.service" in out["message"]
+    assert time.monotonic() - t0 < 15, "a dead start must be reported fast, not after the timeout"
+
+
+def test_root_restart_of_a_unit_that_cannot_start(healthy: Bed):
+    r = healthy.ollamactl("--unit", "failing", "restart", "--json", user="root")
+    out = json.loads(r.stdout)
+    assert r.returncode == RESTART_FAILED and out["unit"] == "failing.service" and out["result"] == "exit-code"
+
+
+def test_no_bus_gives_bus_unavailable_within_the_timeout(healthy: Bed):
+    t0 = time.monotonic()
+    env = {"DBUS_SYSTEM_BUS_ADDRESS": "unix:path=/run/nowhere/bus"}
+    rc, out = healthy.json("restart", "--timeout", "3", env=env)
+    assert rc == BUS and out["error"] == "bus-unavailable" and "/run/nowhere/bus" in out["message"]
+    assert time.monotonic() - t0 < 3 + 5
+
+
+def test_bad_config_value_is_named_and_nothing_restarts(healthy: Bed):
+    before = healthy.prop("InvocationID")
+    healthy.c.write_file("/etc/ollamactl/config.toml", 'timeout = "soon"\n')
+    try:
+        r = healthy.ollamactl("restart")
+    finally:
+        healthy.c.run(["rm", "-f", "/etc/ollamactl/config.toml"], check=True)
+    assert r.returncode == USAGE
+    line = r.stderr.strip()
+    assert "\n" not in line and "/etc/ollamactl/config.toml" in line and "timeout" in line and "'soon'" in line
+    assert healthy.prop("InvocationID") == before
+
+
+def test_status_reports_healthy_and_then_a_wedge(healthy: Bed):
+    rc, out = healthy.json("status")
+    assert rc == 0 and out["healthy"] is True and out["active_state"] == "active" and out["api_version"] == "0.12.3"
+    assert out["invocation_id"] == healthy.prop("InvocationID")
+    healthy.set_mode("silent")
+    try:
+        t0 = time.monotonic()
+        r = healthy.ollamactl("status")
+    finally:
+        healthy.set_mode("ok")
+    assert r.returncode == NOT_ANSWERING and "NOT answering" in r.stdout
+    assert time.monotonic() - t0 < 5 + 5
+
+
+def test_results_serialise_identically_on_this_releases_pydantic(bed: Bed):
+    code = """
+import pydantic
+from ollamactl.models import RestartResult
+r = RestartResult(action="restarted", unit="ollama.service", reason="r", job="/j/1", job_result="done",
+                  old_invocation_id="aa", new_invocation_id="bb", job_seconds=0.25, ready_seconds=1.5,
+                  api_version="0.12.3")
+print(pydantic.VERSION.split(".")[0], r.to_json())
+"""
+    r = bed.python(code)
+    assert r.returncode == 0, r.stderr
+    major, payload = r.stdout.strip().split(" ", 1)
+    assert major == {"bookworm": "1", "trixie": "2"}[bed.suite]
+    assert payload == (
+        '{"action": "restarted", "api_version": "0.12.3", "job": "/j/1", "job_result": "done", '
+        '"job_seconds": 0.25, "new_invocation_id": "bb", "ok": true, "old_invocation_id": "aa", '
+        '"ready_seconds": 1.5, "reason": "r", "unit": "ollama.service"}'
+    )
+
+
+@pytest.mark.parametrize("user", ["alice", "bob"])
+def test_version_and_help_work_for_anyone(bed: Bed, user: str):
+    r = bed.ollamactl("--version", user=user)
+    assert r.returncode == 0 and r.stdout.startswith("ollamactl ")
