@@ -1,0 +1,104 @@
+"""``make demo``: a non-root user restarts a wedged (stand-in) Ollama in a throwaway container.
+
+Boots a Debian container with real systemd, D-Bus and polkitd, installs
+ollamactl as an admin would, wedges the stand-in Ollama the way real Ollama
+wedges (version answers, generate hangs), and lets alice (group ollamactl)
+restart it.  bob (not in the group) is refused, and alice cannot touch
+another unit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests import testbed
+
+REPO = Path(__file__).resolve().parents[1]
+BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
+
+GENERATE = (
+    "import json,urllib.request\n"
+    "req=urllib.request.Request('http://127.0.0.1:11434/api/generate',"
+    "data=json.dumps({'model':'standin','prompt':'hi','stream':False,'options':{'num_predict':3}}).encode())\n"
+    "try:\n"
+    "    r=json.load(urllib.request.urlopen(req,timeout=3)); print('generate answered:', repr(r['response']))\n"
+    "except Exception as e:\n"
+    "    print('generate did not answer within 3 s:', type(e).__name__)\n"
+)
+VERSION = (
+    "import urllib.request\n"
+    "print('/api/version:', urllib.request.urlopen('http://127.0.0.1:11434/api/version',timeout=3).read().decode())\n"
+)
+
+
+def step(text: str) -> None:
+    print(f"\n{BOLD}== {text}{RESET}", flush=True)
+
+
+def show(c: testbed.Container, argv: list[str], user: str | None = None) -> subprocess.CompletedProcess[str]:
+    who = user or "root"
+    shown = " ".join(argv) if argv[0] != "python3" else "(python probe)"
+    print(f"{DIM}{who}$ {shown}{RESET}", flush=True)
+    r = c.run(argv, user=user, timeout=120)
+    for line in (r.stdout + r.stderr).rstrip().splitlines():
+        print("   " + line)
+    print(f"{DIM}   [exit {r.returncode}]{RESET}", flush=True)
+    return r
+
+
+def build_wheel(out: Path) -> Path:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(REPO)], check=True)
+    return next(out.glob("ollamactl-*.whl"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", default="bookworm", choices=testbed.SUITES)
+    args = parser.parse_args()
+    failures = []
+    with tempfile.TemporaryDirectory() as tmp:
+        step(f"booting a throwaway Debian {args.suite} container (systemd, dbus, polkitd, stand-in Ollama)")
+        t0 = time.monotonic()
+        with testbed.boot(args.suite, wheel=build_wheel(Path(tmp)), log=lambda m: print(f"{DIM}   {m}{RESET}")) as c:
+            print(f"   ready in {time.monotonic() - t0:.1f}s")
+            step("who is who")
+            show(c, ["id", "alice"])
+            show(c, ["id", "bob"])
+            show(c, ["ollamactl", "status"], user="alice")
+
+            step("Ollama wedges: /api/version still answers, generate hangs")
+            # SIGUSR1 wedges the stand-in's generate for the life of its process, as a real
+            # wedge lasts until the process is restarted.
+            c.sh("kill -USR1 $(systemctl show -p MainPID --value ollama.service)", check=True)
+            show(c, ["python3", "-c", VERSION], user="alice")
+            show(c, ["python3", "-c", GENERATE], user="alice")
+            step("alice cannot kill it herself: the process belongs to user ollama")
+            show(c, ["pkill", "-f", "ollama serve"], user="alice")
+
+            step("alice (group ollamactl) restarts it, no sudo")
+            if show(c, ["ollamactl", "restart", "--reason", "generate hangs"], user="alice").returncode != 0:
+                failures.append("alice's restart")
+            show(c, ["python3", "-c", GENERATE], user="alice")
+
+            step("bob (not in the group) is refused, and told how to fix it")
+            if show(c, ["ollamactl", "restart"], user="bob").returncode != 3:
+                failures.append("bob was not refused")
+
+            step("alice may restart ollama.service only: polkit refuses her anything else")
+            if show(c, ["ollamactl", "--unit", "other.service", "restart"], user="alice").returncode != 3:
+                failures.append("alice restarted another unit")
+            if show(c, ["systemctl", "stop", "ollama.service"], user="alice").returncode == 0:
+                failures.append("alice could stop ollama.service")
+            show(c, ["ollamactl", "status"], user="alice")
+    step("result")
+    print("   demo OK" if not failures else f"   demo FAILED: {', '.join(failures)}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
