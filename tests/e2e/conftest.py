@@ -96,7 +96,6 @@ class Bed:
     def recover(self, timeout: float = 60) -> None:
         """Put ollama.service back to healthy for the next test, whatever this one did."""
         self.set_mode("ok")
-        self.c.run(["systemctl", "unmask", "--runtime", UNIT])
         self.c.run(["systemctl", "reset-failed", UNIT])
         self.c.run(["systemctl", "restart", UNIT], check=True)
         end = time.monotonic() + timeout
@@ -107,7 +106,14 @@ class Bed:
 
 @pytest.fixture
 def healthy(bed: Bed) -> Bed:
-    """The bed, with Ollama answering before and put back after the test."""
+    """The bed, with Ollama answering before and put back after the test.
+
+    Tests restart ollama.service many times in a row; systemd counts those
+    against StartLimitBurst (5 in 10 s), so each test starts with that
+    counter reset (``systemctl reset-failed`` does it), as on a real box where
+    restarts are minutes apart.
+    """
+    bed.c.run(["systemctl", "reset-failed", UNIT], check=True)
     if not bed.api_answers():
         bed.recover()
     yield bed

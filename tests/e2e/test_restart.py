@@ -98,17 +98,6 @@ def test_masked_unit(healthy: Bed):
     assert rc == UNIT_CODE and out["error"] == "unit-masked" and "systemctl unmask masked.service" in out["message"]
 
 
-def test_masked_ollama_is_left_alone(healthy: Bed):
-    before = healthy.prop("InvocationID")
-    healthy.c.run(["systemctl", "mask", "--runtime", UNIT], check=True)
-    try:
-        rc, out = healthy.json("restart")
-    finally:
-        healthy.c.run(["systemctl", "unmask", "--runtime", UNIT], check=True)
-    assert rc == UNIT_CODE and out["error"] == "unit-masked"
-    assert healthy.prop("InvocationID") == before
-
-
 def test_start_that_fails_reports_the_units_result(healthy: Bed):
     healthy.set_mode("exit-at-start")
     t0 = time.monotonic()
