@@ -115,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
+    _without_gi()
     from ollamactl.config import load_config
     from ollamactl.controller import Controller
 
@@ -129,6 +130,19 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
     status = ctl.status()
     _emit(status.to_dict() if as_json else _status_text(status.to_dict()), as_json)
     return 0 if status.healthy else EXIT_NOT_ANSWERING
+
+
+def _without_gi() -> None:
+    """Keep dbus-next from importing PyGObject for its unused GLib backend (~25 ms per run).
+
+    Only in this process, which never uses GLib; the library itself leaves
+    an application's ``gi`` alone.
+    """
+    if "gi" not in sys.modules:
+        sys.modules["gi"] = None  # type: ignore[assignment]  # makes "import gi" raise ImportError
+        import dbus_next  # noqa: F401
+
+        del sys.modules["gi"]
 
 
 def _emit(payload: Any, as_json: bool) -> None:

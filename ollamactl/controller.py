@@ -26,9 +26,11 @@ if TYPE_CHECKING:
     from ollamactl.models import RestartResult, Status
 
 T = TypeVar("T")
-_POLL_FIRST = 0.01  # readiness: poll fast while the server is binding its port...
-_POLL_MAX = 0.25  # ...then back off
+_POLL_FIRST = 0.02  # readiness: poll every 20 ms while a server usually binds its port...
+_POLL_FAST_FOR = 2.0  # ...for this long...
+_POLL_MAX = 0.25  # ...then back off to this
 _POLL_GROWTH = 1.25
+_UNIT_CHECK_EVERY = 0.1  # how often to ask systemd whether the new process died
 
 
 class AsyncController:
@@ -134,6 +136,7 @@ class AsyncController:
         endpoint = probe.parse_url(self.config.url)
         t0 = time.monotonic()
         delay = _POLL_FIRST
+        next_unit_check = t0
         last_error = "no answer yet"
         while True:
             try:
@@ -141,9 +144,12 @@ class AsyncController:
                 return version, time.monotonic() - t0
             except (probe.HTTPError, TimeoutError) as exc:
                 last_error = str(exc) or f"no answer within {self.config.http_timeout:g}s"
-            state = await bus.unit_state(started.name, timeout=clock.left())
-            if _died(state, started):
-                raise _restart_failed(state, "the unit stopped again while starting", "done")
+            now = time.monotonic()
+            if now >= next_unit_check:
+                next_unit_check = now + _UNIT_CHECK_EVERY
+                state = await bus.unit_state(started.name, timeout=clock.left())
+                if _died(state, started):
+                    raise _restart_failed(state, "the unit stopped again while starting", "done")
             if clock.left() <= 0:
                 raise TimedOut(
                     f"{started.name} restarted, but Ollama at {endpoint.url} did not answer within "
@@ -152,7 +158,8 @@ class AsyncController:
                     url=endpoint.url,
                 )
             await asyncio.sleep(min(delay, clock.left()))
-            delay = min(delay * _POLL_GROWTH, _POLL_MAX)
+            if now - t0 > _POLL_FAST_FOR:
+                delay = min(delay * _POLL_GROWTH, _POLL_MAX)
 
     async def status(self) -> Status:
         """The unit's state and whether Ollama's API answers (never restarts)."""
