@@ -10,11 +10,14 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ollamactl import __version__
 from ollamactl.errors import EXIT_CODES, EXIT_NOT_ANSWERING, OllamactlError, UsageError
+
+if TYPE_CHECKING:
+    from ollamactl.controller import Controller
 
 EPILOG = "exit codes:\n" + "\n".join(f"  {code:<3} {meaning}" for code, meaning in EXIT_CODES)
 
@@ -83,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", metavar="TEXT", help="why (logged with the restart)")
     p.add_argument("--no-wait", action="store_true", help="return once systemd has queued the restart job")
     p.add_argument("--timeout", type=_seconds, metavar="S", help="total seconds for job and readiness (default 90)")
+    p.set_defaults(handler=_cmd_restart)
 
-    sub.add_parser(
+    p = sub.add_parser(
         "status",
         parents=[common],
         help="show the unit's state and whether Ollama answers",
@@ -93,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.set_defaults(handler=_cmd_status)
+
+    from ollamactl import admin_cli  # policy and doctor: the admin-facing commands
+
+    admin_cli.add_parsers(sub, common, epilog=EPILOG)
     return parser
 
 
@@ -107,28 +116,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ollamactl._log import enable
 
             enable()
-        return _dispatch(args, as_json)
+        _without_gi()
+        return args.handler(args, as_json)
     except OllamactlError as err:
         return _fail(err, as_json)
     except KeyboardInterrupt:
         return _fail(OllamactlError("interrupted"), as_json, code=130)
 
 
-def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
-    _without_gi()
+def controller(args: argparse.Namespace) -> Controller:
+    """A Controller from the config sources plus the flags the user gave."""
     from ollamactl.config import load_config
     from ollamactl.controller import Controller
 
-    settings: dict[str, Any] = {k: getattr(args, k, None) for k in ("unit", "url", "timeout")}
-    labels = {"unit": "--unit", "url": "--url", "timeout": "--timeout"}
-    config = load_config(settings, config_file=getattr(args, "config", None), labels=labels)
-    ctl = Controller(config=config)
-    if args.command == "restart":
-        result = ctl.restart(args.reason, wait=not args.no_wait)
-        _emit(result.to_dict() if as_json else _restart_text(result.to_dict()), as_json)
-        return 0
-    status = ctl.status()
-    _emit(status.to_dict() if as_json else _status_text(status.to_dict()), as_json)
+    flags = {"unit": "--unit", "url": "--url", "timeout": "--timeout"}
+    settings: dict[str, Any] = {k: getattr(args, k, None) for k in flags}
+    config = load_config(settings, config_file=getattr(args, "config", None), labels=flags)
+    return Controller(config=config)
+
+
+def _cmd_restart(args: argparse.Namespace, as_json: bool) -> int:
+    result = controller(args).restart(args.reason, wait=not args.no_wait)
+    emit(result.to_dict(), as_json, _restart_text)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace, as_json: bool) -> int:
+    status = controller(args).status()
+    emit(status.to_dict(), as_json, _status_text)
     return 0 if status.healthy else EXIT_NOT_ANSWERING
 
 
@@ -145,11 +160,12 @@ def _without_gi() -> None:
         del sys.modules["gi"]
 
 
-def _emit(payload: Any, as_json: bool) -> None:
+def emit(payload: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]], str]) -> None:
+    """Print a result: one JSON object with --json, else ``text(payload)``."""
     if as_json:
         print(json.dumps(payload, sort_keys=True))
     else:
-        print(payload)
+        print(text(payload))
 
 
 def _fail(err: OllamactlError, as_json: bool, code: int | None = None) -> int:
