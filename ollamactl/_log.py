@@ -1,8 +1,10 @@
 """Logging through loguru, without importing it on the CLI's hot path.
 
-loguru costs tens of milliseconds to import.  We log through it when the
-application already uses loguru (it is in ``sys.modules``) or when logging was
-switched on (``ollamactl -v``, the watchdog); otherwise log calls are free.
+loguru costs tens of milliseconds to import.  Ordinary log calls go through
+it only when the application already uses loguru (it is in ``sys.modules``)
+or logging was switched on (``ollamactl -v``, the watchdog); otherwise they
+are free.  Audit records (every restart decision) are always written: to the
+journal through a loguru sink that speaks journald's native protocol.
 """
 
 from __future__ import annotations
@@ -11,17 +13,24 @@ import sys
 from typing import Any
 
 _enabled = False
+_audit_ready = False
 
 
-def enable(level: str = "DEBUG") -> None:
-    """Send ollamactl's logs to stderr at ``level`` (used by ``-v``)."""
-    global _enabled
+def enable(level: str = "DEBUG", journal: bool = False) -> None:
+    """Send ollamactl's logs to stderr (or, with ``journal``, to the journal) at ``level``."""
+    global _enabled, _audit_ready
     from loguru import logger
 
+    from ollamactl.journal import JournalSink
+
     logger.remove()
-    logger.add(sys.stderr, level=level, format="{time:HH:mm:ss.SSS} {level: <7} {message}")
+    if journal:
+        logger.add(JournalSink(), level=level, format="{message}")
+    else:
+        logger.add(sys.stderr, level=level, format="{time:HH:mm:ss.SSS} {level: <7} {message}")
     logger.enable("ollamactl")
     _enabled = True
+    _audit_ready = journal  # the journal sink above already records audit entries
 
 
 def log(level: str, message: str, **fields: Any) -> None:
@@ -34,3 +43,19 @@ def log(level: str, message: str, **fields: Any) -> None:
     if fields:
         text += " " + " ".join(f"{k}={v}" for k, v in fields.items())
     logger.opt(depth=1).bind(**fields).log(level, text)
+
+
+def audit(message: str, **fields: Any) -> None:
+    """Record a restart decision in the journal, whoever the caller is."""
+    global _audit_ready
+    first_import = "loguru" not in sys.modules
+    from loguru import logger
+
+    if not _audit_ready:
+        from ollamactl.journal import JournalSink
+
+        if first_import and not _enabled:
+            logger.remove()  # nobody configured loguru: drop its default stderr handler
+        logger.add(JournalSink(), level="INFO", format="{message}", filter=lambda r: r["extra"].get("_audit", False))
+        _audit_ready = True
+    logger.opt(depth=1).bind(_audit=True, **fields).info(message)

@@ -16,6 +16,7 @@ V2 = pydantic.VERSION.startswith("2")
 BaseModel = pydantic.BaseModel
 Field = pydantic.Field
 ValidationError = pydantic.ValidationError
+create_model = pydantic.create_model
 M = TypeVar("M", bound=pydantic.BaseModel)
 
 

@@ -29,6 +29,22 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see: {self.prog} --help)")
 
 
+def _when(text: str) -> float:
+    """Epoch seconds, or ISO 8601 (naive times are local)."""
+    from datetime import datetime
+
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be epoch seconds or ISO 8601 like 2026-11-27T22:05:00+00:00 (got {text!r})"
+        ) from None
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -86,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", metavar="TEXT", help="why (logged with the restart)")
     p.add_argument("--no-wait", action="store_true", help="return once systemd has queued the restart job")
     p.add_argument("--timeout", type=_seconds, metavar="S", help="total seconds for job and readiness (default 90)")
+    p.add_argument(
+        "--since",
+        type=_when,
+        metavar="TIME",
+        help="when the wedge was seen (epoch seconds or ISO 8601); skip the restart if the unit started since",
+    )
     p.set_defaults(handler=_cmd_restart)
 
     p = sub.add_parser(
@@ -98,6 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.set_defaults(handler=_cmd_status)
+
+    p = sub.add_parser(
+        "probe",
+        parents=[common],
+        help="check whether Ollama is healthy, wedged, deep-wedged, down or starting",
+        description="Probe Ollama: GET /api/version, and with --deep a one-token POST /api/generate on the "
+        "configured model. Exits 0 when healthy, else with the outcome's code.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--deep", action="store_true", help="also run the deep probe (needs a model)")
+    p.add_argument("--model", metavar="NAME", help="model for the deep probe (default: the config's model)")
+    p.set_defaults(handler=_cmd_probe)
 
     from ollamactl import admin_cli  # policy and doctor: the admin-facing commands
 
@@ -129,14 +164,14 @@ def controller(args: argparse.Namespace) -> Controller:
     from ollamactl.config import load_config
     from ollamactl.controller import Controller
 
-    flags = {"unit": "--unit", "url": "--url", "timeout": "--timeout"}
+    flags = {"unit": "--unit", "url": "--url", "timeout": "--timeout", "model": "--model"}
     settings: dict[str, Any] = {k: getattr(args, k, None) for k in flags}
     config = load_config(settings, config_file=getattr(args, "config", None), labels=flags)
     return Controller(config=config)
 
 
 def _cmd_restart(args: argparse.Namespace, as_json: bool) -> int:
-    result = controller(args).restart(args.reason, wait=not args.no_wait)
+    result = controller(args).restart(args.reason, wait=not args.no_wait, observed_at=args.since)
     emit(result.to_dict(), as_json, _restart_text)
     return 0
 
@@ -145,6 +180,12 @@ def _cmd_status(args: argparse.Namespace, as_json: bool) -> int:
     status = controller(args).status()
     emit(status.to_dict(), as_json, _status_text)
     return 0 if status.healthy else EXIT_NOT_ANSWERING
+
+
+def _cmd_probe(args: argparse.Namespace, as_json: bool) -> int:
+    report = controller(args).probe(deep=args.deep)
+    emit(report.to_dict(), as_json, _probe_text)
+    return report.exit_code
 
 
 def _without_gi() -> None:
@@ -184,6 +225,11 @@ def _short(inv: str | None) -> str:
 
 
 def _restart_text(r: dict[str, Any]) -> str:
+    if r["action"] == "skipped":
+        return (
+            f"not restarted: {r['unit']} already started after the wedge was seen "
+            f"(invocation {_short(r['new_invocation_id'])}); Ollama {r['api_version'] or 'not waited for'}"
+        )
     if r["action"] == "queued":
         return f"restart of {r['unit']} queued (job {r['job']}); not waiting for it"
     total = (r["job_seconds"] or 0) + (r["ready_seconds"] or 0)
@@ -202,3 +248,11 @@ def _status_text(s: dict[str, Any]) -> str:
     restarts = f", {s['n_restarts']} automatic restarts" if s["n_restarts"] else ""
     api = f"answering (Ollama {s['api_version']})" if s["api_ok"] else f"NOT answering: {s['api_error']}"
     return f"{s['unit']}: {s['active_state']} ({s['sub_state']}){since}{pid}{restarts}\nAPI {s['url']}: {api}"
+
+
+def _probe_text(p: dict[str, Any]) -> str:
+    timing = f"liveness {p['liveness_seconds']:.3f}s"
+    if p["deep_seconds"] is not None:
+        timing += f", deep {p['deep_seconds']:.3f}s"
+    detail = f": {p['detail']}" if p["detail"] else ""
+    return f"{p['outcome']} ({timing}){detail}"

@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_type_hints
 
 from ollamactl.errors import ConfigError
 from ollamactl.probe import DEFAULT_URL, parse_url, url_from_ollama_host
@@ -21,65 +22,77 @@ DEFAULT_CONFIG_FILE = Path("/etc/ollamactl/config.toml")
 ENV_PREFIX = "OLLAMACTL_"
 _GROUP_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
-#: key -> (default, one-line help).  The config file, the environment and
-#: keyword arguments all use these names.
-KEYS: dict[str, tuple[Any, str]] = {
-    "unit": ("ollama.service", "the systemd unit that runs Ollama"),
-    "url": (DEFAULT_URL, "Ollama's base URL (default: from OLLAMA_HOST, as ollama does)"),
-    "group": ("ollamactl", "the group the polkit rule grants restarts to (used in hints)"),
-    "timeout": (90.0, "seconds a restart may take in all: job plus readiness"),
-    "bus_timeout": (10.0, "seconds any one D-Bus call may take"),
-    "http_timeout": (5.0, "seconds any one HTTP request to Ollama may take"),
-}
+
+def _check_unit(v: str) -> str:
+    v = mangle_unit_name(v.strip())
+    why = check_unit_name(v)
+    if why:
+        raise ValueError(f"unit name {why}")
+    return v
 
 
-def _settings_model() -> type:
-    # Built on first use so that importing ollamactl does not import pydantic.
-    from ollamactl._pydantic import BaseModel, Field, field_check
-
-    class Settings(BaseModel):
-        unit: str
-        url: str
-        group: str
-        timeout: float = Field(gt=0, le=86400)
-        bus_timeout: float = Field(gt=0, le=3600)
-        http_timeout: float = Field(gt=0, le=3600)
-
-        @field_check("unit")
-        def _unit(cls, v: str) -> str:  # noqa: N805 - pydantic validator
-            v = mangle_unit_name(v.strip())
-            why = check_unit_name(v)
-            if why:
-                raise ValueError(f"unit name {why}")
-            return v
-
-        @field_check("url")
-        def _url(cls, v: str) -> str:  # noqa: N805
-            return parse_url(v).url
-
-        @field_check("group")
-        def _group(cls, v: str) -> str:  # noqa: N805
-            if not _GROUP_RE.match(v):
-                raise ValueError(f"{v!r} is not a valid group name")
-            return v
-
-    return Settings
+def _check_url(v: str) -> str:
+    return parse_url(v).url
 
 
+def _check_group(v: str) -> str:
+    if not _GROUP_RE.match(v):
+        raise ValueError(f"{v!r} is not a valid group name")
+    return v
+
+
+def _check_path(v: str) -> str:
+    if not v.startswith("/"):
+        raise ValueError(f"must be an absolute path (got {v!r})")
+    return v
+
+
+def _key(default: Any, help: str, check: Callable[[Any], Any] | None = None, **limits: float) -> Any:
+    return field(default=default, metadata={"help": help, "check": check, "limits": limits})
+
+
+@dataclass(frozen=True)
 class Config:
-    """Validated settings plus where each one came from."""
+    """Validated settings.  Each field is also a config-file key and an OLLAMACTL_<KEY> variable."""
 
-    def __init__(self, values: dict[str, Any], sources: dict[str, str]) -> None:
-        self.unit: str = values["unit"]
-        self.url: str = values["url"]
-        self.group: str = values["group"]
-        self.timeout: float = values["timeout"]
-        self.bus_timeout: float = values["bus_timeout"]
-        self.http_timeout: float = values["http_timeout"]
-        self.sources = sources
+    unit: str = _key("ollama.service", "the systemd unit that runs Ollama", _check_unit)
+    url: str = _key(DEFAULT_URL, "Ollama's base URL (default: from OLLAMA_HOST, as ollama does)", _check_url)
+    group: str = _key("ollamactl", "the group the polkit rule grants restarts to (used in hints)", _check_group)
+    timeout: float = _key(90.0, "seconds a restart may take in all: job plus readiness", gt=0, le=86400)
+    bus_timeout: float = _key(10.0, "seconds any one D-Bus call may take", gt=0, le=3600)
+    http_timeout: float = _key(5.0, "seconds any one HTTP request to Ollama may take", gt=0, le=3600)
+    runtime_dir: str = _key("/run/ollamactl", "shared lock and restart history (group-writable)", _check_path)
+    max_restarts: int = _key(3, "restart budget: at most this many restarts per restart_window", ge=1, le=100)
+    restart_window: float = _key(600.0, "restart budget: the sliding window, in seconds", gt=0, le=86400)
+    restart_backoff: float = _key(
+        10.0, "restart budget: seconds between restarts, doubled for each one in the window", ge=0, le=3600
+    )
+    model: str | None = _key(None, "model for deep probes (POST /api/generate); none: liveness only")
+    deep_probe: Literal["token", "load"] = _key("token", "deep probe: generate one token, or only load the model")
+    probe_timeout: float = _key(2.0, "seconds a liveness probe (GET /api/version) may take", gt=0, le=3600)
+    deep_timeout: float = _key(30.0, "seconds a deep probe may take", gt=0, le=3600)
+    watch_period: float = _key(1.0, "watch: seconds between probes", gt=0, le=3600)
+    watch_failure_threshold: int = _key(3, "watch: consecutive failed probes before a restart", ge=1, le=100)
+    watch_startup_grace: float = _key(10.0, "watch: seconds after a (re)start in which failures do not count", ge=0)
+    watch_deep_every: int = _key(10, "watch: run the deep probe every k-th period (needs model)", ge=1, le=10000)
+    sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in KEYS}
+
+
+KEYS: dict[str, Any] = {f.name: f for f in fields(Config) if f.name != "sources"}
+
+
+def _settings_model() -> Any:
+    # Built on first use so that importing ollamactl does not import pydantic.
+    from ollamactl._pydantic import Field, create_model
+
+    hints = get_type_hints(Config)
+    return create_model(
+        "Settings",
+        **{name: (hints[name], Field(f.default, **f.metadata["limits"])) for name, f in KEYS.items()},
+    )
 
 
 def load_config(
@@ -94,7 +107,7 @@ def load_config(
     ``labels`` maps an override key to how the user spelled it (e.g. ``--unit``).
     """
     env = os.environ if environ is None else environ
-    values: dict[str, Any] = {k: d for k, (d, _) in KEYS.items()}
+    values: dict[str, Any] = {k: f.default for k, f in KEYS.items()}
     sources = {k: "default" for k in KEYS}
     if env.get("OLLAMA_HOST", "").strip():
         values["url"] = url_from_ollama_host(env["OLLAMA_HOST"])
@@ -119,17 +132,26 @@ def load_config(
             label = (labels or {}).get(key, f"argument {key}=")
             values[key], sources[key] = value, label
 
-    from ollamactl._pydantic import ValidationError, errors, validate
+    from ollamactl._pydantic import ValidationError, errors, to_dict, validate
 
     try:
-        model = validate(_settings_model(), values)
+        checked = to_dict(validate(_settings_model(), values))
+        for key, f in KEYS.items():
+            check = f.metadata["check"]
+            if check is not None and checked[key] is not None:
+                try:
+                    checked[key] = check(checked[key])
+                except ValueError as exc:
+                    raise _bad(key, str(exc), values, sources) from None
     except ValidationError as exc:
         key, msg = errors(exc)[0]
-        source = sources.get(key, "?")
-        raise ConfigError(
-            f"invalid {key} from {source}: {msg} (got {values.get(key)!r})", source=source, key=key
-        ) from None
-    return Config({k: getattr(model, k) for k in KEYS}, sources)
+        raise _bad(key, msg, values, sources) from None
+    return Config(**checked, sources=sources)
+
+
+def _bad(key: str, msg: str, values: dict[str, Any], sources: dict[str, str]) -> ConfigError:
+    source = sources.get(key, "?")
+    return ConfigError(f"invalid {key} from {source}: {msg} (got {values.get(key)!r})", source=source, key=key)
 
 
 def _read_file(path: Path, explicit: bool) -> dict[str, Any]:

@@ -14,16 +14,30 @@ import threading
 import time
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ollamactl import probe
-from ollamactl._log import log
+from ollamactl._log import audit, log
+from ollamactl.budget import Budget
 from ollamactl.config import Config, load_config
-from ollamactl.errors import RestartFailed, TimedOut
+from ollamactl.errors import (
+    EXIT_DEEP_WEDGED,
+    EXIT_NOT_ANSWERING,
+    EXIT_STARTING,
+    EXIT_WEDGED,
+    BudgetExhausted,
+    OllamactlError,
+    RestartFailed,
+    TimedOut,
+    UsageError,
+)
+from ollamactl.nss import current_user
+from ollamactl.runtime import Restart, RuntimeDir
 from ollamactl.systemd import SystemdBus, UnitState
 
 if TYPE_CHECKING:
-    from ollamactl.models import RestartResult, Status
+    from ollamactl.models import ProbeReport, RestartResult, Status
 
 T = TypeVar("T")
 _POLL_FIRST = 0.02  # readiness: poll every 20 ms while a server usually binds its port...
@@ -82,54 +96,108 @@ class AsyncController:
         *,
         wait: bool = True,
         timeout: float | None = None,
+        observed_at: float | None = None,
     ) -> RestartResult:
         """Restart the unit; with ``wait`` return only once the API answers again.
 
+        ``observed_at`` (epoch seconds) is when the caller saw the wedge: if the
+        unit has started since then, nothing is restarted (action "skipped"), so
+        many detectors of one wedge cause one restart.  Callers serialise on a
+        lock in the runtime directory, and a restart budget stops loops.
+
         Raises PermissionDenied, UnitNotFound, UnitMasked, BusUnavailable,
-        RestartFailed or TimedOut (all OllamactlError) instead of returning.
+        BudgetExhausted, RestartFailed or TimedOut (all OllamactlError).
         """
+        cfg = self.config
+        clock = _Deadline(cfg.timeout if timeout is None else _check_timeout(timeout))
+        who = {"uid": os.getuid(), "user": current_user(), "pid": os.getpid()}
+        audit_fields = dict(unit=cfg.unit, reason=reason, observed_at=observed_at, **who)
+        log("INFO", "restart requested", **audit_fields)
+        try:
+            result = await self._restart(reason, wait, observed_at, clock)
+        except OllamactlError as err:
+            audit(f"restart of {cfg.unit} not done: {err.message}", outcome=err.kind, **audit_fields)
+            raise
+        audit(
+            f"{result.action} {result.unit} (reason: {reason or '-'})",
+            outcome=result.action,
+            new_invocation=result.new_invocation_id,
+            job_result=result.job_result,
+            **audit_fields,
+        )
+        return result
+
+    async def _restart(
+        self, reason: str | None, wait: bool, observed_at: float | None, clock: _Deadline
+    ) -> RestartResult:
         from ollamactl.models import RestartResult
 
-        cfg = self.config
-        total = cfg.timeout if timeout is None else _check_timeout(timeout)
-        clock = _Deadline(total)
-        log("INFO", "restart requested", unit=cfg.unit, reason=reason, uid=os.getuid(), pid=os.getpid())
-        async with _deadline_scope(clock, "connect to the system bus"):
-            async with self._systemd() as bus:
-                before = await bus.unit_state(cfg.unit, timeout=clock.left())
+        unit = self.config.unit
+        result = RestartResult(action="restarted", unit=unit, reason=reason, observed_at=observed_at)
+        async with _deadline_scope(clock, "restart"), self._systemd() as bus:
+            async with self.runtime.lock(clock.left()):
+                before = await bus.unit_state(unit, timeout=clock.left())
                 before.check_loadable()
-                await bus.subscribe()
-                started = time.monotonic()
-                job = await bus.restart_unit(before.name)
-                log("INFO", "restart job queued", unit=before.name, job=job)
-                if not wait:
-                    return RestartResult(
-                        action="queued",
-                        unit=before.name,
-                        reason=reason,
-                        job=job,
-                        old_invocation_id=before.invocation_id,
-                    )
-                job_result = await bus.wait_job(job, clock.left())
-                job_seconds = time.monotonic() - started
-                after = await bus.unit_state(before.name, timeout=clock.left())
-                log("INFO", "restart job finished", job=job, result=job_result, seconds=round(job_seconds, 3))
-                if job_result != "done":
-                    raise _restart_failed(after, f"the restart job ended with result '{job_result}'", job_result)
-                version, ready_seconds = await self._wait_ready(bus, after, clock)
-        log("INFO", "ollama answers again", unit=after.name, ready_seconds=round(ready_seconds, 3))
-        return RestartResult(
-            action="restarted",
-            unit=after.name,
-            reason=reason,
-            job=job,
-            job_result=job_result,
-            old_invocation_id=before.invocation_id,
-            new_invocation_id=after.invocation_id,
-            job_seconds=round(job_seconds, 4),
-            ready_seconds=round(ready_seconds, 4),
-            api_version=version,
-        )
+                result.unit = before.name
+                if observed_at is not None and before.started_since(observed_at):
+                    log("INFO", "already restarted since the wedge was seen; skipping", unit=before.name)
+                    result.action = "skipped"
+                    after = before
+                else:
+                    self._check_budget(before.name)
+                    await bus.subscribe()
+                    started = time.monotonic()
+                    result.job = await bus.restart_unit(before.name)
+                    self._record(before.name, reason)
+                    result.old_invocation_id = before.invocation_id
+                    log("INFO", "restart job queued", unit=before.name, job=result.job)
+                    if not wait:
+                        result.action = "queued"
+                        return result
+                    result.job_result = await bus.wait_job(result.job, clock.left())
+                    result.job_seconds = round(time.monotonic() - started, 4)
+                    after = await bus.unit_state(before.name, timeout=clock.left())
+                    if result.job_result != "done":
+                        raise _restart_failed(
+                            after, f"the restart job ended with '{result.job_result}'", result.job_result
+                        )
+            result.new_invocation_id = after.invocation_id
+            if wait:
+                result.api_version, ready = await self._wait_ready(bus, after, clock)
+                result.ready_seconds = round(ready, 4)
+        return result
+
+    @property
+    def runtime(self) -> RuntimeDir:
+        return RuntimeDir(Path(self.config.runtime_dir), self.config.group)
+
+    def _budget(self) -> Budget:
+        cfg = self.config
+        return Budget(cfg.max_restarts, cfg.restart_window, cfg.restart_backoff)
+
+    def _check_budget(self, unit: str) -> None:
+        """Raise BudgetExhausted unless the budget allows a restart now (call under the lock)."""
+        history = [r.at for r in self.runtime.read_state().for_unit(unit)]
+        now = time.time()
+        budget = self._budget()
+        allowed = budget.next_allowed(history, now)
+        if allowed > now:
+            recent = sum(1 for t in history if t > now - budget.window)
+            at = time.strftime("%H:%M:%S", time.localtime(allowed))
+            raise BudgetExhausted(
+                f"not restarting {unit}: {recent} restart(s) in the last {budget.window:g}s; the next is allowed "
+                f"at {at} (in {allowed - now:.0f}s); an admin can change max_restarts/restart_window/"
+                f"restart_backoff in /etc/ollamactl/config.toml",
+                unit=unit,
+                next_allowed_at=round(allowed, 3),
+                retry_after=round(allowed - now, 3),
+            )
+
+    def _record(self, unit: str, reason: str | None) -> None:
+        rundir = self.runtime
+        state = rundir.read_state()
+        state.restarts.append(Restart(at=time.time(), unit=unit, uid=os.getuid(), pid=os.getpid(), reason=reason))
+        rundir.write_state(state)
 
     async def _wait_ready(self, bus: SystemdBus, started: UnitState, clock: _Deadline) -> tuple[str, float]:
         """Poll /api/version until it answers; fail fast if the new process dies."""
@@ -201,6 +269,63 @@ class AsyncController:
             api_error=api_error,
         )
 
+    async def probe(self, deep: bool = False) -> ProbeReport:
+        """Classify Ollama's health; never restarts.
+
+        deep: also POST /api/generate on the configured model, which sees the
+        wedges that leave /api/version answering.  A failing probe is checked
+        against the unit: while it (re)starts, or within watch_startup_grace
+        of a start, the outcome is "starting", not a wedge.
+        """
+        from ollamactl.models import ProbeReport
+
+        cfg = self.config
+        if deep and not cfg.model:
+            raise UsageError("a deep probe needs a model: pass --model NAME or set model in the config", key="model")
+        endpoint = probe.parse_url(cfg.url)
+        live = await probe.liveness(endpoint, cfg.probe_timeout)
+        result = live
+        deep_result = None
+        if deep and live.outcome == probe.HEALTHY:
+            deep_result = await probe.deep(endpoint, cfg.model or "", cfg.deep_probe, cfg.deep_timeout)
+            result = deep_result
+        report = ProbeReport(
+            outcome=result.outcome,
+            healthy=result.outcome == probe.HEALTHY,
+            exit_code=_PROBE_EXIT[result.outcome],
+            url=endpoint.url,
+            liveness_seconds=round(live.seconds, 4),
+            deep_seconds=round(deep_result.seconds, 4) if deep_result else None,
+            model=cfg.model if deep else None,
+            detail=result.detail,
+            api_version=live.api_version,
+        )
+        if not report.healthy:
+            async with self._systemd() as bus:
+                state = await bus.unit_state(cfg.unit)
+            report.unit, report.active_state, report.sub_state = state.name, state.active_state, state.sub_state
+            report.started_at = state.inactive_exit_timestamp or state.active_enter_timestamp
+            if starting(state, cfg.watch_startup_grace):
+                report.outcome, report.exit_code = probe.STARTING, _PROBE_EXIT[probe.STARTING]
+        return report
+
+
+def starting(state: UnitState, grace: float) -> bool:
+    """Is the unit (re)starting, or within ``grace`` seconds of its last start?"""
+    if state.active_state == "activating" or state.sub_state == "auto-restart":
+        return True
+    started = state.inactive_exit_timestamp or state.active_enter_timestamp
+    return state.active_state == "active" and started is not None and time.time() - started < grace
+
+
+_PROBE_EXIT = {
+    probe.HEALTHY: 0,
+    probe.DOWN: EXIT_NOT_ANSWERING,
+    probe.WEDGED: EXIT_WEDGED,
+    probe.DEEP_WEDGED: EXIT_DEEP_WEDGED,
+    probe.STARTING: EXIT_STARTING,
+}
+
 
 class Controller:
     """The synchronous face of AsyncController: same settings, same errors."""
@@ -217,13 +342,24 @@ class Controller:
     def _actl(self) -> AsyncController:
         return AsyncController(config=self.config)
 
-    def restart(self, reason: str | None = None, *, wait: bool = True, timeout: float | None = None) -> RestartResult:
-        """Restart the unit; with ``wait``, block until the API answers again."""
-        return _run(self._actl().restart(reason, wait=wait, timeout=timeout))
+    def restart(
+        self,
+        reason: str | None = None,
+        *,
+        wait: bool = True,
+        timeout: float | None = None,
+        observed_at: float | None = None,
+    ) -> RestartResult:
+        """Restart the unit (see AsyncController.restart); with ``wait``, block until the API answers."""
+        return _run(self._actl().restart(reason, wait=wait, timeout=timeout, observed_at=observed_at))
 
     def status(self) -> Status:
         """The unit's state and whether Ollama's API answers."""
         return _run(self._actl().status())
+
+    def probe(self, deep: bool = False) -> ProbeReport:
+        """Classify Ollama's health (see AsyncController.probe)."""
+        return _run(self._actl().probe(deep))
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -270,8 +406,6 @@ async def _deadline_scope(clock: _Deadline, what: str) -> AsyncIterator[None]:
 
 
 def _check_timeout(value: float) -> float:
-    from ollamactl.errors import UsageError
-
     if not (isinstance(value, (int, float)) and 0 < value <= 86400):
         raise UsageError(f"timeout must be a number of seconds in (0, 86400] (got {value!r})", key="timeout")
     return float(value)

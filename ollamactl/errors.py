@@ -17,7 +17,12 @@ EXIT_UNIT = 4
 EXIT_BUS = 5
 EXIT_RESTART_FAILED = 6
 EXIT_TIMEOUT = 7
-EXIT_NOT_ANSWERING = 10
+EXIT_BUDGET = 8
+EXIT_RUNTIME_DIR = 9
+EXIT_NOT_ANSWERING = 10  # also the probe outcome "down"
+EXIT_WEDGED = 11
+EXIT_DEEP_WEDGED = 12
+EXIT_STARTING = 13
 
 
 class OllamactlError(Exception):
@@ -99,6 +104,27 @@ class TimedOut(OllamactlError):
     kind = "timeout"
 
 
+class BudgetExhausted(OllamactlError):
+    """The restart budget is used up; restarting again now could loop."""
+
+    exit_code = EXIT_BUDGET
+    kind = "budget-exhausted"
+
+
+class RuntimeDirError(OllamactlError):
+    """/run/ollamactl (lock and restart history) is missing or not writable."""
+
+    exit_code = EXIT_RUNTIME_DIR
+    kind = "runtime-dir"
+
+
+class ProbeConfigError(OllamactlError):
+    """A deep probe cannot run as configured (e.g. the model is not installed)."""
+
+    exit_code = EXIT_USAGE
+    kind = "probe-config"
+
+
 class NotAnswering(OllamactlError):
     """Ollama's HTTP API does not answer."""
 
@@ -116,5 +142,10 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EXIT_BUS, "system bus or systemd unavailable"),
     (EXIT_RESTART_FAILED, "restart failed: the unit did not come back"),
     (EXIT_TIMEOUT, "timed out"),
-    (EXIT_NOT_ANSWERING, "status: unit not active or Ollama's API not answering"),
+    (EXIT_BUDGET, "restart budget used up; the message says when the next restart is allowed"),
+    (EXIT_RUNTIME_DIR, "runtime directory /run/ollamactl missing or not writable"),
+    (EXIT_NOT_ANSWERING, "status/probe: Ollama down (refused) or the unit not active"),
+    (EXIT_WEDGED, "probe: wedged (accepts connections, no answer in time)"),
+    (EXIT_DEEP_WEDGED, "probe: deep-wedged (/api/version answers, generate does not)"),
+    (EXIT_STARTING, "probe: starting (unit activating or within its startup grace)"),
 )

@@ -18,12 +18,17 @@ class _Result(BaseModel):
 
 
 class RestartResult(_Result):
-    """What ``restart`` did.  action: "restarted", or "queued" with wait=False."""
+    """What ``restart`` did.
+
+    action: "restarted"; "queued" with wait=False; "skipped" when the unit
+    had already started since ``observed_at`` (new_invocation_id is that start).
+    """
 
     ok: bool = True
     action: str
     unit: str
     reason: str | None = None
+    observed_at: float | None = None
     job: str | None = None
     job_result: str | None = None
     old_invocation_id: str | None = None
@@ -54,3 +59,21 @@ class Status(_Result):
     api_ok: bool
     api_version: str | None = None
     api_error: str | None = None
+
+
+class ProbeReport(_Result):
+    """What ``probe`` saw: outcome is healthy, wedged, deep-wedged, down or starting."""
+
+    outcome: str
+    healthy: bool
+    exit_code: int
+    url: str
+    liveness_seconds: float
+    deep_seconds: float | None = None
+    model: str | None = None
+    detail: str = ""
+    api_version: str | None = None
+    unit: str | None = None
+    active_state: str | None = None
+    sub_state: str | None = None
+    started_at: float | None = None

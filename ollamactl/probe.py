@@ -12,6 +12,7 @@ import asyncio
 import ipaddress
 import json
 import ssl
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,6 +134,10 @@ class Response:
 class HTTPError(Exception):
     """The request did not get a complete HTTP answer (refused, reset, malformed)."""
 
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
+
 
 async def request(
     endpoint: Endpoint,
@@ -152,7 +157,8 @@ async def _request(endpoint: Endpoint, method: str, path: str, body: Any) -> Res
     try:
         reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port, ssl=ctx)
     except OSError as exc:
-        raise HTTPError(f"cannot connect to {endpoint.url}: {exc.strerror or exc}") from exc
+        refused = isinstance(exc, ConnectionRefusedError)
+        raise HTTPError(f"cannot connect to {endpoint.url}: {exc.strerror or exc}", refused=refused) from exc
     try:
         payload = b"" if body is None else json.dumps(body).encode()
         host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
@@ -225,3 +231,69 @@ async def api_version(endpoint: Endpoint, timeout: float) -> str:
         return str(resp.json()["version"])
     except (ValueError, KeyError, TypeError) as exc:
         raise HTTPError(f"GET /api/version answered something that is not Ollama: {exc}") from exc
+
+
+# -- probes ----------------------------------------------------------------
+
+HEALTHY = "healthy"
+WEDGED = "wedged"  # accepts connections, no (complete) answer in time
+DEEP_WEDGED = "deep-wedged"  # /api/version answers, generate does not
+DOWN = "down"  # connection refused: nothing listens
+STARTING = "starting"  # down or wedged, but the unit is (re)starting: decided by the caller
+
+
+@dataclass
+class ProbeResult:
+    """One probe's outcome and how long it took."""
+
+    outcome: str
+    seconds: float
+    detail: str = ""
+    api_version: str | None = None
+
+
+async def liveness(endpoint: Endpoint, timeout: float) -> ProbeResult:
+    """GET /api/version: tells down from wedged, but is static, so misses deep wedges."""
+    t0 = time.monotonic()
+    try:
+        version = await api_version(endpoint, timeout)
+    except TimeoutError:
+        return ProbeResult(WEDGED, time.monotonic() - t0, f"GET /api/version: no answer within {timeout:g}s")
+    except HTTPError as exc:
+        return ProbeResult(DOWN if exc.refused else WEDGED, time.monotonic() - t0, str(exc))
+    return ProbeResult(HEALTHY, time.monotonic() - t0, api_version=version)
+
+
+async def deep(endpoint: Endpoint, model: str, mode: str, timeout: float) -> ProbeResult:
+    """POST /api/generate on ``model``: one token (mode "token") or only a load ("load").
+
+    Raises ProbeConfigError when the model is not installed: a restart
+    cannot fix that, so it must not count as a wedge.
+    """
+    from ollamactl.errors import ProbeConfigError
+
+    body: dict[str, Any] = {"model": model, "stream": False}
+    if mode == "token":
+        body.update(prompt="ok", options={"num_predict": 1})
+    else:
+        body["prompt"] = ""
+    t0 = time.monotonic()
+    try:
+        resp = await request(endpoint, "POST", "/api/generate", timeout=timeout, body=body)
+    except TimeoutError:
+        return ProbeResult(DEEP_WEDGED, time.monotonic() - t0, f"POST /api/generate: no answer within {timeout:g}s")
+    except HTTPError as exc:
+        return ProbeResult(DOWN if exc.refused else DEEP_WEDGED, time.monotonic() - t0, str(exc))
+    seconds = time.monotonic() - t0
+    if resp.status == 404:
+        raise ProbeConfigError(
+            f"deep probe: model {model!r} is not installed; set model to one that `ollama list` shows",
+            key="model",
+        )
+    try:
+        done = resp.status == 200 and bool(resp.json().get("done"))
+    except (ValueError, AttributeError):
+        done = False
+    if not done:
+        return ProbeResult(DEEP_WEDGED, seconds, f"POST /api/generate answered HTTP {resp.status}: {resp.body[:200]!r}")
+    return ProbeResult(HEALTHY, seconds)

@@ -25,6 +25,7 @@ from ollamactl.errors import (
     UnitMasked,
     UnitNotFound,
 )
+from ollamactl.nss import current_user, in_group
 from ollamactl.units import unit_object_path
 
 SYSTEMD = "org.freedesktop.systemd1"
@@ -53,8 +54,14 @@ class UnitState:
     main_pid: int | None
     invocation_id: str | None
     active_enter_timestamp: float | None  # seconds since the epoch
+    inactive_exit_timestamp: float | None  # when the current (or last) start began
     n_restarts: int | None
     fragment_path: str | None
+
+    def started_since(self, t: float) -> bool:
+        """Has a start of this unit begun after wall-clock time ``t``?"""
+        started = self.inactive_exit_timestamp or self.active_enter_timestamp
+        return started is not None and started > t
 
     def check_loadable(self) -> None:
         """Raise UnitNotFound / UnitMasked before asking systemd to act on it."""
@@ -92,8 +99,8 @@ class DenialContext:
         self.group = group
 
     def error(self, unit: str, verb: str, bus_error: str) -> PermissionDenied:
-        user = _user_name()
-        if _in_group(user, self.group):
+        user = current_user()
+        if in_group(user, self.group):
             msg = (
                 f"not allowed to {verb} {unit}: you are in group {self.group}, but no polkit rule "
                 f"grants {verb} of {unit} to it; ask an admin to install ollamactl's rule for this unit"
@@ -104,28 +111,6 @@ class DenialContext:
                 f"sudo usermod -aG {self.group} {user or '$USER'}"
             )
         return PermissionDenied(msg, unit=unit, group=self.group, bus_error=bus_error)
-
-
-def _user_name() -> str | None:
-    import pwd
-
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return None
-
-
-def _in_group(user: str | None, group: str) -> bool:
-    """Group membership as polkit sees it: the user's groups through NSS."""
-    import grp
-
-    if user is None:
-        return False
-    try:
-        gid = grp.getgrnam(group).gr_gid
-    except KeyError:
-        return False
-    return gid in os.getgrouplist(user, os.getgid())
 
 
 class SystemdBus:
@@ -293,6 +278,7 @@ class SystemdBus:
         props: dict[str, Any] = {k: v.value for reply in replies for k, v in reply[0].items()}
         inv = props.get("InvocationID")
         ts = props.get("ActiveEnterTimestamp")
+        started = props.get("InactiveExitTimestamp")
         return UnitState(
             name=str(props.get("Id", unit)),
             load_state=str(props.get("LoadState", "")),
@@ -302,6 +288,7 @@ class SystemdBus:
             main_pid=props.get("MainPID"),
             invocation_id=bytes(inv).hex() if inv else None,
             active_enter_timestamp=ts / 1e6 if ts else None,
+            inactive_exit_timestamp=started / 1e6 if started else None,
             n_restarts=props.get("NRestarts"),
             fragment_path=props.get("FragmentPath") or None,
         )

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +16,30 @@ from tests import testbed
 REPO = Path(__file__).resolve().parents[2]
 UNIT = "ollama.service"
 MODE_FILE = "/etc/ollama-standin/mode"
+
+
+TIMINGS: list[str] = []  # recovery figures, printed at the end of the run
+#: (suite, case, expected, outcome, D-Bus error, state unchanged) rows of the denial matrix.
+MATRIX: list[tuple[str, str, str, str, str, str]] = []
+#: Free-form lines from the package tests (sizes, lintian, install/upgrade/purge evidence).
+PACKAGE_REPORT: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    if TIMINGS:
+        terminalreporter.section("recovery timings")
+        for line in TIMINGS:
+            terminalreporter.write_line(line)
+    if MATRIX:
+        terminalreporter.section("denial matrix")
+        head = ("suite", "case", "expected", "outcome", "D-Bus error", "system unchanged")
+        widths = [max(len(str(r[i])) for r in [head, *MATRIX]) for i in range(len(head))]
+        for row in [head, *sorted(MATRIX, key=lambda r: (r[0], r[2] != "allowed", r[1]))]:
+            terminalreporter.write_line("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)))
+    if PACKAGE_REPORT:
+        terminalreporter.section("package")
+        for line in PACKAGE_REPORT:
+            terminalreporter.write_line(line)
 
 
 def pytest_collection_modifyitems(items):
@@ -35,27 +58,28 @@ def _missing_prereq() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def wheel(tmp_path_factory) -> Path:
-    """The project built as an admin would get it: a wheel."""
+def deb() -> Path:
+    """The project as an admin gets it: the .deb from tests/debbuild.py (cached by source hash).
+
+    OLLAMACTL_DEB=path tests a given .deb instead (make test passes the one in dist/).
+    """
     why = _missing_prereq()
     if why:
         if os.environ.get("OLLAMACTL_E2E_REQUIRED"):
             pytest.fail(why)
         pytest.skip(why)
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(REPO)],
-        check=True,
-        timeout=600,
-    )
-    (whl,) = out.glob("ollamactl-*.whl")
-    return whl
+    given = os.environ.get("OLLAMACTL_DEB")
+    if given:
+        return Path(given).resolve()
+    from tests import debbuild
+
+    return debbuild.build().deb
 
 
 @pytest.fixture(scope="session", params=testbed.SUITES)
-def bed(request, wheel) -> Bed:
-    """A booted container for one Debian release, shared by that release's tests."""
-    container = testbed.boot(request.param, wheel=wheel)
+def bed(request, deb) -> Bed:
+    """A booted container for one Debian release with the .deb installed, shared by that release's tests."""
+    container = testbed.boot(request.param, deb=deb)
     request.addfinalizer(container.stop)
     return Bed(container)
 
@@ -110,10 +134,11 @@ def healthy(bed: Bed) -> Bed:
 
     Tests restart ollama.service many times in a row; systemd counts those
     against StartLimitBurst (5 in 10 s), so each test starts with that
-    counter reset (``systemctl reset-failed`` does it), as on a real box where
-    restarts are minutes apart.
+    counter reset (``systemctl reset-failed`` does it), and ollamactl's own
+    restart budget too, as on a real box where restarts are minutes apart.
     """
     bed.c.run(["systemctl", "reset-failed", UNIT], check=True)
+    bed.c.run(["rm", "-f", "/run/ollamactl/state.json"], check=True)  # a fresh restart budget
     if not bed.api_answers():
         bed.recover()
     yield bed

@@ -14,14 +14,20 @@ def load(tmp_path, toml=None, env=None, **overrides):
 
 def test_defaults_without_any_source(tmp_path):
     cfg = load(tmp_path)
-    assert cfg.as_dict() == {
-        "unit": "ollama.service",
-        "url": "http://127.0.0.1:11434",
-        "group": "ollamactl",
-        "timeout": 90.0,
-        "bus_timeout": 10.0,
-        "http_timeout": 5.0,
-    }
+    assert (cfg.unit, cfg.url, cfg.group) == ("ollama.service", "http://127.0.0.1:11434", "ollamactl")
+    assert (cfg.timeout, cfg.bus_timeout, cfg.http_timeout) == (90.0, 10.0, 5.0)
+    assert (cfg.max_restarts, cfg.restart_window, cfg.restart_backoff) == (3, 600.0, 10.0)
+    assert cfg.model is None and cfg.deep_probe == "token"
+    assert set(cfg.sources.values()) == {"default"}
+
+
+def test_integer_and_choice_keys(tmp_path):
+    cfg = load(tmp_path, 'max_restarts = 5\ndeep_probe = "load"\nmodel = "llama3"\n')
+    assert (cfg.max_restarts, cfg.deep_probe, cfg.model) == (5, "load", "llama3")
+    with pytest.raises(ConfigError, match="deep_probe"):
+        load(tmp_path, 'deep_probe = "fast"\n')
+    with pytest.raises(ConfigError, match="max_restarts"):
+        load(tmp_path, env={"OLLAMACTL_MAX_RESTARTS": "0"})
 
 
 def test_precedence_file_then_env_then_kwargs(tmp_path):
@@ -90,4 +96,4 @@ def test_unknown_kwarg_is_rejected(tmp_path):
 
 
 def test_every_key_has_help():
-    assert all(help_text for _, help_text in KEYS.values())
+    assert all(f.metadata["help"] for f in KEYS.values())

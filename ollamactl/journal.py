@@ -1,0 +1,86 @@
+"""systemd journal output without a new dependency: the native protocol.
+
+A record is one datagram to /run/systemd/journal/socket holding KEY=value
+lines (a value with a newline uses the length-prefixed form).  Where there
+is no journal, records go to stderr with sd-daemon ``<priority>`` prefixes,
+which journald and most log collectors understand.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import struct
+import sys
+from typing import Any
+
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+IDENTIFIER = "ollamactl"
+_MAX_VALUE = 64 * 1024
+_KEY_RE = re.compile(r"[^A-Z0-9_]")
+_PRIORITIES = {"TRACE": 7, "DEBUG": 7, "INFO": 6, "SUCCESS": 5, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+
+
+def field_name(key: str) -> str:
+    """A valid journal field name: upper case letters, digits, underscores, no leading underscore."""
+    name = _KEY_RE.sub("_", key.upper()).lstrip("_")
+    return (name or "FIELD")[:64]
+
+
+def encode(fields: dict[str, Any]) -> bytes:
+    """The native-protocol datagram for ``fields``."""
+    out = bytearray()
+    for key, value in fields.items():
+        if value is None:
+            continue
+        data = str(value).encode("utf-8", "replace")[:_MAX_VALUE]
+        name = key.encode()
+        if b"\n" in data:
+            out += name + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
+        else:
+            out += name + b"=" + data + b"\n"
+    return bytes(out)
+
+
+class Journal:
+    """A connectionless writer to journald; falls back to stderr when there is none."""
+
+    def __init__(self, path: str = JOURNAL_SOCKET) -> None:
+        self.path = path
+        self._sock: socket.socket | None = None
+
+    def available(self) -> bool:
+        return os.path.exists(self.path)
+
+    def send(self, message: str, priority: int = 6, **fields: Any) -> bool:
+        """Write one record; True if it reached the journal, False if it went to stderr."""
+        record = {"MESSAGE": message, "PRIORITY": priority, "SYSLOG_IDENTIFIER": IDENTIFIER}
+        record.update({field_name(k): v for k, v in fields.items()})
+        try:
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._sock.sendto(encode(record), self.path)
+            return True
+        except OSError:
+            extra = " ".join(f"{field_name(k)}={v}" for k, v in fields.items() if v is not None)
+            sys.stderr.write(f"<{priority}>{IDENTIFIER}: {message}{' ' + extra if extra else ''}\n")
+            sys.stderr.flush()
+            return False
+
+
+class JournalSink:
+    """A loguru sink: each record becomes a journal entry, its ``extra`` fields prefixed OLLAMACTL_."""
+
+    def __init__(self, journal: Journal | None = None) -> None:
+        self.journal = journal or Journal()
+
+    def __call__(self, message: Any) -> None:
+        record = message.record
+        fields = {f"OLLAMACTL_{k}": v for k, v in record["extra"].items() if not k.startswith("_")}
+        fields.update(
+            CODE_FILE=record["file"].path,
+            CODE_LINE=record["line"],
+            CODE_FUNC=record["function"],
+        )
+        self.journal.send(record["message"], _PRIORITIES.get(record["level"].name, 6), **fields)
