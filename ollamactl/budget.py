@@ -24,11 +24,11 @@ class Budget:
     backoff: float = DEFAULT_BACKOFF
 
     def next_allowed(self, history: list[float], now: float) -> float:
-        """Earliest time the next restart may happen (<= now means: now)."""
+        """Earliest time the next restart may happen (``now`` if it may happen now)."""
         recent = sorted(t for t in history if now - self.window < t <= now)
         if not recent:
             return now
         allowed = recent[-1] + min(self.backoff * 2 ** (len(recent) - 1), self.window)
         if len(recent) >= self.max_restarts:
             allowed = max(allowed, recent[-self.max_restarts] + self.window)
-        return allowed
+        return max(allowed, now)
