@@ -134,6 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="NAME", help="model for the deep probe (default: the config's model)")
     p.set_defaults(handler=_cmd_probe)
 
+    p = sub.add_parser(
+        "watch",
+        parents=[common],
+        help="probe Ollama in a loop and restart it when it wedges (the watchdog service)",
+        description="Probe every watch_period seconds (deep probe every watch_deep_every-th period when a "
+        "model is set); after watch_failure_threshold failures outside the startup grace, restart through "
+        "the coalesced, budgeted path. Logs every decision (to the journal when run by systemd). "
+        "Runs until SIGTERM.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", metavar="NAME", help="model for deep probes (default: the config's model)")
+    p.set_defaults(handler=_cmd_watch)
+
     from ollamactl import admin_cli  # policy and doctor: the admin-facing commands
 
     admin_cli.add_parsers(sub, common, epilog=EPILOG)
@@ -186,6 +200,19 @@ def _cmd_probe(args: argparse.Namespace, as_json: bool) -> int:
     report = controller(args).probe(deep=args.deep)
     emit(report.to_dict(), as_json, _probe_text)
     return report.exit_code
+
+
+def _cmd_watch(args: argparse.Namespace, as_json: bool) -> int:
+    import asyncio
+    import os
+
+    from ollamactl._log import enable
+    from ollamactl.controller import AsyncController
+    from ollamactl.watch import watch
+
+    config = controller(args).config
+    enable("DEBUG" if getattr(args, "verbose", False) else "INFO", journal=bool(os.environ.get("JOURNAL_STREAM")))
+    return asyncio.run(watch(AsyncController(config=config)))
 
 
 def _without_gi() -> None:

@@ -1,0 +1,176 @@
+"""``ollamactl watch``: a probe loop that restarts a wedged Ollama, safely.
+
+Kubernetes-like: a liveness probe every ``watch_period``, a deep probe every
+``watch_deep_every``-th period when a model is configured, a failure
+threshold, and a startup grace after each (re)start during which failures do
+not count.  Restarts go through AsyncController.restart with ``observed_at``
+(the first failure of the streak), so they are coalesced with any app that
+saw the same wedge, and budgeted, so a wedge that survives restarts cannot
+loop.  Every decision is logged.  Under systemd it speaks sd_notify:
+READY=1, STATUS=, WATCHDOG=1 and STOPPING=1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+
+from ollamactl import probe
+from ollamactl._log import log
+from ollamactl.controller import AsyncController
+from ollamactl.errors import BudgetExhausted, OllamactlError
+
+
+class Notifier:
+    """sd_notify(3) without libsystemd: a datagram to $NOTIFY_SOCKET (no-op outside systemd)."""
+
+    def __init__(self, address: str | None = None) -> None:
+        address = os.environ.get("NOTIFY_SOCKET") if address is None else address
+        self.address = "\0" + address[1:] if address and address.startswith("@") else address
+        usec = os.environ.get("WATCHDOG_USEC", "")
+        pid = os.environ.get("WATCHDOG_PID", "")
+        mine = not pid or pid == str(os.getpid())
+        self.watchdog_interval = int(usec) / 1e6 / 2 if usec.isdigit() and mine else None
+
+    def send(self, **fields: str | int) -> None:
+        if not self.address:
+            return
+        data = "\n".join(f"{k}={v}" for k, v in fields.items()).encode()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto(data, self.address)
+
+
+class Watcher:
+    """One watch loop over one unit; ``run`` returns when ``stop`` is set."""
+
+    def __init__(self, actl: AsyncController, notifier: Notifier | None = None) -> None:
+        self.actl = actl
+        self.cfg = actl.config
+        self.notifier = notifier or Notifier()
+        self.stop = asyncio.Event()
+        self.failures = {"live": 0, "deep": 0}
+        self.first_failure_at: float | None = None
+        self.hold_until = 0.0  # budget exhausted: no restart attempts before this (wall clock)
+        self.deep_pending = False  # a deep probe failed: confirm it every period
+        self.heartbeat = time.monotonic()
+        self.restarts = 0
+
+    async def run(self) -> None:
+        cfg = self.cfg
+        log(
+            "INFO",
+            "watching",
+            unit=cfg.unit,
+            url=cfg.url,
+            period=cfg.watch_period,
+            threshold=cfg.watch_failure_threshold,
+            grace=cfg.watch_startup_grace,
+            model=cfg.model,
+            deep_every=cfg.watch_deep_every,
+        )
+        pinger = asyncio.create_task(self._ping_watchdog())
+        try:
+            iteration = 0
+            while not self.stop.is_set():
+                started = time.monotonic()
+                deep = bool(cfg.model) and (self.deep_pending or iteration % cfg.watch_deep_every == 0)
+                await self.tick(deep)
+                if iteration == 0:
+                    self.notifier.send(READY=1)
+                iteration += 1
+                self.heartbeat = time.monotonic()
+                delay = max(0.0, cfg.watch_period - (time.monotonic() - started))
+                try:
+                    await asyncio.wait_for(self.stop.wait(), delay)
+                except TimeoutError:
+                    pass
+        finally:
+            pinger.cancel()
+            self.notifier.send(STOPPING=1, STATUS="stopping")
+            log("INFO", "watch stopped", restarts=self.restarts)
+
+    async def tick(self, deep: bool) -> None:
+        """One probe and the decision that follows it."""
+        seen = time.time()
+        try:
+            report = await self.actl.probe(deep=deep)
+        except OllamactlError as err:  # e.g. the bus is down: say so, keep watching
+            log("ERROR", f"probe failed to run: {err.message}", error=err.kind)
+            self.notifier.send(STATUS=f"probe failed to run: {err.kind}")
+            return
+        kind = "deep" if report.outcome == probe.DEEP_WEDGED else "live"
+        if report.outcome == probe.HEALTHY:
+            if any(self.failures.values()):
+                log("INFO", "healthy again", unit=self.cfg.unit, deep=deep)
+            self.failures = {"live": 0, "deep": 0} if deep else {**self.failures, "live": 0}
+            self.deep_pending = self.deep_pending and not deep
+            if not self.failures["deep"]:
+                self.first_failure_at = None
+            log("DEBUG", "healthy", deep=deep, seconds=report.liveness_seconds)
+            self.notifier.send(STATUS=f"healthy ({'deep' if deep else 'liveness'} probe)")
+            return
+        if report.outcome == probe.STARTING:
+            log("INFO", "starting: failures do not count yet", state=f"{report.active_state}/{report.sub_state}")
+            self.failures, self.first_failure_at, self.deep_pending = {"live": 0, "deep": 0}, None, False
+            self.notifier.send(STATUS="ollama is starting")
+            return
+        self.failures[kind] += 1
+        self.deep_pending = self.deep_pending or kind == "deep"
+        if self.first_failure_at is None:
+            self.first_failure_at = seen
+        count, threshold = self.failures[kind], self.cfg.watch_failure_threshold
+        log("WARNING", f"probe: {report.outcome} ({count}/{threshold}): {report.detail}", outcome=report.outcome)
+        self.notifier.send(STATUS=f"{report.outcome} ({count}/{threshold})")
+        if count >= threshold:
+            await self.recover(report.outcome, count, report.detail)
+
+    async def recover(self, outcome: str, count: int, detail: str) -> None:
+        """Ask for the coalesced, budgeted restart; log what happened."""
+        now = time.time()
+        if now < self.hold_until:
+            log("DEBUG", "restart budget still exhausted", retry_in=round(self.hold_until - now, 1))
+            return
+        reason = f"watch: {outcome} for {count} probes ({detail})"
+        try:
+            result = await self.actl.restart(reason, observed_at=self.first_failure_at)
+        except BudgetExhausted as err:
+            self.hold_until = time.time() + float(err.details.get("retry_after", self.cfg.watch_period))
+            log("WARNING", err.message, outcome="budget-exhausted")
+            self.notifier.send(STATUS=f"restart budget exhausted; next in {err.details.get('retry_after')}s")
+            return
+        except OllamactlError as err:
+            log("ERROR", f"restart failed: {err.message}", outcome=err.kind)
+            return
+        self.restarts += result.action == "restarted"
+        log(
+            "INFO",
+            f"{result.action} {result.unit}: API answering after {result.ready_seconds}s",
+            action=result.action,
+            invocation=result.new_invocation_id,
+        )
+        self.failures, self.first_failure_at, self.deep_pending = {"live": 0, "deep": 0}, None, False
+
+    async def _ping_watchdog(self) -> None:
+        """WATCHDOG=1 while the loop makes progress; a stuck loop lets systemd restart us."""
+        interval = self.notifier.watchdog_interval
+        if interval is None:
+            return
+        cfg = self.cfg
+        stuck_after = cfg.watch_period + cfg.probe_timeout + cfg.deep_timeout + cfg.timeout + 5
+        while True:
+            if time.monotonic() - self.heartbeat < stuck_after:
+                self.notifier.send(WATCHDOG=1)
+            await asyncio.sleep(interval)
+
+
+async def watch(actl: AsyncController) -> int:
+    """Run the watch loop until SIGTERM or SIGINT; returns the exit code."""
+    watcher = Watcher(actl)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, watcher.stop.set)
+    await watcher.run()
+    return 0
