@@ -1,0 +1,398 @@
+"""``ollamactl doctor``: why may (or may not) this user restart Ollama, and what fixes it.
+
+Each check looks at one thing polkit and systemd depend on, in the order a
+restart needs them, and a failed one carries the exact command that fixes it.
+Where polkit can answer for itself (``CheckAuthorization`` on the caller's own
+process, no interaction, no side effects) we ask it and show its answer, so the
+verdict is polkit's, not a re-implementation of the rule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import os
+import pwd
+import stat
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ollamactl import policy
+from ollamactl.config import Config, load_config
+from ollamactl.errors import OllamactlError
+
+#: Exit code of ``doctor`` when at least one check failed (8-13 belong to restart/probe).
+EXIT_DOCTOR = 20
+POLKIT = "org.freedesktop.PolicyKit1"
+AUTHORITY_PATH = "/org/freedesktop/PolicyKit1/Authority"
+AUTHORITY = "org.freedesktop.PolicyKit1.Authority"
+RUN_DIR = Path("/run/ollamactl")
+RUN_DIR_MODE = 0o2775
+TMPFILES = Path("/usr/lib/tmpfiles.d/ollamactl.conf")
+SYSUSERS = Path("/usr/lib/sysusers.d/ollamactl.conf")
+#: The whole doctor run, bus and HTTP included, ends within this many seconds.
+TOTAL_DEADLINE = 30.0
+
+
+@dataclass
+class Check:
+    """One line of the report; ok=None means "could not tell" (does not fail the run)."""
+
+    name: str
+    ok: bool | None
+    detail: str
+    fix: str | None = None
+
+
+@dataclass
+class Report:
+    """All checks, plus polkit's own verdict when it could give one."""
+
+    user: str
+    unit: str
+    group: str
+    checks: list[Check]
+    authorized: bool | None = None
+    polkit_version: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok is not False for c in self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "user": self.user,
+            "unit": self.unit,
+            "group": self.group,
+            "authorized": self.authorized,
+            "polkit_version": self.polkit_version,
+            "checks": [asdict(c) for c in self.checks],
+        }
+
+
+def default_config() -> Config:
+    """Built-in defaults, for checking the rest when the config itself is invalid."""
+    return load_config(None, config_file=os.devnull, environ={})
+
+
+def run(config: Config | None, config_error: OllamactlError | None) -> Report:
+    """Run every check (synchronously, on a private event loop) under TOTAL_DEADLINE."""
+    return asyncio.run(_run(config, config_error))
+
+
+async def _run(config: Config | None, config_error: OllamactlError | None) -> Report:
+    uid = os.getuid()
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    checks: list[Check] = []
+    if config_error is not None:
+        checks.append(Check("config", False, config_error.message, "fix the value named above, then run doctor again"))
+        config = default_config()
+    else:
+        assert config is not None
+        src = {k: v for k, v in config.sources.items() if v != "default"}
+        where = "; ".join(f"{k} from {v}" for k, v in sorted(src.items())) or "all defaults"
+        checks.append(Check("config", True, f"valid ({where})"))
+    report = Report(user=user, unit=config.unit, group=config.group, checks=checks)
+    try:
+        async with asyncio.timeout(TOTAL_DEADLINE):
+            await _bus_checks(report, config, uid)
+    except TimeoutError:
+        checks.append(Check("deadline", False, f"doctor did not finish within {TOTAL_DEADLINE:g}s", None))
+    checks.append(_runtime_dir_check(Path(getattr(config, "runtime_dir", RUN_DIR)), config.group))
+    try:
+        async with asyncio.timeout(config.http_timeout + 1):
+            checks.append(await _ollama_check(config))
+    except TimeoutError:
+        checks.append(Check("ollama", False, f"{config.url} did not answer within {config.http_timeout:g}s"))
+    return report
+
+
+async def _bus_checks(report: Report, config: Config, uid: int) -> None:
+    from ollamactl.systemd import SystemdBus
+
+    checks = report.checks
+    try:
+        bus_cm = SystemdBus(call_timeout=config.bus_timeout, group=config.group)
+        bus = await bus_cm.__aenter__()
+    except OllamactlError as err:
+        checks.append(Check("system bus", False, err.message, "sudo systemctl start dbus.service"))
+        checks.append(_group_check(report.user, uid, config.group))
+        checks.append(_rule_check(config, None))
+        return
+    try:
+        checks.append(Check("system bus", True, "answers"))
+        checks.append(await _unit_check(bus, config.unit))
+        checks.append(_group_check(report.user, uid, config.group))
+        version, polkit_check = await _polkit_version(bus, config)
+        report.polkit_version = version
+        checks.append(polkit_check)
+        checks.append(_rule_check(config, version))
+        if uid == 0:
+            checks.append(Check("polkit says", True, "you are root: systemd does not ask polkit for root"))
+        elif version is not None:
+            authorized, check = await _ask_polkit(bus, config, report)
+            report.authorized = authorized
+            checks.append(check)
+    finally:
+        await bus_cm.__aexit__(None, None, None)
+
+
+async def _unit_check(bus: Any, unit: str) -> Check:
+    try:
+        state = await bus.unit_state(unit)
+    except OllamactlError as err:
+        return Check("unit", False, err.message, f"systemctl status {unit}")
+    if state.load_state == "loaded":
+        where = f" from {state.fragment_path}" if state.fragment_path else ""
+        return Check("unit", True, f"{state.name} is loaded{where}, {state.active_state} ({state.sub_state})")
+    if state.load_state == "masked":
+        return Check("unit", False, f"{unit} is masked", f"sudo systemctl unmask {unit}")
+    if state.load_state == "not-found":
+        return Check(
+            "unit",
+            False,
+            f"systemd has no unit {unit}",
+            "install Ollama (https://ollama.com/download/linux), or name its unit in "
+            '/etc/ollamactl/config.toml: unit = "NAME.service"',
+        )
+    return Check("unit", False, f"{unit} failed to load (LoadState={state.load_state})", f"systemctl status {unit}")
+
+
+def _group_check(user: str, uid: int, group: str) -> Check:
+    """Membership as polkit sees it: the user's groups through NSS, not this process's groups."""
+    try:
+        gr = grp.getgrnam(group)
+    except KeyError:
+        fix = f"sudo systemd-sysusers {SYSUSERS}" if SYSUSERS.exists() else f"sudo groupadd --system {group}"
+        return Check("group", False, f"group {group} does not exist", fix)
+    if uid == 0:
+        return Check("group", True, f"you are root, which needs no group (group {group} exists)")
+    try:
+        base_gid = pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return Check("group", False, f"uid {uid} has no passwd entry, so polkit cannot see its groups", None)
+    if gr.gr_gid in os.getgrouplist(user, base_gid):
+        return Check("group", True, f"{user} is in group {group} (NSS)")
+    return Check(
+        "group",
+        False,
+        f"{user} is not in group {group} (NSS); a new member needs no re-login",
+        f"sudo usermod -aG {group} {user}",
+    )
+
+
+async def _polkit_version(bus: Any, config: Config) -> tuple[str | None, Check]:
+    try:
+        (value,) = await bus.call(
+            AUTHORITY_PATH,
+            "org.freedesktop.DBus.Properties",
+            "Get",
+            "ss",
+            [AUTHORITY, "BackendVersion"],
+            destination=POLKIT,
+            verb="read polkit's version",
+        )
+    except OllamactlError as err:
+        bus_error = err.details.get("bus_error", "")
+        if bus_error in ("org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner"):
+            return None, Check(
+                "polkit", False, "polkitd is not on the system bus", "sudo apt-get install polkitd (or your distro's)"
+            )
+        return None, Check(
+            "polkit", False, f"cannot ask polkitd for its version: {err.message}", "journalctl -u polkit"
+        )
+    version = str(getattr(value, "value", value))
+    if policy.polkit_version_supports_rules(version):
+        return version, Check("polkit", True, f"polkitd {version} runs JavaScript rules")
+    return version, Check(
+        "polkit",
+        False,
+        f"polkit {version} predates 0.106 and reads only .pkla files, which cannot look at the unit or verb: "
+        f"a grant scoped to {config.unit} is impossible here (and ollamactl never ships a .pkla, "
+        "which would grant every unit)",
+        "use sudo instead: " + policy.SUDOERS_FALLBACK.format(group=config.group, unit=config.unit),
+    )
+
+
+def _rule_check(config: Config, polkit_version: str | None) -> Check:
+    scan = policy.scan()
+    granting = scan.granting(config.group, config.unit)
+    fix = f"sudo ollamactl policy install --group {config.group} --unit {config.unit}"
+    if granting:
+        rule = granting[0]
+        if not rule.polkitd_can_read:
+            return Check(
+                "rule",
+                False,
+                f"{rule.path} grants restart of {config.unit} to {config.group}, but polkitd cannot read it "
+                f"(mode {stat.S_IMODE(rule.mode):04o})",
+                f"sudo chmod 0644 {rule.path}",
+            )
+        return Check("rule", True, f"{rule.path}: {rule.grant.describe() if rule.grant else ''}")
+    edited = [r for r in scan.ours if r.grant and not r.pristine]
+    if edited:
+        return Check(
+            "rule",
+            False,
+            f"{edited[0].path} was edited by hand, so what it grants cannot be told",
+            f"{fix} (and remove {edited[0].path})",
+        )
+    if scan.unreadable_dirs:
+        dirs = ", ".join(str(d) for d in scan.unreadable_dirs)
+        packaged = policy.PACKAGED_RULE
+        if config.group == policy.DEFAULT_GROUP and config.unit == policy.DEFAULT_UNIT and _dpkg_ships(packaged):
+            return Check(
+                "rule",
+                True,
+                f"{packaged} is installed by the ollamactl package (dpkg's file list); polkitd keeps {dirs} "
+                "unreadable for users, so run sudo ollamactl doctor to check its content",
+            )
+        return Check(
+            "rule",
+            None,
+            f"no rule of ours granting restart of {config.unit} to {config.group} where you can look; "
+            f"{dirs} can be read only by polkitd and root: run sudo ollamactl doctor",
+            None,
+        )
+    return Check("rule", False, f"no polkit rule grants restart of {config.unit} to group {config.group}", fix)
+
+
+def _dpkg_ships(path: Path, info: Path = Path("/var/lib/dpkg/info/ollamactl.list")) -> bool:
+    """True if dpkg's file list for the ollamactl package names path (readable by everyone)."""
+    try:
+        with open(info, encoding="utf-8", errors="replace") as fh:
+            return any(line.rstrip("\n") == str(path) for line in fh)
+    except OSError:
+        return False
+
+
+def _process_start_time() -> int:
+    """This process's start time in clock ticks since boot, as polkit's unix-process subject wants it."""
+    with open("/proc/self/stat") as fh:
+        data = fh.read()
+    return int(data[data.rfind(")") + 2 :].split()[19])
+
+
+async def _ask_polkit(bus: Any, config: Config, report: Report) -> tuple[bool | None, Check]:
+    """polkit's own verdict for this process: CheckAuthorization, flags 0 (never interactive)."""
+    from dbus_next import Variant
+
+    subject = [
+        "unix-process",
+        {
+            "pid": Variant("u", os.getpid()),
+            "start-time": Variant("t", _process_start_time()),
+            "uid": Variant("i", os.getuid()),
+        },
+    ]
+    details = {"unit": config.unit, "verb": "restart"}
+    try:
+        (result,) = await bus.call(
+            AUTHORITY_PATH,
+            AUTHORITY,
+            "CheckAuthorization",
+            "(sa{sv})sa{ss}us",
+            [subject, policy.ACTION, details, 0, ""],
+            destination=POLKIT,
+            unit=config.unit,
+            verb="ask polkit about restart of",
+        )
+    except OllamactlError as err:
+        if err.details.get("bus_error") == "org.freedesktop.PolicyKit1.Error.NotAuthorized":
+            # polkitd 122 and 126: "Only trusted callers (e.g. uid 0 or an action owner) can use
+            # CheckAuthorization() and pass details", and without the unit detail the rule cannot match.
+            return None, Check(
+                "polkit says",
+                None,
+                "polkitd answers CheckAuthorization with the unit and verb only for root, so it cannot be "
+                "asked for you without trying a restart; the group and rule checks above decide",
+            )
+        return None, Check("polkit says", None, f"polkit would not answer for this process: {err.message}")
+    authorized, challenge = bool(result[0]), bool(result[1])
+    if authorized:
+        return True, Check("polkit says", True, f"{report.user} may restart {config.unit}")
+    failed = {c.name for c in report.checks if c.ok is False}
+    if "group" in failed:
+        fix = f"sudo usermod -aG {config.group} {report.user}"
+    elif "rule" in failed or "polkit" in failed:
+        fix = next(c.fix for c in report.checks if c.name in ("rule", "polkit") and c.ok is False)
+    else:
+        fix = "journalctl -u polkit (polkitd logs rules it could not load)"
+    why = " (it would ask for an admin password, which ollamactl never lets it do)" if challenge else ""
+    return False, Check("polkit says", False, f"{report.user} may NOT restart {config.unit}{why}", fix)
+
+
+def _runtime_dir_check(run_dir: Path, group: str) -> Check:
+    fix_create = (
+        f"sudo systemd-tmpfiles --create {TMPFILES}"
+        if TMPFILES.exists() and run_dir == RUN_DIR
+        else f"sudo install -d -o root -g {group} -m 2775 {run_dir}"
+    )
+    try:
+        st = os.lstat(run_dir)
+    except FileNotFoundError:
+        return Check("runtime dir", False, f"{run_dir} does not exist", fix_create)
+    except OSError as exc:
+        return Check("runtime dir", False, f"cannot look at {run_dir}: {exc.strerror}", fix_create)
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        gid = None
+    mode = stat.S_IMODE(st.st_mode)
+    try:
+        owner_group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        owner_group = str(st.st_gid)
+    have = f"{'root' if st.st_uid == 0 else st.st_uid}:{owner_group} {mode:04o}"
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_gid != gid or mode != RUN_DIR_MODE:
+        return Check(
+            "runtime dir",
+            False,
+            f"{run_dir} is {have}, want a directory root:{group} {RUN_DIR_MODE:04o}",
+            f"sudo chown root:{group} {run_dir} && sudo chmod {RUN_DIR_MODE:04o} {run_dir}",
+        )
+    return Check("runtime dir", True, f"{run_dir} is root:{group} {mode:04o}")
+
+
+async def _ollama_check(config: Config) -> Check:
+    from ollamactl import probe
+
+    try:
+        version = await probe.api_version(probe.parse_url(config.url), config.http_timeout)
+    except TimeoutError:
+        return Check(
+            "ollama",
+            False,
+            f"{config.url} accepted nothing within {config.http_timeout:g}s (wedged?)",
+            "ollamactl restart",
+        )
+    except (probe.HTTPError, ValueError) as exc:
+        return Check(
+            "ollama",
+            False,
+            f"{config.url}: {exc}",
+            f"ollamactl restart (if it keeps failing: journalctl -u {config.unit})",
+        )
+    return Check("ollama", True, f"Ollama {version} answers at {config.url}")
+
+
+def text(payload: dict[str, Any]) -> str:
+    """The human report: one line per check, the fix indented below a failure."""
+    marks = {True: "ok  ", False: "FAIL", None: "??  "}
+    lines = [f"ollamactl doctor for user {payload['user']}, unit {payload['unit']}, group {payload['group']}"]
+    for c in payload["checks"]:
+        lines.append(f"  {marks[c['ok']]} {c['name']:<12} {c['detail']}")
+        if c["ok"] is False and c["fix"]:
+            lines.append(f"       {'':<12} fix: {c['fix']}")
+    failed = [c["name"] for c in payload["checks"] if c["ok"] is False]
+    unknown = sum(1 for c in payload["checks"] if c["ok"] is None)
+    if failed:
+        lines.append(f"{len(failed)} check(s) failed: {', '.join(failed)}")
+    else:
+        lines.append("all checks passed" + (f" ({unknown} could not be checked as this user)" if unknown else ""))
+    return "\n".join(lines)
