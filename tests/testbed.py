@@ -16,10 +16,10 @@ Standard library only; runs under the host's python3 as root.  Layout under CACH
 
 Usage from tests::
 
-    with testbed.boot("bookworm", wheel=wheel_path) as c:
+    with testbed.boot("bookworm", deb=deb_path) as c:
         c.run(["busctl", ...], user="alice", check=True)
 
-CLI for humans: ``python3 tests/testbed.py build SUITE | shell SUITE --wheel W | gc``.
+CLI for humans: ``python3 tests/testbed.py build SUITE | shell SUITE --deb D | gc``.
 """
 
 from __future__ import annotations
@@ -63,6 +63,19 @@ PACKAGES = (
     "python3-pydantic",
     "systemd",
     "systemd-sysv",
+)
+
+#: The Debian build root (tests/debbuild.py): the base plus the packaging toolchain and lintian.
+BUILD_SUITE = "bookworm"
+BUILD_PACKAGES = (
+    "build-essential",
+    "debhelper",
+    "dh-python",
+    "fakeroot",
+    "lintian",
+    "pybuild-plugin-pyproject",
+    "python3-all",
+    "python3-setuptools",
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -179,9 +192,12 @@ def host_mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
-def _cache_key(suite: str) -> str:
-    blob = json.dumps({"suite": suite, "packages": sorted(PACKAGES), "recipe": RECIPE_VERSION})
-    return f"{suite}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+def _cache_key(suite: str, extra: Sequence[str] = ()) -> str:
+    """suite-HASH of the package list and recipe; a root with extra packages gets its own key."""
+    packages = sorted(set(PACKAGES) | set(extra))
+    blob = json.dumps({"suite": suite, "packages": packages, "recipe": RECIPE_VERSION})
+    flavour = "-build" if extra else ""
+    return f"{suite}{flavour}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
 def _mountpoints_under(path: Path) -> list[str]:
@@ -222,6 +238,37 @@ def _chroot(root: Path, argv: Sequence[str], timeout: float = 300) -> subprocess
     return r
 
 
+def isolated(
+    root: Path,
+    argv: Sequence[str],
+    *,
+    network: bool = False,
+    timeout: float = 600,
+    env: dict[str, str] | None = None,
+    cwd: str = "/",
+) -> subprocess.CompletedProcess[str]:
+    """Run argv chrooted into root with its own /proc, /dev, pid and mount namespace (no boot).
+
+    Why not plain chroot: dpkg maintainer scripts and Python want /proc and /dev; the
+    private mount namespace makes those mounts vanish with the process, and without
+    ``network`` it gets an empty network namespace, so nothing can be downloaded.
+    """
+    full_env = {"PATH": CONTAINER_PATH, "LANG": "C.UTF-8", "HOME": "/root", "DEBIAN_FRONTEND": "noninteractive"}
+    full_env.update(env or {})
+    script = (
+        'r=$1; shift; mount -t proc proc "$r/proc"; mount --rbind /dev "$r/dev"; '
+        'cd "$r"; exec chroot "$r" /bin/sh -c \'cd "$0" && exec "$@"\' "$@"'
+    )
+    unshare = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork"]
+    if not network:
+        unshare.append("--net")
+    cmd = [*unshare, "/bin/sh", "-ec", script, "sh", str(root), cwd, *argv]
+    r = subprocess.run(cmd, check=False, env=full_env, text=True, capture_output=True, timeout=timeout)
+    if r.returncode != 0:
+        raise CommandError(argv, r, f" in {root}")
+    return r
+
+
 def _tree_path(root: Path, path: str) -> Path:
     """Host path of an absolute in-container path, refusing to follow symlinks out of root."""
     if not path.startswith("/"):
@@ -258,16 +305,18 @@ def _symlink_tree(root: Path, path: str, dest: str) -> None:
 # --------------------------------------------------------------------------- base rootfs
 
 
-def base_rootfs(suite: str, log: Log = print) -> Path:
+def base_rootfs(suite: str, log: Log = print, *, extra: Sequence[str] = ()) -> Path:
     """Return a cached debootstrapped tree for suite, building it once.
 
     Why cached: debootstrap takes 60-110 s; an overlay over the cached tree boots in seconds.
     The tree is built under build/ and renamed into place only when complete, under an
-    flock, so an interrupted or concurrent build is never used.
+    flock, so an interrupted or concurrent build is never used.  ``extra`` packages (the
+    Debian build root's toolchain) give a separate tree, keyed by suite + package list.
     """
     if suite not in SUITES:
         raise ValueError(f"unknown suite {suite!r}; expected one of {SUITES}")
-    key = _cache_key(suite)
+    packages = sorted(set(PACKAGES) | set(extra))
+    key = _cache_key(suite, extra)
     final = CACHE_DIR / key
     if (final / ".testbed-complete").exists():
         return final
@@ -314,12 +363,23 @@ def base_rootfs(suite: str, log: Log = print) -> Path:
                     f"debootstrap {suite} failed (rc={rc}); log {build_log}:\n{_tail(build_log)}\n"
                     f"--- debootstrap.log ---\n{_tail(tmp / 'debootstrap' / 'debootstrap.log')}"
                 )
+            if extra:
+                # debootstrap's resolver cannot pick providers of virtual packages (lintian's
+                # perl stack needs perl-openssl-abi-3), so the toolchain comes from apt.
+                log(f"testbed: apt-get install {' '.join(sorted(extra))} (once)")
+                isolated(tmp, ["apt-get", "update", "-q"], network=True, timeout=600)
+                isolated(
+                    tmp,
+                    ["apt-get", "install", "-y", "-q", "--no-install-recommends", *sorted(extra)],
+                    network=True,
+                    timeout=1200,
+                )
             _customise_base(tmp)
             (tmp / ".testbed-complete").write_text(
                 json.dumps(
                     {
                         "suite": suite,
-                        "packages": sorted(PACKAGES),
+                        "packages": packages,
                         "recipe": RECIPE_VERSION,
                         "mirror": mirror,
                         "built": time.time(),
@@ -659,16 +719,20 @@ class Container:
             raise TestbedError(f"mounting overlay for {self.name} failed: {r.stderr.strip()}")
         self._mounted = True
 
-    def _provision(self, wheel: Path) -> None:
+    def _provision(self, package: Path | None) -> None:
         def repo_file(rel: str) -> bytes:
             p = REPO_ROOT / rel
             if not p.is_file():
                 raise TestbedError(f"testbed needs {p} (written by another part of the project)")
             return p.read_bytes()
 
-        for rel, (dest, mode) in {**STANDIN_FILES, **POLICY_FILES}.items():
+        files = dict(STANDIN_FILES)
+        if package is not None and package.suffix == ".whl":
+            files.update(POLICY_FILES)  # a .deb brings its own
+        for rel, (dest, mode) in files.items():
             _write_tree(self.root, dest, repo_file(rel), mode)
-        _write_tree(self.root, f"/root/{wheel.name}", wheel.read_bytes(), 0o644)
+        if package is not None:
+            _write_tree(self.root, f"/root/{package.name}", package.read_bytes(), 0o644)
         for unit, text in EXTRA_UNITS.items():
             _write_tree(self.root, f"/etc/systemd/system/{unit}", text)
         _symlink_tree(self.root, "/etc/systemd/system/masked.service", "/dev/null")
@@ -755,19 +819,35 @@ class Container:
             f"--- console ({self.log_path}) ---\n{self.console_tail()}"
         )
 
-    def _setup(self, wheel: Path, deadline: float) -> None:
+    def install_deb(self, path: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """``apt-get install`` a .deb already inside the container, as an admin would.
+
+        No network (--private-network): every dependency is in the base tree, so apt
+        must not need to download anything, and the run fails if it tries.
+        """
+        return self.run(
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", "-o", "Dpkg::Use-Pty=0", path],
+            env={"DEBIAN_FRONTEND": "noninteractive"}, timeout=timeout, check=True,
+        )  # fmt: skip
+
+    def _setup(self, package: Path | None, deadline: float) -> None:
         def left() -> float:
             return max(1.0, deadline - time.monotonic())
 
-        self.run(
-            ["python3", "-m", "pip", "install", "--no-deps", "--no-index", "--break-system-packages",
-             "--root-user-action=ignore", "--disable-pip-version-check", "--no-cache-dir", f"/root/{wheel.name}"],
-            timeout=left(), check=True,
-        )  # fmt: skip
-        self.run(["systemd-sysusers"], timeout=left(), check=True)
-        self.run(["systemd-tmpfiles", "--create", "/usr/lib/tmpfiles.d/ollamactl.conf"], timeout=left(), check=True)
+        if package is not None and package.suffix == ".deb":
+            self.install_deb(f"/root/{package.name}", timeout=left())
+        elif package is not None:
+            self.run(
+                ["python3", "-m", "pip", "install", "--no-deps", "--no-index", "--break-system-packages",
+                 "--root-user-action=ignore", "--disable-pip-version-check", "--no-cache-dir",
+                 f"/root/{package.name}"],
+                timeout=left(), check=True,
+            )  # fmt: skip
+            self.run(["systemd-sysusers"], timeout=left(), check=True)
+            self.run(["systemd-tmpfiles", "--create", "/usr/lib/tmpfiles.d/ollamactl.conf"], timeout=left(), check=True)
+        groups = "-G ollamactl " if package is not None else ""
         self.sh(
-            "id alice >/dev/null 2>&1 || useradd -m -s /bin/sh -G ollamactl alice\n"
+            f"id alice >/dev/null 2>&1 || useradd -m -s /bin/sh {groups}alice\n"
             "id bob >/dev/null 2>&1 || useradd -m -s /bin/sh bob\n",
             timeout=left(), check=True,
         )  # fmt: skip
@@ -796,22 +876,28 @@ class Container:
 def boot(
     suite: str,
     *,
-    wheel: Path,
+    deb: Path | None = None,
+    wheel: Path | None = None,
     name: str | None = None,
     log: Log = print,
     boot_timeout: float = 60,
 ) -> Container:
     """Boot a fresh container (overlay over the cached base) with ollamactl installed.
 
-    Why: each test gets clean systemd/polkit state in a few seconds.  The container has
-    users alice (in group ollamactl) and bob (not), the stand-in Ollama answering on
-    127.0.0.1:11434 in its own network namespace, and other/failing/masked.service.
+    Why: each test gets clean systemd/polkit state in a few seconds.  ollamactl comes
+    from ``deb`` (apt-get install, as an admin does), or from ``wheel`` (pip plus the
+    policy files copied into place), or neither (a bare box, for install tests).  The
+    container has users alice (in group ollamactl, when installed) and bob (not), the
+    stand-in Ollama answering on 127.0.0.1:11434 in its own network namespace, and
+    other/failing/masked.service.
     """
     _require_root()
     _require_tools("systemd-nspawn", "nsenter", "mount", "umount")
-    wheel = Path(wheel).resolve()
-    if not wheel.is_file() or wheel.suffix != ".whl":
-        raise TestbedError(f"not a wheel: {wheel}")
+    if deb is not None and wheel is not None:
+        raise ValueError("give deb or wheel, not both")
+    package = Path(deb or wheel).resolve() if (deb or wheel) else None
+    if package is not None and (not package.is_file() or package.suffix != (".deb" if deb else ".whl")):
+        raise TestbedError(f"not a {'.deb' if deb else 'wheel'}: {package}")
     base = base_rootfs(suite, log=log)
     name = name or f"ollamactl-{suite}-{secrets.token_hex(3)}"
     if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9-]{0,62}", name):
@@ -829,10 +915,10 @@ def boot(
     try:
         c._write_state()
         c._mount(base)
-        c._provision(wheel)
+        c._provision(package)
         c._start(boot_timeout)
         t_booted = time.monotonic()
-        c._setup(wheel, time.monotonic() + max(30.0, boot_timeout))
+        c._setup(package, time.monotonic() + max(30.0, boot_timeout))
     except BaseException:
         c.stop()
         raise
@@ -896,9 +982,9 @@ def gc(all_: bool = False, log: Log = print) -> None:
             for d in parent.iterdir():
                 if d.is_dir() and not (run_root / d.name).exists():
                     _remove_cgroups(d.name)
-    current = {_cache_key(s) for s in SUITES}
+    current = {_cache_key(s) for s in SUITES} | {_cache_key(BUILD_SUITE, BUILD_PACKAGES)}
     for d in CACHE_DIR.glob("*-*"):
-        if d.is_dir() and d.name not in current and re.fullmatch(r"[a-z]+-[0-9a-f]{12}", d.name):
+        if d.is_dir() and d.name not in current and re.fullmatch(r"[a-z]+(-build)?-[0-9a-f]{12}", d.name):
             log(f"gc: note: {d} is an outdated base tree (delete it by hand if unused)")
     # Lock files of keys that have neither a tree nor a build any more.
     locks = CACHE_DIR / "locks"
@@ -926,21 +1012,24 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="debootstrap (or reuse) the cached base tree")
     b.add_argument("suite", choices=SUITES)
+    b.add_argument("--toolchain", action="store_true", help="the Debian build root (base + packaging tools)")
     s = sub.add_parser("shell", help="boot a container and wait for Ctrl-C")
     s.add_argument("suite", choices=SUITES)
-    s.add_argument("--wheel", required=True, type=Path)
+    what = s.add_mutually_exclusive_group()
+    what.add_argument("--deb", type=Path, help="install this .deb with apt (make deb builds one)")
+    what.add_argument("--wheel", type=Path, help="install this wheel with pip plus the policy files")
     s.add_argument("--name")
     g = sub.add_parser("gc", help="stop leftover containers, unmount stale overlays")
     g.add_argument("--all", action="store_true", help="also stop containers of live processes")
     a = p.parse_args(argv)
     try:
         if a.cmd == "build":
-            print(base_rootfs(a.suite))
+            print(base_rootfs(a.suite, extra=BUILD_PACKAGES if a.toolchain else ()))
         elif a.cmd == "gc":
             gc(all_=a.all)
         else:
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-            with boot(a.suite, wheel=a.wheel, name=a.name) as c:
+            with boot(a.suite, deb=a.deb, wheel=a.wheel, name=a.name) as c:
                 print(f"\n{c.name} is up (leader pid {c.leader_pid}, root {c.root}). Enter it with:\n")
                 print(f"  nsenter -t {c.leader_pid} -a /bin/bash -l")
                 print(f"  nsenter -t {c.leader_pid} -a runuser -l alice")
