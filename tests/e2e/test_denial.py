@@ -1,0 +1,281 @@
+"""The denial matrix: the packaged grant is exactly as narrow as the README claims.
+
+Each case makes one raw D-Bus call to systemd as a real user in a booted Debian 12 / 13
+container (with dbus-next directly, not through ollamactl, and without the
+allow-interactive-authorization flag, as ollamactl calls), then checks that systemd
+refused it and that nothing changed: unit states, invocation IDs, restart counters,
+unit-file states, and the case's own target.  The two allowed cases must restart
+ollama.service.  Every row lands in the "denial matrix" section of the test report.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from tests.e2e import conftest
+from tests.e2e.conftest import UNIT, Bed
+
+BUS_CALL = "/usr/local/bin/bus-call"
+BUS_CALL_PY = """\
+#!/usr/bin/python3
+# bus-call MEMBER SIGNATURE JSON-BODY: one Manager call, no interactive authorization.
+# {"v": [sig, value]} in the body stands for a Variant.
+import asyncio, json, sys
+from dbus_next import BusType, Message, MessageType, Variant
+from dbus_next.aio import MessageBus
+
+def conv(x):
+    if isinstance(x, dict) and list(x) == ["v"]:
+        return Variant(x["v"][0], conv(x["v"][1]))
+    if isinstance(x, list):
+        return [conv(i) for i in x]
+    return x
+
+async def main():
+    member, sig, body = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    msg = Message(destination="org.freedesktop.systemd1", path="/org/freedesktop/systemd1",
+                  interface="org.freedesktop.systemd1.Manager", member=member, signature=sig, body=conv(body))
+    reply = await asyncio.wait_for(bus.call(msg), 20)
+    if reply.message_type == MessageType.ERROR:
+        print(json.dumps({"error": reply.error_name, "text": reply.body[0] if reply.body else ""}))
+    else:
+        print(json.dumps({"reply": [str(b) for b in reply.body]}))
+
+asyncio.run(main())
+"""
+
+#: Units the test adds: an alias and a template whose names start like ours but
+#: resolve elsewhere, and a disabled unit to enable or start.
+EXTRA_UNITS = {
+    "/etc/systemd/system/spare.service": (
+        "[Unit]\nDescription=ollamactl test: disabled spare unit\n\n"
+        "[Service]\nExecStart=/bin/sleep infinity\n\n[Install]\nWantedBy=multi-user.target\n"
+    ),
+    "/etc/systemd/system/ollama@.service": (
+        "[Unit]\nDescription=ollamactl test: template named like ollama\n\n[Service]\nExecStart=/bin/sleep infinity\n"
+    ),
+}
+WATCHED = (
+    UNIT,
+    "other.service",
+    "spare.service",
+    "dbus.service",
+    "systemd-journald.service",
+    "systemd-logind.service",
+    "getty@tty9.service",
+    "ollama@x.service",
+    "evil.service",
+)
+PROPS = "Id,LoadState,ActiveState,SubState,InvocationID,NRestarts,Description,NeedDaemonReload,MainPID,UnitFileState"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    user: str
+    member: str
+    signature: str
+    body: list[Any]
+    allowed: bool = False
+    tags: tuple[str, ...] = field(default=())
+
+
+def _transient_exec() -> dict[str, Any]:
+    return {"v": ["a(sasb)", [["/bin/touch", ["/bin/touch", "/tmp/pwned"], False]]]}
+
+
+CASES = [
+    Case("alice (member) restarts ollama.service", "alice", "RestartUnit", "ss", [UNIT, "replace"], allowed=True),
+    Case(
+        "alice (member) try-restarts ollama.service", "alice", "TryRestartUnit", "ss", [UNIT, "replace"], allowed=True
+    ),
+    Case("bob (non-member) restarts ollama.service", "bob", "RestartUnit", "ss", [UNIT, "replace"]),
+    Case("bob (non-member) try-restarts ollama.service", "bob", "TryRestartUnit", "ss", [UNIT, "replace"]),
+    Case("alice stops ollama.service", "alice", "StopUnit", "ss", [UNIT, "replace"]),
+    Case("alice kills ollama.service (SIGKILL)", "alice", "KillUnit", "ssi", [UNIT, "all", 9]),
+    Case("alice reset-failed ollama.service", "alice", "ResetFailedUnit", "s", [UNIT]),
+    Case(
+        "alice SetUnitProperties ollama.service",
+        "alice",
+        "SetUnitProperties",
+        "sba(sv)",
+        [UNIT, True, [["Description", {"v": ["s", "pwned"]}]]],
+    ),
+    Case("alice starts ollama.service", "alice", "StartUnit", "ss", [UNIT, "replace"]),
+    Case("alice reload-or-restarts ollama.service", "alice", "ReloadOrRestartUnit", "ss", [UNIT, "replace"]),
+    Case("alice starts dbus.service", "alice", "StartUnit", "ss", ["dbus.service", "replace"]),
+    Case("alice starts spare.service (stopped)", "alice", "StartUnit", "ss", ["spare.service", "replace"]),
+    Case("alice restarts other.service", "alice", "RestartUnit", "ss", ["other.service", "replace"]),
+    Case("alice restarts dbus.service", "alice", "RestartUnit", "ss", ["dbus.service", "replace"]),
+    Case(
+        "alice restarts systemd-journald.service",
+        "alice",
+        "RestartUnit",
+        "ss",
+        ["systemd-journald.service", "replace"],
+    ),
+    Case(
+        "alice restarts alias ollama-alias.service -> other.service",
+        "alice",
+        "RestartUnit",
+        "ss",
+        ["ollama-alias.service", "replace"],
+    ),
+    Case(
+        "alice restarts alias dbus-org.freedesktop.login1.service -> systemd-logind",
+        "alice",
+        "RestartUnit",
+        "ss",
+        ["dbus-org.freedesktop.login1.service", "replace"],
+    ),
+    Case(
+        "alice restarts template instance ollama@x.service",
+        "alice",
+        "RestartUnit",
+        "ss",
+        ["ollama@x.service", "replace"],
+    ),
+    Case(
+        "alice restarts autovt@tty9.service -> getty@tty9.service",
+        "alice",
+        "RestartUnit",
+        "ss",
+        ["autovt@tty9.service", "replace"],
+    ),
+    Case(
+        "alice StartTransientUnit evil.service (touch /tmp/pwned)",
+        "alice",
+        "StartTransientUnit",
+        "ssa(sv)a(sa(sv))",
+        ["evil.service", "fail", [["ExecStart", _transient_exec()]], []],
+    ),
+    Case("alice EnableUnitFiles spare.service", "alice", "EnableUnitFiles", "asbb", [["spare.service"], False, False]),
+    Case("alice MaskUnitFiles ollama.service", "alice", "MaskUnitFiles", "asbb", [[UNIT], False, False]),
+    Case("alice daemon Reload", "alice", "Reload", "", [], tags=("needs-reload",)),
+    Case("bob daemon Reload", "bob", "Reload", "", [], tags=("needs-reload",)),
+]
+
+
+@pytest.fixture(scope="module")
+def matrix_bed(bed: Bed):
+    """The bed plus the units the cases aim at, and the raw bus-call helper."""
+    bed.c.write_file(BUS_CALL, BUS_CALL_PY, 0o755)
+    for path, text in EXTRA_UNITS.items():
+        bed.c.write_file(path, text)
+    bed.c.run(
+        ["ln", "-sf", "/etc/systemd/system/other.service", "/etc/systemd/system/ollama-alias.service"], check=True
+    )
+    bed.c.run(["systemctl", "daemon-reload"], check=True)
+    yield bed
+    bed.c.run(["rm", "-f", "/etc/systemd/system/ollama-alias.service", *EXTRA_UNITS], check=True)
+    bed.c.run(["systemctl", "daemon-reload"], check=True)
+
+
+def _snapshot(bed: Bed) -> dict[str, str]:
+    """Everything a denied call could have changed, as root sees it."""
+    r = bed.c.sh(
+        "systemctl list-units --all --plain --no-legend --no-pager --full | sort\n"
+        "echo ---\n"
+        "systemctl list-unit-files --no-legend --no-pager --full | sort\n"
+        "echo ---\n"
+        f"systemctl show -p {PROPS} {' '.join(WATCHED)}\n"
+        "echo ---\n"
+        "ls -a /tmp /etc/systemd/system /run/systemd/transient 2>&1 || true\n",
+        check=True,
+    )
+    units, files, props, listing = r.stdout.split("---\n")
+    return {"units": units, "unit files": files, "properties": props, "files": listing}
+
+
+def _diff(a: dict[str, str], b: dict[str, str]) -> list[str]:
+    out = []
+    for key in a:
+        before, after = set(a[key].splitlines()), set(b[key].splitlines())
+        for line in sorted(before - after):
+            out.append(f"{key}: - {line}")
+        for line in sorted(after - before):
+            out.append(f"{key}: + {line}")
+    return out
+
+
+def _call(bed: Bed, case: Case) -> dict[str, Any]:
+    r = bed.c.run([BUS_CALL, case.member, case.signature, json.dumps(case.body)], user=case.user, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_denial_matrix(matrix_bed: Bed, case: Case):
+    bed = matrix_bed
+    bed.c.run(["systemctl", "reset-failed", UNIT], check=True)  # StartLimitBurst: earlier tests restart a lot
+    if not bed.api_answers():
+        bed.recover()
+    if "needs-reload" in case.tags:  # a pending change that a Reload would pick up
+        bed.c.sh("echo '# touched' >> /etc/systemd/system/other.service", check=True)
+    try:
+        before = _snapshot(bed)
+        inv_before = bed.prop("InvocationID")
+        reply = _call(bed, case)
+        if case.allowed:
+            assert "error" not in reply, reply
+            end = time.monotonic() + 30
+            while bed.prop("InvocationID") == inv_before or bed.prop("ActiveState") != "active":
+                assert time.monotonic() < end, "the allowed restart never happened"
+                time.sleep(0.1)
+            conftest.MATRIX.append((bed.suite, case.name, "allowed", "allowed", "-", "restarted (new invocation)"))
+            return
+        time.sleep(0.5)  # a wrongly accepted job would have started by now
+        after = _snapshot(bed)
+        changed = _diff(before, after)
+        error = reply.get("error", "")
+        denied = error in (
+            "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired",
+            "org.freedesktop.DBus.Error.AccessDenied",
+        )
+        conftest.MATRIX.append(
+            (
+                bed.suite,
+                case.name,
+                "denied",
+                "denied" if denied else f"NOT DENIED: {reply}",
+                error.rsplit(".", 1)[-1] if error else "-",
+                "yes" if not changed else "NO: " + "; ".join(changed[:3]),
+            )
+        )
+        assert denied, f"{case.name}: expected a polkit refusal, got {reply}"
+        assert not changed, f"{case.name} changed the system:\n" + "\n".join(changed)
+    finally:
+        if "needs-reload" in case.tags:
+            bed.c.sh("sed -i '/^# touched$/d' /etc/systemd/system/other.service && systemctl daemon-reload", check=True)
+
+
+CONTROLS = [c for c in CASES if c.member in ("SetUnitProperties", "StartTransientUnit", "Reload") and c.user == "alice"]
+
+
+@pytest.mark.parametrize("case", CONTROLS, ids=[c.name.replace("alice", "root") for c in CONTROLS])
+def test_the_matrix_would_notice_if_the_call_went_through(matrix_bed: Bed, case: Case):
+    """Root (whom systemd never asks polkit about) makes the same call: the snapshot must change."""
+    bed = matrix_bed
+    if "needs-reload" in case.tags:
+        bed.c.sh("echo '# touched' >> /etc/systemd/system/other.service", check=True)
+    try:
+        before = _snapshot(bed)
+        r = bed.c.run([BUS_CALL, case.member, case.signature, json.dumps(case.body)], timeout=60)
+        assert "error" not in json.loads(r.stdout), r.stdout
+        time.sleep(0.5)
+        assert _diff(before, _snapshot(bed)), f"root's {case.member} changed nothing the snapshot looks at"
+    finally:
+        bed.c.sh(
+            "sed -i '/^# touched$/d' /etc/systemd/system/other.service; rm -f /tmp/pwned\n"
+            "rm -rf /run/systemd/system.control/ollama.service.d\n"
+            "systemctl reset-failed evil.service 2>/dev/null || true\n"
+            "systemctl daemon-reload\n",
+            check=True,
+        )
+        assert bed.prop("Description") != "pwned"
