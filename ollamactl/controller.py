@@ -311,8 +311,8 @@ class AsyncController:
 
 
 def starting(state: UnitState, grace: float) -> bool:
-    """Is the unit (re)starting, or within ``grace`` seconds of its last start?"""
-    if state.active_state == "activating" or state.sub_state == "auto-restart":
+    """Is the unit in a stop/start transition, or within ``grace`` seconds of its last start?"""
+    if state.active_state in ("activating", "deactivating", "reloading") or state.sub_state == "auto-restart":
         return True
     started = state.inactive_exit_timestamp or state.active_enter_timestamp
     return state.active_state == "active" and started is not None and time.time() - started < grace

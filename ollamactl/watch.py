@@ -57,6 +57,7 @@ class Watcher:
         self.deep_pending = False  # a deep probe failed: confirm it every period
         self.heartbeat = time.monotonic()
         self.restarts = 0
+        self.restarted_at: float | None = None  # monotonic time of our last restart, until healthy again
 
     async def run(self) -> None:
         cfg = self.cfg
@@ -103,8 +104,14 @@ class Watcher:
             return
         kind = "deep" if report.outcome == probe.DEEP_WEDGED else "live"
         if report.outcome == probe.HEALTHY:
-            if any(self.failures.values()):
-                log("INFO", "healthy again", unit=self.cfg.unit, deep=deep)
+            if any(self.failures.values()) or self.restarted_at is not None:
+                since = (
+                    ""
+                    if self.restarted_at is None
+                    else f" {time.monotonic() - self.restarted_at:.1f}s after the restart"
+                )
+                log("INFO", f"healthy again{since}", unit=self.cfg.unit, deep=deep)
+                self.restarted_at = None
             self.failures = {"live": 0, "deep": 0} if deep else {**self.failures, "live": 0}
             self.deep_pending = self.deep_pending and not deep
             if not self.failures["deep"]:
@@ -135,7 +142,10 @@ class Watcher:
             return
         reason = f"watch: {outcome} for {count} probes ({detail})"
         try:
-            result = await self.actl.restart(reason, observed_at=self.first_failure_at)
+            # No waiting for readiness here: the loop's own probes (and the startup
+            # grace) judge the new process, and a wedge that survives the restart
+            # must not block the loop for the whole restart timeout.
+            result = await self.actl.restart(reason, wait=False, observed_at=self.first_failure_at)
         except BudgetExhausted as err:
             self.hold_until = time.time() + float(err.details.get("retry_after", self.cfg.watch_period))
             log("WARNING", err.message, outcome="budget-exhausted")
@@ -144,13 +154,10 @@ class Watcher:
         except OllamactlError as err:
             log("ERROR", f"restart failed: {err.message}", outcome=err.kind)
             return
-        self.restarts += result.action == "restarted"
-        log(
-            "INFO",
-            f"{result.action} {result.unit}: API answering after {result.ready_seconds}s",
-            action=result.action,
-            invocation=result.new_invocation_id,
-        )
+        if result.action == "queued":
+            self.restarts += 1
+            self.restarted_at = time.monotonic()
+        log("INFO", f"restart of {result.unit}: {result.action}", action=result.action, job=result.job)
         self.failures, self.first_failure_at, self.deep_pending = {"live": 0, "deep": 0}, None, False
 
     async def _ping_watchdog(self) -> None:

@@ -117,15 +117,19 @@ class Bed:
         )
         return self.python(code, user="root").returncode == 0
 
+    def recover_api(self, timeout: float = 60) -> None:
+        """Wait until Ollama answers (after something else restarted it)."""
+        end = time.monotonic() + timeout
+        while not self.api_answers():
+            assert time.monotonic() < end, "ollama.service did not answer again"
+            time.sleep(0.2)
+
     def recover(self, timeout: float = 60) -> None:
         """Put ollama.service back to healthy for the next test, whatever this one did."""
         self.set_mode("ok")
         self.c.run(["systemctl", "reset-failed", UNIT])
         self.c.run(["systemctl", "restart", UNIT], check=True)
-        end = time.monotonic() + timeout
-        while not self.api_answers():
-            assert time.monotonic() < end, "ollama.service did not recover"
-            time.sleep(0.2)
+        self.recover_api(timeout)
 
 
 @pytest.fixture
