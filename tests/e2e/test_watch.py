@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from tests import testbed
 from tests.e2e.conftest import REPO, UNIT, Bed
 from tests.e2e.test_recovery import report
 
@@ -50,17 +51,23 @@ print(json.dumps({"detect": usec("ActiveExitTimestamp") - t0, "recover": time.ti
 """
 
 
+def ensure_units(c: testbed.Container) -> None:
+    """The packaged watchdog unit and ollama drop-in; put in place if the install lacks them (wheel)."""
+    if c.run(["test", "-e", f"{UNIT_DIR}/{WATCHDOG}"]).returncode == 0:
+        return
+    exe = c.run(["sh", "-c", "command -v ollamactl"], check=True).stdout.strip()
+    unit = (REPO / "packaging/systemd" / WATCHDOG).read_text().replace("/usr/bin/ollamactl", exe)
+    c.write_file(f"{UNIT_DIR}/{WATCHDOG}", unit)
+    dropin = (REPO / "packaging/systemd/ollama.service.d/ollamactl.conf").read_text()
+    c.write_file(f"{UNIT_DIR}/ollama.service.d/ollamactl.conf", dropin)
+    c.run(["systemctl", "daemon-reload"], check=True)
+
+
 @pytest.fixture
 def watched(healthy: Bed):
     """Start the packaged watchdog with a test's config; stop it and clean up after."""
     c = healthy.c
-    if c.run(["test", "-e", f"{UNIT_DIR}/{WATCHDOG}"]).returncode != 0:  # wheel install: put the units in place
-        exe = c.run(["sh", "-c", "command -v ollamactl"], check=True).stdout.strip()
-        unit = (REPO / "packaging/systemd" / WATCHDOG).read_text().replace("/usr/bin/ollamactl", exe)
-        c.write_file(f"{UNIT_DIR}/{WATCHDOG}", unit)
-        dropin = (REPO / "packaging/systemd/ollama.service.d/ollamactl.conf").read_text()
-        c.write_file(f"{UNIT_DIR}/ollama.service.d/ollamactl.conf", dropin)
-        c.run(["systemctl", "daemon-reload"], check=True)
+    ensure_units(c)
 
     def start(config: str = "", mode: str = "ok") -> float:
         healthy.set_mode(mode)
