@@ -1,5 +1,7 @@
 """Settings precedence and validation errors that name the source and key."""
 
+from pathlib import Path
+
 import pytest
 
 from ollamactl.config import KEYS, load_config
@@ -97,3 +99,10 @@ def test_unknown_kwarg_is_rejected(tmp_path):
 
 def test_every_key_has_help():
     assert all(f.metadata["help"] for f in KEYS.values())
+
+
+def test_readme_documents_every_key_with_its_default():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for name, f in KEYS.items():
+        default = "none" if f.default is None else f"`{f.default}`"
+        assert f"| `{name}` | {default} | {f.metadata['help']} |" in readme, name
