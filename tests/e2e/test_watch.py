@@ -205,3 +205,15 @@ def test_watchdog_runs_as_its_own_unprivileged_user(healthy: Bed, watched):
     uid = healthy.c.run(["id", "-u", "ollamactl"], check=True).stdout.strip()
     assert uid_line.split()[1:] == [uid] * 4
     assert "CapEff:\t0000000000000000" in status
+    assert healthy.prop("StatusText", unit=WATCHDOG).startswith("healthy")
+
+
+def test_watchdog_unit_is_hardened_to_2_or_less(bed: Bed):
+    ensure_units(bed.c)
+    r = bed.c.run(["systemd-analyze", "security", "--offline=yes", f"{UNIT_DIR}/{WATCHDOG}"], check=True)
+    line = next(x for x in r.stdout.splitlines() if "Overall exposure level" in x)
+    score = float(line.split(":")[1].split()[0])
+    assert score <= 2.0, r.stdout
+    enabled = bed.c.run(["systemctl", "is-enabled", WATCHDOG]).stdout.strip()
+    assert enabled == "disabled"  # shipped off; an admin turns it on
+    report(bed, "watchdog unit", f"systemd-analyze security exposure {score}")
