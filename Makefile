@@ -1,15 +1,19 @@
-# Two entry points for a fresh Debian machine, as root:
+# Entry points for a fresh Debian machine, as root:
 #   make demo   boot a throwaway systemd container and show a non-root user restarting Ollama
 #   make test   lint, unit tests, and the end-to-end suite on Debian 12 and 13 containers
-# Both install what they need first (apt packages, a venv with the test tools).
+#   make deb    build dist/ollamactl_<version>_all.deb in a clean bookworm root, and lint it
+# All install what they need first (apt packages, a venv with the test tools); demo and the
+# end-to-end suite install the .deb that `make deb` builds into their containers with apt.
 
 PYTHON ?= python3
 VENV   := .venv
 VPY    := $(VENV)/bin/python
 SUITE  ?= bookworm
 APT_PACKAGES := systemd-container debootstrap util-linux python3-venv
+DEB_VERSION  := $(shell sed -n '1s/^[^(]*(\([^)]*\)).*/\1/p' packaging/debian/changelog)
+DEB          := $(CURDIR)/dist/ollamactl_$(DEB_VERSION)_all.deb
 
-.PHONY: deps demo test unit e2e lint bench clean
+.PHONY: deps deb demo test unit e2e lint bench clean
 
 deps: $(VENV)/.stamp
 	@command -v systemd-nspawn >/dev/null && command -v debootstrap >/dev/null || { \
@@ -22,8 +26,12 @@ $(VENV)/.stamp: pyproject.toml
 	$(VPY) -m pip install -q -e '.[test]'
 	touch $@
 
-demo: deps
-	$(VPY) -m tests.demo --suite $(SUITE)
+# Cached by a hash of the package's sources, so this is instant when nothing changed.
+deb: deps
+	$(VPY) tests/debbuild.py --out dist
+
+demo: deb
+	$(VPY) -m tests.demo --suite $(SUITE) --deb $(DEB)
 
 lint: deps
 	$(VENV)/bin/ruff check .
@@ -32,11 +40,11 @@ lint: deps
 unit: deps
 	$(VPY) -m pytest -ra tests/unit tests/test_standin.py
 
-e2e: deps
-	OLLAMACTL_E2E_REQUIRED=1 $(VPY) -m pytest -ra tests/e2e
+e2e: deb
+	OLLAMACTL_DEB=$(DEB) OLLAMACTL_E2E_REQUIRED=1 $(VPY) -m pytest -ra tests/e2e
 
-test: lint
-	OLLAMACTL_E2E_REQUIRED=1 $(VPY) -m pytest -ra --durations=15
+test: lint deb
+	OLLAMACTL_DEB=$(DEB) OLLAMACTL_E2E_REQUIRED=1 $(VPY) -m pytest -ra --durations=15
 
 bench: deps
 	$(VPY) -m bench.bench_restart --suite $(SUITE)

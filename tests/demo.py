@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -51,50 +50,61 @@ def show(c: testbed.Container, argv: list[str], user: str | None = None) -> subp
     return r
 
 
-def build_wheel(out: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(REPO)], check=True)
-    return next(out.glob("ollamactl-*.whl"))
+def find_deb(given: Path | None) -> Path:
+    """The .deb to install: the one given (make demo passes dist/'s), else a fresh (cached) build."""
+    if given is not None:
+        return given
+    from tests import debbuild
+
+    return debbuild.build().deb
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="bookworm", choices=testbed.SUITES)
+    parser.add_argument("--deb", type=Path, help="the .deb to install (default: build one, as make deb does)")
     args = parser.parse_args()
     failures = []
-    with tempfile.TemporaryDirectory() as tmp:
-        step(f"booting a throwaway Debian {args.suite} container (systemd, dbus, polkitd, stand-in Ollama)")
-        t0 = time.monotonic()
-        with testbed.boot(args.suite, wheel=build_wheel(Path(tmp)), log=lambda m: print(f"{DIM}   {m}{RESET}")) as c:
-            print(f"   ready in {time.monotonic() - t0:.1f}s")
-            step("who is who")
-            show(c, ["id", "alice"])
-            show(c, ["id", "bob"])
-            show(c, ["ollamactl", "status"], user="alice")
+    deb = find_deb(args.deb)
+    step(f"booting a throwaway Debian {args.suite} container (systemd, dbus, polkitd, stand-in Ollama)")
+    print(f"   and installing {deb.name} with apt-get, as an admin would")
+    t0 = time.monotonic()
+    with testbed.boot(args.suite, deb=deb, log=lambda m: print(f"{DIM}   {m}{RESET}")) as c:
+        print(f"   ready in {time.monotonic() - t0:.1f}s")
+        step("who is who")
+        show(c, ["id", "alice"])
+        show(c, ["id", "bob"])
+        show(c, ["ollamactl", "status"], user="alice")
 
-            step("Ollama wedges: /api/version still answers, generate hangs")
-            # SIGUSR1 wedges the stand-in's generate for the life of its process, as a real
-            # wedge lasts until the process is restarted.
-            c.sh("kill -USR1 $(systemctl show -p MainPID --value ollama.service)", check=True)
-            show(c, ["python3", "-c", VERSION], user="alice")
-            show(c, ["python3", "-c", GENERATE], user="alice")
-            step("alice cannot kill it herself: the process belongs to user ollama")
-            show(c, ["pkill", "-f", "ollama serve"], user="alice")
+        step("Ollama wedges: /api/version still answers, generate hangs")
+        # SIGUSR1 wedges the stand-in's generate for the life of its process, as a real
+        # wedge lasts until the process is restarted.
+        c.sh("kill -USR1 $(systemctl show -p MainPID --value ollama.service)", check=True)
+        show(c, ["python3", "-c", VERSION], user="alice")
+        show(c, ["python3", "-c", GENERATE], user="alice")
+        step("alice cannot kill it herself: the process belongs to user ollama")
+        show(c, ["pkill", "-f", "ollama serve"], user="alice")
 
-            step("alice (group ollamactl) restarts it, no sudo")
-            if show(c, ["ollamactl", "restart", "--reason", "generate hangs"], user="alice").returncode != 0:
-                failures.append("alice's restart")
-            show(c, ["python3", "-c", GENERATE], user="alice")
+        step("alice (group ollamactl) restarts it, no sudo")
+        if show(c, ["ollamactl", "restart", "--reason", "generate hangs"], user="alice").returncode != 0:
+            failures.append("alice's restart")
+        show(c, ["python3", "-c", GENERATE], user="alice")
 
-            step("bob (not in the group) is refused, and told how to fix it")
-            if show(c, ["ollamactl", "restart"], user="bob").returncode != 3:
-                failures.append("bob was not refused")
+        step("bob (not in the group) is refused, and told how to fix it")
+        if show(c, ["ollamactl", "restart"], user="bob").returncode != 3:
+            failures.append("bob was not refused")
+        if show(c, ["ollamactl", "doctor"], user="bob").returncode == 0:
+            failures.append("doctor found nothing wrong for bob")
 
-            step("alice may restart ollama.service only: polkit refuses her anything else")
-            if show(c, ["ollamactl", "--unit", "other.service", "restart"], user="alice").returncode != 3:
-                failures.append("alice restarted another unit")
-            if show(c, ["systemctl", "stop", "ollama.service"], user="alice").returncode == 0:
-                failures.append("alice could stop ollama.service")
-            show(c, ["ollamactl", "status"], user="alice")
+        step("alice may restart ollama.service only: polkit refuses her anything else")
+        if show(c, ["ollamactl", "--unit", "other.service", "restart"], user="alice").returncode != 3:
+            failures.append("alice restarted another unit")
+        if show(c, ["systemctl", "stop", "ollama.service"], user="alice").returncode == 0:
+            failures.append("alice could stop ollama.service")
+        show(c, ["ollamactl", "status"], user="alice")
+
+        step("what the admin granted, in words")
+        show(c, ["ollamactl", "policy", "show"])
     step("result")
     print("   demo OK" if not failures else f"   demo FAILED: {', '.join(failures)}")
     return 1 if failures else 0

@@ -168,3 +168,41 @@ def test_install_upgrade_remove_purge(suite: str, deb: Path, old_deb: Path):
         assert bed.api_answers()
         evidence.append(f"{suite}: ollama.service InvocationID/NRestarts unchanged by install, upgrade, remove, purge")
         conftest.PACKAGE_REPORT.extend(evidence)
+
+
+@pytest.mark.parametrize("suite", testbed.SUITES)
+def test_wheel_install_with_policy_install_gives_the_same_grant(suite: str, tmp_path: Path):
+    """The README's recipe for other distributions: wheel + groupadd + tmpfiles + policy install."""
+    import subprocess
+    import sys
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(testbed.REPO_ROOT)],
+        check=True,
+        timeout=600,
+    )
+    (wheel,) = tmp_path.glob("ollamactl-*.whl")
+    with testbed.boot(suite) as c:  # a bare box
+        bed = Bed(c)
+        c.write_file(f"/root/{wheel.name}", wheel.read_bytes())
+        c.sh(
+            "pip install -q --no-deps --no-index --break-system-packages --root-user-action=ignore "
+            f"/root/{wheel.name}\n"
+            "groupadd --system ollamactl\n"
+            "echo 'd /run/ollamactl 2775 root ollamactl -' > /etc/tmpfiles.d/ollamactl.conf\n"
+            "systemd-tmpfiles --create /etc/tmpfiles.d/ollamactl.conf\n"
+            "usermod -aG ollamactl alice\n",
+            check=True,
+        )
+        assert bed.ollamactl("restart").returncode == 3  # no rule yet
+        r = bed.ollamactl("policy", "install", "--group", "ollamactl", user="root")
+        assert r.returncode == 0, r.stderr
+        assert "/etc/polkit-1/rules.d/50-ollamactl-ollamactl-ollama.service.rules" in r.stdout
+        c.run(["rm", "-f", "/run/ollamactl/state.json"], check=True)
+        end = time.monotonic() + 10
+        while (r := bed.ollamactl("restart")).returncode != 0:
+            assert time.monotonic() < end, r.stderr
+            time.sleep(0.3)
+        assert bed.ollamactl("restart", user="bob").returncode == 3
+        rc, out = bed.json("doctor")
+        assert rc == 0, out
