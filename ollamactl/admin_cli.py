@@ -177,7 +177,9 @@ def _cmd_policy_show(args: argparse.Namespace, as_json: bool) -> int:
 
 def _show_text(p: dict[str, Any]) -> str:
     lines = []
-    if not p["rules"]:
+    if not p["rules"] and p["unreadable_dirs"]:
+        lines.append("polkitd lets only root read its rules here: sudo ollamactl policy show")
+    elif not p["rules"]:
         lines.append("no ollamactl polkit rule is installed, so nobody may restart anything without sudo")
         lines.append("  fix: sudo ollamactl policy install --group ollamactl")
     for r in p["rules"]:

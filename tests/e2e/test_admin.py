@@ -175,3 +175,12 @@ def test_policy_show_describes_the_packaged_grant(bed: Bed):
     assert "alice" in rule["group_members"] and rule["edited"] is False and rule["polkitd_can_read"] is True
     text = bed.ollamactl("policy", "show", user="root").stdout
     assert "group: ollamactl" in text and "unit:  ollama.service" in text and "verbs: restart, try-restart" in text
+
+
+def test_policy_show_as_a_user_shows_what_polkitd_lets_users_read(bed: Bed):
+    r = bed.ollamactl("policy", "show", user="alice")
+    assert r.returncode == 0
+    if bed.suite == "bookworm":  # polkitd 122 keeps /usr/share/polkit-1/rules.d at 0700
+        assert r.stdout.startswith("polkitd lets only root read its rules here: sudo ollamactl policy show")
+    else:
+        assert r.stdout.startswith(PACKAGED) and "verbs: restart, try-restart" in r.stdout

@@ -148,3 +148,19 @@ def test_man_page_and_completion_cover_every_command_and_option():
                 assert opt in completion, opt
 
     walk(build_parser(), "")
+
+
+def test_doctor_on_polkit_0105_says_a_scoped_grant_is_impossible_and_prints_the_sudoers_line():
+    """Ubuntu 22.04's polkit cannot be booted here; this pins what doctor tells its users."""
+    import asyncio
+
+    from ollamactl import doctor
+
+    class OldPolkit:
+        async def call(self, *args, **kwargs):
+            return ["0.105"]
+
+    version, check = asyncio.run(doctor._polkit_version(OldPolkit(), doctor.default_config()))
+    assert version == "0.105" and check.ok is False
+    assert "a grant scoped to ollama.service is impossible here" in check.detail and ".pkla" in check.detail
+    assert "%ollamactl ALL=(root) NOPASSWD: /usr/bin/systemctl restart ollama.service" in check.fix
