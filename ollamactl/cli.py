@@ -17,6 +17,7 @@ from ollamactl import __version__
 from ollamactl.errors import EXIT_CODES, EXIT_NOT_ANSWERING, OllamactlError, UsageError
 
 if TYPE_CHECKING:
+    from ollamactl.config import Config
     from ollamactl.controller import Controller
 
 EPILOG = "exit codes:\n" + "\n".join(f"  {code:<3} {meaning}" for code, meaning in EXIT_CODES)
@@ -173,15 +174,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(OllamactlError("interrupted"), as_json, code=130)
 
 
-def controller(args: argparse.Namespace) -> Controller:
-    """A Controller from the config sources plus the flags the user gave."""
+def _config(args: argparse.Namespace, isolate: bool = False) -> Config:
+    """The config sources plus the flags the user gave."""
     from ollamactl.config import load_config
-    from ollamactl.controller import Controller
 
     flags = {"unit": "--unit", "url": "--url", "timeout": "--timeout", "model": "--model"}
     settings: dict[str, Any] = {k: getattr(args, k, None) for k in flags}
-    config = load_config(settings, config_file=getattr(args, "config", None), labels=flags)
-    return Controller(config=config)
+    return load_config(settings, config_file=getattr(args, "config", None), labels=flags, isolate=isolate)
+
+
+def controller(args: argparse.Namespace) -> Controller:
+    """A Controller from the config sources plus the flags the user gave."""
+    from ollamactl.controller import Controller
+
+    return Controller(config=_config(args))
 
 
 def _cmd_restart(args: argparse.Namespace, as_json: bool) -> int:
@@ -210,9 +216,9 @@ def _cmd_watch(args: argparse.Namespace, as_json: bool) -> int:
     from ollamactl.controller import AsyncController
     from ollamactl.watch import watch
 
-    config = controller(args).config
+    config = _config(args, isolate=True)  # keeps pydantic out of this long-running process
     enable("DEBUG" if getattr(args, "verbose", False) else "INFO", journal=bool(os.environ.get("JOURNAL_STREAM")))
-    return asyncio.run(watch(AsyncController(config=config)))
+    return asyncio.run(watch(AsyncController(config=config, plain_results=True)))
 
 
 def _without_gi() -> None:

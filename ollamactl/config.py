@@ -6,6 +6,7 @@ names where the bad value came from, so a typo never causes a half-done action.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -101,8 +102,12 @@ def load_config(
     config_file: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
     labels: Mapping[str, str] | None = None,
+    isolate: bool = False,
 ) -> Config:
     """Merge and validate all sources; raise ConfigError naming the bad one.
+
+    ``isolate``: validate in a forked child, so that this (long-running)
+    process never imports pydantic; the watchdog uses it to stay small.
 
     ``labels`` maps an override key to how the user spelled it (e.g. ``--unit``).
     """
@@ -132,6 +137,11 @@ def load_config(
             label = (labels or {}).get(key, f"argument {key}=")
             values[key], sources[key] = value, label
 
+    checked = _validate_in_child(values, sources) if isolate else _validate(values, sources)
+    return Config(**checked, sources=sources)
+
+
+def _validate(values: dict[str, Any], sources: dict[str, str]) -> dict[str, Any]:
     from ollamactl._pydantic import ValidationError, errors, to_dict, validate
 
     try:
@@ -146,7 +156,35 @@ def load_config(
     except ValidationError as exc:
         key, msg = errors(exc)[0]
         raise _bad(key, msg, values, sources) from None
-    return Config(**checked, sources=sources)
+    return checked
+
+
+def _validate_in_child(values: dict[str, Any], sources: dict[str, str]) -> dict[str, Any]:
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: validate, report as JSON, exit without cleanup
+        status = 1
+        try:
+            os.close(read_fd)
+            try:
+                payload: dict[str, Any] = {"values": _validate(values, sources)}
+            except ConfigError as err:
+                payload = {"error": err.message, "details": err.details}
+            with os.fdopen(write_fd, "w") as fh:
+                json.dump(payload, fh, default=str)
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as fh:
+        text = fh.read()
+    _, status = os.waitpid(pid, 0)
+    if status != 0 or not text:
+        raise ConfigError(f"validating the configuration failed in a child process (wait status {status})")
+    payload = json.loads(text)
+    if "error" in payload:
+        raise ConfigError(payload["error"], **payload["details"])
+    return payload["values"]
 
 
 def _bad(key: str, msg: str, values: dict[str, Any], sources: dict[str, str]) -> ConfigError:

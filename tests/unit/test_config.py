@@ -106,3 +106,13 @@ def test_readme_documents_every_key_with_its_default():
     for name, f in KEYS.items():
         default = "none" if f.default is None else f"`{f.default}`"
         assert f"| `{name}` | {default} | {f.metadata['help']} |" in readme, name
+
+
+def test_isolated_validation_gives_the_same_result_and_errors(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('unit = "ollama"\ntimeout = 12\n')
+    assert load_config({}, config_file=path, environ={}, isolate=True) == load_config({}, config_file=path, environ={})
+    path.write_text("timeout = 0\n")
+    with pytest.raises(ConfigError, match="invalid timeout from .*c.toml") as info:
+        load_config({}, config_file=path, environ={}, isolate=True)
+    assert info.value.details["key"] == "timeout"
