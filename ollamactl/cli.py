@@ -92,13 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
+        common,
         "restart",
-        parents=[common],
         help="restart the unit and wait until Ollama answers",
         description="Ask systemd to restart the unit, then wait until Ollama's API answers.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--reason", metavar="TEXT", help="why (logged with the restart)")
     p.add_argument("--no-wait", action="store_true", help="return once systemd has queued the restart job")
@@ -111,40 +110,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_cmd_restart)
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
+        common,
         "status",
-        parents=[common],
         help="show the unit's state and whether Ollama answers",
         description="Show the unit's state and whether Ollama's API answers. "
         f"Exits {EXIT_NOT_ANSWERING} if the unit is not active or the API does not answer.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.set_defaults(handler=_cmd_status)
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
+        common,
         "probe",
-        parents=[common],
         help="check whether Ollama is healthy, wedged, deep-wedged, down or starting",
         description="Probe Ollama: GET /api/version, and with --deep a one-token POST /api/generate on the "
         "configured model. Exits 0 when healthy, else with the outcome's code.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--deep", action="store_true", help="also run the deep probe (needs a model)")
     p.add_argument("--model", metavar="NAME", help="model for the deep probe (default: the config's model)")
     p.set_defaults(handler=_cmd_probe)
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
+        common,
         "watch",
-        parents=[common],
         help="probe Ollama in a loop and restart it when it wedges (the watchdog service)",
         description="Probe every watch_period seconds (deep probe every watch_deep_every-th period when a "
         "model is set); after watch_failure_threshold failures outside the startup grace, restart through "
         "the coalesced, budgeted path. Logs every decision (to the journal when run by systemd). "
         "Runs until SIGTERM.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", metavar="NAME", help="model for deep probes (default: the config's model)")
     p.set_defaults(handler=_cmd_watch)
@@ -153,6 +149,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     admin_cli.add_parsers(sub, common, epilog=EPILOG)
     return parser
+
+
+def add_command(
+    sub: Any, common: argparse.ArgumentParser, name: str, *, help: str, description: str
+) -> argparse.ArgumentParser:
+    """A subcommand with the global flags, the exit-code table and raw-text help."""
+    return sub.add_parser(
+        name,
+        parents=[common],
+        help=help,
+        description=description,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -242,8 +243,6 @@ class AsyncController:
 
     async def status(self) -> Status:
         """The unit's state and whether Ollama's API answers (never restarts)."""
-        from ollamactl.models import Status
-
         cfg = self.config
         endpoint = probe.parse_url(cfg.url)
 
@@ -262,23 +261,15 @@ class AsyncController:
         state, (version, api_error) = await asyncio.gather(unit(), api())
         if state.load_state == "not-found":
             state.check_loadable()
-        return Status(
-            healthy=state.active_state == "active" and version is not None,
-            unit=state.name,
-            load_state=state.load_state,
-            active_state=state.active_state,
-            sub_state=state.sub_state,
-            result=state.result,
-            main_pid=state.main_pid,
-            invocation_id=state.invocation_id,
-            active_enter_timestamp=state.active_enter_timestamp,
-            n_restarts=state.n_restarts,
-            fragment_path=state.fragment_path,
-            url=endpoint.url,
-            api_ok=version is not None,
-            api_version=version,
-            api_error=api_error,
-        )
+        fields = asdict(state)
+        fields["unit"] = fields.pop("name")
+        del fields["inactive_exit_timestamp"]
+        healthy = state.active_state == "active" and version is not None
+        return self._finish(
+            "Status",
+            Draft(healthy=healthy, url=endpoint.url, api_ok=version is not None, api_version=version,
+                  api_error=api_error, **fields),
+        )  # fmt: skip
 
     async def probe(self, deep: bool = False) -> ProbeReport:
         """Classify Ollama's health; never restarts.
