@@ -186,10 +186,18 @@ def _snapshot(bed: Bed) -> dict[str, str]:
         "echo ---\n"
         f"systemctl show -p {PROPS} {' '.join(WATCHED)}\n"
         "echo ---\n"
-        "ls -a /tmp /etc/systemd/system /run/systemd/transient 2>&1 || true\n",
+        "ls -a /tmp /etc/systemd/system /run/systemd/transient 2>&1 || true\n"
+        "echo ---\n"
+        "for t in $(systemctl list-units --all --plain --no-legend --type=timer | cut -d' ' -f1); do\n"
+        '  echo "$t"; systemctl show -p Unit --value "$t"\n'
+        "done\n",
         check=True,
     )
-    units, files, props, listing = r.stdout.split("---\n")
+    units, files, props, listing, timed = r.stdout.split("---\n")
+    # Timers (e.g. systemd-tmpfiles-clean, 15 min after boot) may fire during a long run; their
+    # units change state on their own, so they are left out of the unit list.
+    skip = set(timed.split())
+    units = "".join(line for line in units.splitlines(keepends=True) if line.split(" ", 1)[0] not in skip)
     return {"units": units, "unit files": files, "properties": props, "files": listing}
 
 
