@@ -66,8 +66,8 @@ class RuntimeDir:
                 path=str(self.path),
             )
         return PermissionDenied(
-            f"cannot {what} in {self.path} ({exc.strerror}): add yourself to group {self.group}: "
-            f"sudo usermod -aG {self.group} {current_user() or '$USER'}",
+            f"not allowed to {what}: {self.path} is only for group {self.group} ({exc.strerror}); "
+            f"add yourself to group {self.group}: sudo usermod -aG {self.group} {current_user() or '$USER'}",
             path=str(self.path),
             group=self.group,
         )
