@@ -83,6 +83,12 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser, *, epilog: str) -> No
         epilog=epilog,
         formatter_class=raw,
     )
+    d.add_argument(
+        "--user",
+        metavar="USER",
+        help="check for USER instead of yourself (root only); polkit's verdict is then asked about one of "
+        "USER's running processes",
+    )
     d.set_defaults(handler=_cmd_doctor)
 
 
@@ -220,6 +226,6 @@ def _cmd_doctor(args: argparse.Namespace, as_json: bool) -> int:
         config, error = load_config(settings, config_file=getattr(args, "config", None), labels=flags), None
     except ConfigError as err:
         config, error = None, err
-    report = doctor.run(config, error)
+    report = doctor.run(config, error, user=args.user)
     emit(report.to_dict(), as_json, doctor.text)
     return 0 if report.ok else doctor.EXIT_DOCTOR

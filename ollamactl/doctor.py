@@ -20,7 +20,8 @@ from typing import Any
 
 from ollamactl import policy
 from ollamactl.config import Config, load_config
-from ollamactl.errors import OllamactlError
+from ollamactl.errors import OllamactlError, UsageError
+from ollamactl.policy import NotRoot
 
 #: Exit code of ``doctor`` when at least one check failed (8-13 belong to restart/probe).
 EXIT_DOCTOR = 20
@@ -77,17 +78,29 @@ def default_config() -> Config:
     return load_config(None, config_file=os.devnull, environ={})
 
 
-def run(config: Config | None, config_error: OllamactlError | None) -> Report:
-    """Run every check (synchronously, on a private event loop) under TOTAL_DEADLINE."""
-    return asyncio.run(_run(config, config_error))
+def run(config: Config | None, config_error: OllamactlError | None, user: str | None = None) -> Report:
+    """Run every check (synchronously, on a private event loop) under TOTAL_DEADLINE.
+
+    ``user``: check for that user instead of the caller (root only, since only root may ask
+    polkit about another user's process).
+    """
+    if user is None:
+        uid = os.getuid()
+        try:
+            user = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            user = str(uid)
+    else:
+        try:
+            uid = pwd.getpwnam(user).pw_uid
+        except KeyError:
+            raise UsageError(f"--user: no such user {user!r} (looked up through NSS)", field="user") from None
+        if uid != os.getuid() and os.geteuid() != 0:
+            raise NotRoot(f"checking for another user needs root: sudo ollamactl doctor --user {user}")
+    return asyncio.run(_run(config, config_error, user, uid))
 
 
-async def _run(config: Config | None, config_error: OllamactlError | None) -> Report:
-    uid = os.getuid()
-    try:
-        user = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        user = str(uid)
+async def _run(config: Config | None, config_error: OllamactlError | None, user: str, uid: int) -> Report:
     checks: list[Check] = []
     if config_error is not None:
         checks.append(Check("config", False, config_error.message, "fix the value named above, then run doctor again"))
@@ -133,9 +146,9 @@ async def _bus_checks(report: Report, config: Config, uid: int) -> None:
         checks.append(polkit_check)
         checks.append(_rule_check(config, version))
         if uid == 0:
-            checks.append(Check("polkit says", True, "you are root: systemd does not ask polkit for root"))
+            checks.append(Check("polkit says", True, "root: systemd does not ask polkit for root"))
         elif version is not None:
-            authorized, check = await _ask_polkit(bus, config, report)
+            authorized, check = await _ask_polkit(bus, config, report, uid)
             report.authorized = authorized
             checks.append(check)
     finally:
@@ -271,24 +284,55 @@ def _dpkg_ships(path: Path, info: Path = Path("/var/lib/dpkg/info/ollamactl.list
         return False
 
 
-def _process_start_time() -> int:
-    """This process's start time in clock ticks since boot, as polkit's unix-process subject wants it."""
-    with open("/proc/self/stat") as fh:
+def _process_start_time(pid: int | str = "self") -> int:
+    """A process's start time in clock ticks since boot, as polkit's unix-process subject wants it."""
+    with open(f"/proc/{pid}/stat") as fh:
         data = fh.read()
     return int(data[data.rfind(")") + 2 :].split()[19])
 
 
-async def _ask_polkit(bus: Any, config: Config, report: Report) -> tuple[bool | None, Check]:
-    """polkit's own verdict for this process: CheckAuthorization, flags 0 (never interactive)."""
+def _a_process_of(uid: int) -> int | None:
+    """The lowest pid whose real uid is uid (polkit judges a process, not a user), or None."""
+    pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as fh:
+                for line in fh:
+                    if line.startswith("Uid:"):
+                        if int(line.split()[1]) == uid:
+                            return pid
+                        break
+        except (OSError, ValueError, IndexError):
+            continue  # gone, or a kernel thread we may not read
+    return None
+
+
+async def _ask_polkit(bus: Any, config: Config, report: Report, uid: int) -> tuple[bool | None, Check]:
+    """polkit's own verdict: CheckAuthorization, flags 0 (never interactive, no side effects).
+
+    For the caller: its own process.  For root checking another user: one of that user's
+    running processes, since polkit judges processes (and lets only root pass details).
+    """
     from dbus_next import Variant
 
+    pid: int | None = os.getpid()
+    if uid != os.getuid():
+        pid = _a_process_of(uid)
+        if pid is None:
+            return None, Check(
+                "polkit says",
+                None,
+                f"{report.user} has no running process, and polkit judges processes, so it cannot be asked; "
+                "the group and rule checks above decide",
+            )
+    assert pid is not None
+    try:
+        start = _process_start_time(pid)
+    except (OSError, ValueError, IndexError):
+        return None, Check("polkit says", None, f"process {pid} of {report.user} went away; run doctor again")
     subject = [
         "unix-process",
-        {
-            "pid": Variant("u", os.getpid()),
-            "start-time": Variant("t", _process_start_time()),
-            "uid": Variant("i", os.getuid()),
-        },
+        {"pid": Variant("u", pid), "start-time": Variant("t", start), "uid": Variant("i", uid)},
     ]
     details = {"unit": config.unit, "verb": "restart"}
     try:
@@ -314,8 +358,9 @@ async def _ask_polkit(bus: Any, config: Config, report: Report) -> tuple[bool | 
             )
         return None, Check("polkit says", None, f"polkit would not answer for this process: {err.message}")
     authorized, challenge = bool(result[0]), bool(result[1])
+    asked = "" if uid == os.getuid() else f" (asked about pid {pid})"
     if authorized:
-        return True, Check("polkit says", True, f"{report.user} may restart {config.unit}")
+        return True, Check("polkit says", True, f"{report.user} may restart {config.unit}{asked}")
     failed = {c.name for c in report.checks if c.ok is False}
     if "group" in failed:
         fix = f"sudo usermod -aG {config.group} {report.user}"
@@ -324,7 +369,7 @@ async def _ask_polkit(bus: Any, config: Config, report: Report) -> tuple[bool | 
     else:
         fix = "journalctl -u polkit (polkitd logs rules it could not load)"
     why = " (it would ask for an admin password, which ollamactl never lets it do)" if challenge else ""
-    return False, Check("polkit says", False, f"{report.user} may NOT restart {config.unit}{why}", fix)
+    return False, Check("polkit says", False, f"{report.user} may NOT restart {config.unit}{why}{asked}", fix)
 
 
 def _runtime_dir_check(run_dir: Path, group: str) -> Check:

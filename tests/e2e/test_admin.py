@@ -184,3 +184,34 @@ def test_policy_show_as_a_user_shows_what_polkitd_lets_users_read(bed: Bed):
         assert r.stdout.startswith("polkitd lets only root read its rules here: sudo ollamactl policy show")
     else:
         assert r.stdout.startswith(PACKAGED) and "verbs: restart, try-restart" in r.stdout
+
+
+def test_root_doctor_for_a_user_shows_polkits_own_verdict_on_their_process(healthy: Bed):
+    """Only root may pass the unit/verb details to CheckAuthorization; then polkit answers per user."""
+    c = healthy.c
+    rc, out, checks = doctor(healthy, "root", "--user", "alice")
+    assert checks["polkit says"]["ok"] is None and "no running process" in checks["polkit says"]["detail"]
+    started = c.sh(
+        "for u in alice bob; do\n"
+        "  rm -f /tmp/doctor-pid-$u\n"
+        "  runuser -u $u -- sh -c 'echo $$ > /tmp/doctor-pid-$0; exec sleep 120' $u </dev/null >/dev/null 2>&1 &\n"
+        "done\n"
+        "until [ -s /tmp/doctor-pid-alice ] && [ -s /tmp/doctor-pid-bob ]; do sleep 0.1; done\n"
+        "cat /tmp/doctor-pid-alice /tmp/doctor-pid-bob; rm -f /tmp/doctor-pid-*",
+        check=True,
+        timeout=30,
+    )
+    pids = started.stdout.split()
+    assert len(pids) == 2, started
+    try:
+        rc, out, checks = doctor(healthy, "root", "--user", "alice")
+        assert rc == 0 and out["user"] == "alice" and out["authorized"] is True, out
+        assert checks["polkit says"]["detail"].startswith("alice may restart ollama.service (asked about pid ")
+        rc, out, checks = doctor(healthy, "root", "--user", "bob")
+        assert rc == DOCTOR_FAILED and out["authorized"] is False
+        assert checks["polkit says"]["ok"] is False and checks["polkit says"]["fix"] == "sudo usermod -aG ollamactl bob"
+        assert "would ask for an admin password" in checks["polkit says"]["detail"]
+    finally:
+        c.run(["kill", *pids])
+    r = healthy.ollamactl("doctor", "--user", "bob", user="alice")
+    assert r.returncode == PERMISSION and "sudo ollamactl doctor --user bob" in r.stderr
