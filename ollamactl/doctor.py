@@ -103,7 +103,7 @@ def run(config: Config | None, config_error: OllamactlError | None, user: str | 
 async def _run(config: Config | None, config_error: OllamactlError | None, user: str, uid: int) -> Report:
     checks: list[Check] = []
     if config_error is not None:
-        checks.append(Check("config", False, config_error.message, "fix the value named above, then run doctor again"))
+        checks.append(Check("config", False, config_error.message, _config_fix(config_error)))
         config = default_config()
     else:
         assert config is not None
@@ -123,6 +123,17 @@ async def _run(config: Config | None, config_error: OllamactlError | None, user:
     except TimeoutError:
         checks.append(Check("ollama", False, f"{config.url} did not answer within {config.http_timeout:g}s"))
     return report
+
+
+def _config_fix(err: OllamactlError) -> str:
+    """The command that fixes a bad setting, from where it came (file, variable or flag)."""
+    source, key = str(err.details.get("source", "")), err.details.get("key")
+    what = f" and correct {key}" if key else ""
+    if source.startswith("/"):
+        return f"sudoedit {source}{what}" if source.startswith("/etc/") else f"edit {source}{what}"
+    if source.startswith("environment variable "):
+        return f"unset {source.removeprefix('environment variable ')} (or give it a valid value)"
+    return "correct the flag named above"
 
 
 async def _bus_checks(report: Report, config: Config, uid: int) -> None:

@@ -94,6 +94,7 @@ def test_doctor_names_a_bad_config_key_and_still_checks_the_rest(healthy: Bed):
     rc, out, checks = doctor(healthy, "alice", "--config", "/etc/ollamactl/test-bad.toml")
     assert rc == DOCTOR_FAILED
     assert checks["config"]["ok"] is False and "timeout" in checks["config"]["detail"]
+    assert checks["config"]["fix"] == "sudoedit /etc/ollamactl/test-bad.toml and correct timeout"
     assert checks["unit"]["ok"] is True and checks["ollama"]["ok"] is True
 
 
