@@ -7,8 +7,9 @@ Prints, per suite, medians over paired runs (order alternated within pairs):
 and the readiness lag: from the stand-in's "Listening on" (journal timestamp
 of the new invocation) to the moment ``ollamactl restart`` returned.
 
-The container gets a bench-only drop-in ``StartLimitIntervalSec=0`` so that
-back-to-back restarts are not refused by systemd's start limit.
+The container gets a bench-only drop-in ``StartLimitIntervalSec=0`` and an
+ollamactl config without a restart budget, so that back-to-back restarts are
+refused neither by systemd's start limit nor by ollamactl's budget.
 
     python3 -m bench.bench_restart [--suite bookworm|trixie] [--pairs 15]
 """
@@ -81,6 +82,8 @@ def main() -> int:
         wheel = next(Path(tmp).glob("ollamactl-*.whl"))
         with testbed.boot(args.suite, wheel=wheel, log=lambda m: None) as c:
             c.write_file("/etc/systemd/system/ollama.service.d/bench.conf", "[Unit]\nStartLimitIntervalSec=0\n")
+            # and ollamactl's own budget, which would refuse back-to-back restarts
+            c.write_file("/etc/ollamactl/config.toml", "max_restarts = 100\nrestart_window = 1\nrestart_backoff = 0\n")
             c.run(["systemctl", "daemon-reload"], check=True)
             c.write_file("/tmp/harness.py", HARNESS)
             r = c.run(["python3", "/tmp/harness.py", str(args.pairs)], user="alice", timeout=1800, check=True)

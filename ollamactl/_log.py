@@ -46,16 +46,26 @@ def log(level: str, message: str, **fields: Any) -> None:
 
 
 def audit(message: str, **fields: Any) -> None:
-    """Record a restart decision in the journal, whoever the caller is."""
+    """Record a restart decision in the journal, whoever the caller is.
+
+    Where loguru is in use (the watchdog, ``-v``, apps that log with it) the
+    record goes through its journal sink.  A plain CLI run writes the very
+    same record with the sink's journal writer directly, rather than import
+    loguru (tens of milliseconds) after a restart just to send one datagram.
+    """
     global _audit_ready
-    first_import = "loguru" not in sys.modules
+    if "loguru" not in sys.modules and not _enabled:
+        from ollamactl.journal import Journal
+
+        caller = sys._getframe(1)
+        code = caller.f_code
+        Journal().send_record(message, "INFO", fields, code.co_filename, caller.f_lineno, code.co_name)
+        return
     from loguru import logger
 
     if not _audit_ready:
         from ollamactl.journal import JournalSink
 
-        if first_import and not _enabled:
-            logger.remove()  # nobody configured loguru: drop its default stderr handler
         logger.add(JournalSink(), level="INFO", format="{message}", filter=lambda r: r["extra"].get("_audit", False))
         _audit_ready = True
     logger.opt(depth=1).bind(_audit=True, **fields).info(message)

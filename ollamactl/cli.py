@@ -197,7 +197,7 @@ def controller(args: argparse.Namespace) -> Controller:
     """A Controller from the config sources plus the flags the user gave."""
     from ollamactl.controller import Controller
 
-    return Controller(config=_config(args))
+    return Controller(config=_config(args), plain_results=True)  # it only prints them
 
 
 def _cmd_restart(args: argparse.Namespace, as_json: bool) -> int:

@@ -66,7 +66,7 @@ class AsyncController:
         **settings: Any,
     ) -> None:
         self.config: Config = config or load_config(settings, config_file=config_file)
-        self.plain_results = plain_results  # see Draft
+        self.plain_results = plain_results  # results as Draft, not pydantic models (see Draft)
         self._bus: SystemdBus | None = None
 
     def _finish(self, model: str, draft: Draft) -> Any:
@@ -143,6 +143,7 @@ class AsyncController:
     ) -> RestartResult:
         unit = self.config.unit
         result = Draft(
+            ok=True,
             action="restarted", unit=unit, reason=reason, observed_at=observed_at, job=None, job_result=None,
             old_invocation_id=None, new_invocation_id=None, job_seconds=None, ready_seconds=None, api_version=None,
         )  # fmt: skip
@@ -334,8 +335,9 @@ _PROBE_EXIT = {
 class Draft(SimpleNamespace):
     """A result's fields before they become a pydantic model.
 
-    The long-running watchdog keeps them as they are (``plain_results``):
-    pydantic 2 costs it about 14 MiB of its 30 MiB memory budget.
+    With ``plain_results`` they stay as they are, with the same fields and
+    the same ``to_dict()``: the long-running watchdog saves the ~14 MiB that
+    pydantic 2 models cost, and the CLI, which only prints them, the time.
     """
 
     def to_dict(self) -> dict[str, Any]:
@@ -350,12 +352,14 @@ class Controller:
         *,
         config: Config | None = None,
         config_file: str | os.PathLike[str] | None = None,
+        plain_results: bool = False,
         **settings: Any,
     ) -> None:
         self.config: Config = config or load_config(settings, config_file=config_file)
+        self.plain_results = plain_results
 
     def _actl(self) -> AsyncController:
-        return AsyncController(config=self.config)
+        return AsyncController(config=self.config, plain_results=self.plain_results)
 
     def restart(
         self,

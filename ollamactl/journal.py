@@ -53,6 +53,12 @@ class Journal:
     def available(self) -> bool:
         return os.path.exists(self.path)
 
+    def send_record(self, message: str, level: str, extra: dict[str, Any], file: str, line: int, function: str) -> bool:
+        """One log record: ``extra`` becomes OLLAMACTL_* fields, the call site CODE_* fields."""
+        fields = {f"OLLAMACTL_{k}": v for k, v in extra.items() if not k.startswith("_")}
+        fields.update(CODE_FILE=file, CODE_LINE=line, CODE_FUNC=function)
+        return self.send(message, _PRIORITIES.get(level, 6), **fields)
+
     def send(self, message: str, priority: int = 6, **fields: Any) -> bool:
         """Write one record; True if it reached the journal, False if it went to stderr."""
         record = {"MESSAGE": message, "PRIORITY": priority, "SYSLOG_IDENTIFIER": IDENTIFIER}
@@ -76,11 +82,5 @@ class JournalSink:
         self.journal = journal or Journal()
 
     def __call__(self, message: Any) -> None:
-        record = message.record
-        fields = {f"OLLAMACTL_{k}": v for k, v in record["extra"].items() if not k.startswith("_")}
-        fields.update(
-            CODE_FILE=record["file"].path,
-            CODE_LINE=record["line"],
-            CODE_FUNC=record["function"],
-        )
-        self.journal.send(record["message"], _PRIORITIES.get(record["level"].name, 6), **fields)
+        r = message.record
+        self.journal.send_record(r["message"], r["level"].name, r["extra"], r["file"].path, r["line"], r["function"])

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from tests.e2e.conftest import UNIT, Bed
+from tests.e2e.test_restart import model_fields
 
 BUDGET, WEDGED, DEEP_WEDGED, DOWN, STARTING = 8, 11, 12, 10, 13
 
@@ -41,6 +42,7 @@ def test_probe_outcomes(healthy: Bed, kind, deep, outcome, code):
     t0 = time.monotonic()
     rc, out = healthy.json(*args, env={"OLLAMACTL_WATCH_STARTUP_GRACE": "0"})
     assert (rc, out["outcome"], out["exit_code"]) == (code, outcome, code), out
+    assert sorted(out) == model_fields(healthy, "ProbeReport")
     assert time.monotonic() - t0 < 2 + 30 + 5  # probe_timeout + deep_timeout bound it
 
 

@@ -36,6 +36,12 @@ def test_member_restart_json(healthy: Bed):
     assert out["new_invocation_id"] == healthy.prop("InvocationID") != before
     assert 0 < out["job_seconds"] < 30 and 0 <= out["ready_seconds"] < 30
     assert out["api_version"] == "0.12.3"
+    assert sorted(out) == model_fields(healthy, "RestartResult")  # the CLI prints what the API returns
+
+
+def model_fields(bed: Bed, model: str) -> list[str]:
+    code = f"import json; from ollamactl import models; print(json.dumps(sorted(models.{model}.__fields__)))"
+    return json.loads(bed.python(code).stdout)
 
 
 def test_member_restart_through_python_api_sync_and_async(healthy: Bed):
@@ -140,6 +146,7 @@ def test_bad_config_value_is_named_and_nothing_restarts(healthy: Bed):
 
 def test_status_reports_healthy_and_then_a_wedge(healthy: Bed):
     rc, out = healthy.json("status")
+    assert sorted(out) == model_fields(healthy, "Status")
     assert rc == 0 and out["healthy"] is True and out["active_state"] == "active" and out["api_version"] == "0.12.3"
     assert out["invocation_id"] == healthy.prop("InvocationID")
     healthy.set_mode("silent")
