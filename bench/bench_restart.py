@@ -19,11 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
+from bench._bed import booted
 from tests import testbed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,26 +75,21 @@ def main() -> int:
     parser.add_argument("--suite", default="bookworm", choices=testbed.SUITES)
     parser.add_argument("--pairs", type=int, default=15)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp, str(REPO)], check=True)
-        wheel = next(Path(tmp).glob("ollamactl-*.whl"))
-        with testbed.boot(args.suite, wheel=wheel, log=lambda m: None) as c:
-            c.write_file("/etc/systemd/system/ollama.service.d/bench.conf", "[Unit]\nStartLimitIntervalSec=0\n")
-            # and ollamactl's own budget, which would refuse back-to-back restarts
-            c.write_file("/etc/ollamactl/config.toml", "max_restarts = 100\nrestart_window = 1\nrestart_backoff = 0\n")
-            c.run(["systemctl", "daemon-reload"], check=True)
-            c.write_file("/tmp/harness.py", HARNESS)
-            r = c.run(["python3", "/tmp/harness.py", str(args.pairs)], user="alice", timeout=1800, check=True)
-            data = json.loads(r.stdout)
-            lags = []
-            for inv, returned_at in data["lag"]:
-                j = c.run(["journalctl", "-o", "json", "--no-pager", f"_SYSTEMD_INVOCATION_ID={inv}"], check=True)
-                listen = [json.loads(line) for line in j.stdout.splitlines()]
-                stamps = [
-                    int(e["__REALTIME_TIMESTAMP"]) / 1e6 for e in listen if "Listening on" in str(e.get("MESSAGE"))
-                ]
-                if stamps:
-                    lags.append(returned_at - stamps[0])
+    with booted(args.suite) as c:
+        c.write_file("/etc/systemd/system/ollama.service.d/bench.conf", "[Unit]\nStartLimitIntervalSec=0\n")
+        # and ollamactl's own budget, which would refuse back-to-back restarts
+        c.write_file("/etc/ollamactl/config.toml", "max_restarts = 100\nrestart_window = 1\nrestart_backoff = 0\n")
+        c.run(["systemctl", "daemon-reload"], check=True)
+        c.write_file("/tmp/harness.py", HARNESS)
+        r = c.run(["python3", "/tmp/harness.py", str(args.pairs)], user="alice", timeout=1800, check=True)
+        data = json.loads(r.stdout)
+        lags = []
+        for inv, returned_at in data["lag"]:
+            j = c.run(["journalctl", "-o", "json", "--no-pager", f"_SYSTEMD_INVOCATION_ID={inv}"], check=True)
+            listen = [json.loads(line) for line in j.stdout.splitlines()]
+            stamps = [int(e["__REALTIME_TIMESTAMP"]) / 1e6 for e in listen if "Listening on" in str(e.get("MESSAGE"))]
+            if stamps:
+                lags.append(returned_at - stamps[0])
     print(f"suite {args.suite}, {args.pairs} pairs, as alice (group ollamactl), medians:")
     labels = {
         "A": "ollamactl restart --no-wait  vs systemctl restart --no-block",

@@ -15,12 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
+from bench._bed import booted
 from tests import testbed
 from tests.e2e.test_watch import MEASURE, UNIT, WATCHDOG, ensure_units
 
@@ -100,16 +98,13 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--soak", type=float, default=60)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp, str(REPO)], check=True)
-        wheel = next(Path(tmp).glob("ollamactl-*.whl"))
-        with testbed.boot(args.suite, wheel=wheel, log=lambda m: None) as c:
-            ensure_units(c)
-            c.write_file("/root/measure.py", MEASURE)
-            plain = wedge_runs(c, args.runs, "ok")
-            stubborn = wedge_runs(c, args.runs, "ignore-sigterm")
-            restarts = concurrent_detectors(c)
-            rss, cpu = soak(c, args.soak)
+    with booted(args.suite) as c:
+        ensure_units(c)
+        c.write_file("/root/measure.py", MEASURE)
+        plain = wedge_runs(c, args.runs, "ok")
+        stubborn = wedge_runs(c, args.runs, "ignore-sigterm")
+        restarts = concurrent_detectors(c)
+        rss, cpu = soak(c, args.soak)
     med = statistics.median
     print(f"suite {args.suite}, shipped defaults (period 1 s, probe timeout 2 s, threshold 3), {args.runs} runs:")
     for label, runs, goal in (("full wedge", plain, 10), ("full wedge, SIGTERM ignored", stubborn, 20)):
