@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ollamactl.errors import EXIT_DOCTOR
+
 VERB_CHOICES = ("restart", "try-restart", "start", "reload-or-restart")  # == policy.VERBS (unit-tested)
 
 
@@ -79,7 +81,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser, *, epilog: str) -> No
         description="Check, for the calling user, everything a restart depends on: the system bus, the unit, "
         "group membership (through NSS, as polkit sees it), the polkit rule and polkitd's version, polkit's own "
         "verdict (CheckAuthorization, without side effects), /run/ollamactl, the config and Ollama's API. "
-        "Each failed check prints the command that fixes it; exits 11 if any check failed.",
+        f"Each failed check prints the command that fixes it; exits {EXIT_DOCTOR} if any check failed.",
         epilog=epilog,
         formatter_class=raw,
     )
@@ -228,4 +230,4 @@ def _cmd_doctor(args: argparse.Namespace, as_json: bool) -> int:
         config, error = None, err
     report = doctor.run(config, error, user=args.user)
     emit(report.to_dict(), as_json, doctor.text)
-    return 0 if report.ok else doctor.EXIT_DOCTOR
+    return 0 if report.ok else EXIT_DOCTOR

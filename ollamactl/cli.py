@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ollamactl import __version__
-from ollamactl.errors import EXIT_CODES, EXIT_NOT_ANSWERING, OllamactlError, UsageError
+from ollamactl.errors import EXIT_CODES, EXIT_INTERRUPTED, EXIT_NOT_ANSWERING, OllamactlError, UsageError
 
 if TYPE_CHECKING:
     from ollamactl.config import Config
@@ -181,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OllamactlError as err:
         return _fail(err, as_json)
     except KeyboardInterrupt:
-        return _fail(OllamactlError("interrupted"), as_json, code=130)
+        return _fail(OllamactlError("interrupted"), as_json, code=EXIT_INTERRUPTED)
 
 
 def _config(args: argparse.Namespace, isolate: bool = False) -> Config:

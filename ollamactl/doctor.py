@@ -24,7 +24,6 @@ from ollamactl.errors import OllamactlError, UsageError
 from ollamactl.policy import NotRoot
 
 #: Exit code of ``doctor`` when at least one check failed (8-13 belong to restart/probe).
-EXIT_DOCTOR = 20
 POLKIT = "org.freedesktop.PolicyKit1"
 AUTHORITY_PATH = "/org/freedesktop/PolicyKit1/Authority"
 AUTHORITY = "org.freedesktop.PolicyKit1.Authority"

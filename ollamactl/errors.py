@@ -23,6 +23,8 @@ EXIT_NOT_ANSWERING = 10  # also the probe outcome "down"
 EXIT_WEDGED = 11
 EXIT_DEEP_WEDGED = 12
 EXIT_STARTING = 13
+EXIT_DOCTOR = 20
+EXIT_INTERRUPTED = 130
 
 
 class OllamactlError(Exception):
@@ -148,4 +150,6 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EXIT_WEDGED, "probe: wedged (accepts connections, no answer in time)"),
     (EXIT_DEEP_WEDGED, "probe: deep-wedged (/api/version answers, generate does not)"),
     (EXIT_STARTING, "probe: starting (unit activating or within its startup grace)"),
+    (EXIT_DOCTOR, "doctor: at least one check failed (each prints its fix)"),
+    (EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),
 )

@@ -21,7 +21,6 @@ from pathlib import Path
 from ollamactl import __version__
 from ollamactl.cli import build_parser
 from ollamactl.config import DEFAULT_CONFIG_FILE, ENV_PREFIX, KEYS
-from ollamactl.doctor import EXIT_DOCTOR
 from ollamactl.errors import EXIT_CODES
 
 
@@ -111,7 +110,7 @@ def man_page() -> str:
 
     walk("", parser)
     out.append(".SH EXIT STATUS")
-    for code, meaning in (*EXIT_CODES, (EXIT_DOCTOR, "doctor: at least one check failed"), (130, "interrupted")):
+    for code, meaning in EXIT_CODES:
         out += [".TP", f"\\fB{code}\\fR", _roff(meaning)]
     out += [
         ".SH ENVIRONMENT",
