@@ -35,7 +35,7 @@ from ollamactl.errors import (
     UsageError,
 )
 from ollamactl.nss import current_user
-from ollamactl.runtime import Restart, RuntimeDir
+from ollamactl.runtime import Restart, RuntimeDir, State
 from ollamactl.systemd import SystemdBus, UnitState
 
 if TYPE_CHECKING:
@@ -157,11 +157,11 @@ class AsyncController:
                     result.action = "skipped"
                     after = before
                 else:
-                    self._check_budget(before.name)
+                    history = self._check_budget(before.name)
                     await bus.subscribe()
                     started = time.monotonic()
                     result.job = await bus.restart_unit(before.name)
-                    self._record(before.name, reason)
+                    self._record(history, before.name, reason)
                     result.old_invocation_id = before.invocation_id
                     log("INFO", "restart job queued", unit=before.name, job=result.job)
                     if not wait:
@@ -184,15 +184,16 @@ class AsyncController:
     def runtime(self) -> RuntimeDir:
         return RuntimeDir(Path(self.config.runtime_dir), self.config.group)
 
-    def _budget(self) -> Budget:
-        cfg = self.config
-        return Budget(cfg.max_restarts, cfg.restart_window, cfg.restart_backoff)
+    def _check_budget(self, unit: str) -> State:
+        """Raise BudgetExhausted unless the budget allows a restart now; return the history read.
 
-    def _check_budget(self, unit: str) -> None:
-        """Raise BudgetExhausted unless the budget allows a restart now (call under the lock)."""
-        history = [r.at for r in self.runtime.read_state().for_unit(unit)]
+        Call under the lock, and pass the returned history to ``_record``.
+        """
+        cfg = self.config
+        state = self.runtime.read_state()
+        history = [r.at for r in state.for_unit(unit)]
         now = time.time()
-        budget = self._budget()
+        budget = Budget(cfg.max_restarts, cfg.restart_window, cfg.restart_backoff)
         allowed = budget.next_allowed(history, now)
         if allowed > now:
             recent = sum(1 for t in history if t > now - budget.window)
@@ -205,12 +206,11 @@ class AsyncController:
                 next_allowed_at=round(allowed, 3),
                 retry_after=round(allowed - now, 3),
             )
+        return state
 
-    def _record(self, unit: str, reason: str | None) -> None:
-        rundir = self.runtime
-        state = rundir.read_state()
+    def _record(self, state: State, unit: str, reason: str | None) -> None:
         state.restarts.append(Restart(at=time.time(), unit=unit, uid=os.getuid(), pid=os.getpid(), reason=reason))
-        rundir.write_state(state)
+        self.runtime.write_state(state)
 
     async def _wait_ready(self, bus: SystemdBus, started: UnitState, clock: _Deadline) -> tuple[str, float]:
         """Poll /api/version until it answers; fail fast if the new process dies."""
@@ -251,15 +251,8 @@ class AsyncController:
             async with self._systemd() as bus:
                 return await bus.unit_state(cfg.unit)
 
-        async def api() -> tuple[str | None, str | None]:
-            try:
-                return await probe.api_version(endpoint, cfg.http_timeout), None
-            except TimeoutError:
-                return None, f"no answer within {cfg.http_timeout:g}s"
-            except probe.HTTPError as exc:
-                return None, str(exc)
-
-        state, (version, api_error) = await asyncio.gather(unit(), api())
+        state, live = await asyncio.gather(unit(), probe.liveness(endpoint, cfg.http_timeout))
+        version, api_error = live.api_version, live.detail or None
         if state.load_state == "not-found":
             state.check_loadable()
         fields = asdict(state)
@@ -309,7 +302,7 @@ class AsyncController:
             async with self._systemd() as bus:
                 state = await bus.unit_state(cfg.unit)
             report.unit, report.active_state, report.sub_state = state.name, state.active_state, state.sub_state
-            report.started_at = state.inactive_exit_timestamp or state.active_enter_timestamp
+            report.started_at = state.started_at
             if starting(state, cfg.watch_startup_grace):
                 report.outcome, report.exit_code = probe.STARTING, _PROBE_EXIT[probe.STARTING]
         return self._finish("ProbeReport", report)
@@ -319,7 +312,7 @@ def starting(state: UnitState, grace: float) -> bool:
     """Is the unit in a stop/start transition, or within ``grace`` seconds of its last start?"""
     if state.active_state in ("activating", "deactivating", "reloading") or state.sub_state == "auto-restart":
         return True
-    started = state.inactive_exit_timestamp or state.active_enter_timestamp
+    started = state.started_at
     return state.active_state == "active" and started is not None and time.time() - started < grace
 
 

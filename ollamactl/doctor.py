@@ -21,6 +21,7 @@ from typing import Any
 from ollamactl import policy
 from ollamactl.config import Config, load_config
 from ollamactl.errors import OllamactlError, UsageError
+from ollamactl.nss import current_user
 from ollamactl.policy import NotRoot
 
 #: Exit code of ``doctor`` when at least one check failed (8-13 belong to restart/probe).
@@ -85,10 +86,7 @@ def run(config: Config | None, config_error: OllamactlError | None, user: str | 
     """
     if user is None:
         uid = os.getuid()
-        try:
-            user = pwd.getpwuid(uid).pw_name
-        except KeyError:
-            user = str(uid)
+        user = current_user() or str(uid)
     else:
         try:
             uid = pwd.getpwnam(user).pw_uid

@@ -58,10 +58,14 @@ class UnitState:
     n_restarts: int | None
     fragment_path: str | None
 
+    @property
+    def started_at(self) -> float | None:
+        """When the current (or last) start began, epoch seconds."""
+        return self.inactive_exit_timestamp or self.active_enter_timestamp
+
     def started_since(self, t: float) -> bool:
         """Has a start of this unit begun after wall-clock time ``t``?"""
-        started = self.inactive_exit_timestamp or self.active_enter_timestamp
-        return started is not None and started > t
+        return self.started_at is not None and self.started_at > t
 
     def check_loadable(self) -> None:
         """Raise UnitNotFound / UnitMasked before asking systemd to act on it."""

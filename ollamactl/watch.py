@@ -121,7 +121,7 @@ class Watcher:
             return
         if report.outcome == probe.STARTING:
             log("INFO", "starting: failures do not count yet", state=f"{report.active_state}/{report.sub_state}")
-            self.failures, self.first_failure_at, self.deep_pending = {"live": 0, "deep": 0}, None, False
+            self._reset_streak()
             self.notifier.send(STATUS="ollama is starting")
             return
         self.failures[kind] += 1
@@ -158,6 +158,10 @@ class Watcher:
             self.restarts += 1
             self.restarted_at = time.monotonic()
         log("INFO", f"restart of {result.unit}: {result.action}", action=result.action, job=result.job)
+        self._reset_streak()
+
+    def _reset_streak(self) -> None:
+        """Forget the current run of failures (after a restart, or while the unit starts)."""
         self.failures, self.first_failure_at, self.deep_pending = {"live": 0, "deep": 0}, None, False
 
     async def _ping_watchdog(self) -> None:
