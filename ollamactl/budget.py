@@ -1,7 +1,9 @@
 """The restart budget: at most N restarts per window, with growing gaps.
 
-Pure arithmetic over the restart history in /run/ollamactl, so the rules can
-be tested without a clock.  The defaults (3 per 10 minutes, gaps of 10 s then
+Pure arithmetic over a restart history, so the rules can be tested without a
+clock: the shared one in /run/ollamactl for people and apps, the watchdog's
+own in-memory one for the watchdog (members can write the shared one, see
+controller.Unattended).  The defaults (3 per 10 minutes, gaps of 10 s then
 20 s) stay far below systemd's own StartLimitBurst (5 starts in 10 s), so
 ollamactl can never push the unit into ``start-limit-hit``.
 """

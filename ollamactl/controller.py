@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -35,7 +35,7 @@ from ollamactl.errors import (
     UsageError,
 )
 from ollamactl.nss import current_user
-from ollamactl.runtime import Restart, RuntimeDir, State
+from ollamactl.runtime import MAX_HISTORY, Restart, RuntimeDir, State
 from ollamactl.systemd import SystemdBus, UnitState
 
 if TYPE_CHECKING:
@@ -47,6 +47,28 @@ _POLL_FAST_FOR = 2.0  # ...for this long...
 _POLL_MAX = 0.25  # ...then back off to this
 _POLL_GROWTH = 1.25
 _UNIT_CHECK_EVERY = 0.1  # how often to ask systemd whether the new process died
+# The watchdog waits this long for the shared lock, then restarts without it: longer than a legitimate
+# holder keeps it (unit state + restart job of an Ollama that ignores SIGTERM: TimeoutStopSec=10s plus
+# the start), short enough that a member holding the lock forever only delays recovery.
+UNATTENDED_LOCK_WAIT = 30.0
+
+
+@dataclass
+class Unattended:
+    """How an unattended restarter (the watchdog) restarts, trusting nothing members can write.
+
+    Members can rewrite the shared history in the runtime directory and hold
+    its lock.  A forged history must not make the watchdog believe its budget
+    is used up, and a lock held forever must not stop recovery; so the budget
+    is judged on ``history`` alone (this restarter's own restarts, wall-clock
+    times, kept in its memory), and the lock is waited for at most
+    ``lock_wait`` seconds before the restart goes ahead without it.  Its
+    restarts are still written to the shared history (members' budget sees
+    them), and coalescing still uses systemd's start time, which PID 1 reports.
+    """
+
+    history: list[float] = field(default_factory=list)
+    lock_wait: float = UNATTENDED_LOCK_WAIT
 
 
 class AsyncController:
@@ -108,6 +130,7 @@ class AsyncController:
         wait: bool = True,
         timeout: float | None = None,
         observed_at: float | None = None,
+        unattended: Unattended | None = None,
     ) -> RestartResult:
         """Restart the unit; with ``wait`` return only once the API answers again.
 
@@ -115,9 +138,11 @@ class AsyncController:
         unit has started since then, nothing is restarted (action "skipped"), so
         many detectors of one wedge cause one restart.  Callers serialise on a
         lock in the runtime directory, and a restart budget stops loops.
+        ``unattended`` is for the watchdog (see Unattended): its own budget, and
+        a bounded wait for the lock.
 
         Raises PermissionDenied, UnitNotFound, UnitMasked, BusUnavailable,
-        BudgetExhausted, RestartFailed or TimedOut (all OllamactlError).
+        BudgetExhausted, RestartFailed, TimedOut or RuntimeDirError (all OllamactlError).
         """
         cfg = self.config
         clock = _Deadline(cfg.timeout if timeout is None else _check_timeout(timeout))
@@ -125,7 +150,7 @@ class AsyncController:
         audit_fields = dict(unit=cfg.unit, reason=reason, observed_at=observed_at, **who)
         log("INFO", "restart requested", **audit_fields)
         try:
-            result = await self._restart(reason, wait, observed_at, clock)
+            result = await self._restart(reason, wait, observed_at, clock, unattended)
         except OllamactlError as err:
             audit(f"restart of {cfg.unit} not done: {err.message}", outcome=err.kind, **audit_fields)
             raise
@@ -139,16 +164,17 @@ class AsyncController:
         return result
 
     async def _restart(
-        self, reason: str | None, wait: bool, observed_at: float | None, clock: _Deadline
+        self, reason: str | None, wait: bool, observed_at: float | None, clock: _Deadline, unattended: Unattended | None
     ) -> RestartResult:
         unit = self.config.unit
+        runtime = self.runtime
         result = Draft(
             ok=True,
             action="restarted", unit=unit, reason=reason, observed_at=observed_at, job=None, job_result=None,
             old_invocation_id=None, new_invocation_id=None, job_seconds=None, ready_seconds=None, api_version=None,
         )  # fmt: skip
         async with _deadline_scope(clock, "restart"), self._systemd() as bus:
-            async with self.runtime.lock(clock.left()):
+            async with self._locked(runtime, clock, unattended):
                 before = await bus.unit_state(unit, timeout=clock.left())
                 before.check_loadable()
                 result.unit = before.name
@@ -157,11 +183,11 @@ class AsyncController:
                     result.action = "skipped"
                     after = before
                 else:
-                    history = self._check_budget(before.name)
+                    history = self._check_budget(runtime, before.name, unattended)
                     await bus.subscribe()
                     started = time.monotonic()
                     result.job = await bus.restart_unit(before.name)
-                    self._record(history, before.name, reason)
+                    self._record(runtime, history, before.name, reason, unattended)
                     result.old_invocation_id = before.invocation_id
                     log("INFO", "restart job queued", unit=before.name, job=result.job)
                     if not wait:
@@ -184,14 +210,35 @@ class AsyncController:
     def runtime(self) -> RuntimeDir:
         return RuntimeDir(Path(self.config.runtime_dir), self.config.group)
 
-    def _check_budget(self, unit: str) -> State:
-        """Raise BudgetExhausted unless the budget allows a restart now; return the history read.
+    @asynccontextmanager
+    async def _locked(
+        self, runtime: RuntimeDir, clock: _Deadline, unattended: Unattended | None
+    ) -> AsyncIterator[None]:
+        """Hold the shared restart lock: until the deadline, or for the watchdog a bounded time, then without it."""
+        if unattended is None:
+            async with runtime.lock(clock.left()):
+                yield
+            return
+        wait = min(unattended.lock_wait, clock.left() / 2)  # leave the restart itself at least half the time
+        async with runtime.lock(wait, required=False) as held:
+            if not held:
+                log(
+                    "WARNING",
+                    f"another process held the restart lock on {runtime.path} for over {wait:g}s; "
+                    f"restarting without it (see which: lslocks -o PID,COMMAND,PATH | grep {runtime.path})",
+                    path=str(runtime.path),
+                )
+            yield
+
+    def _check_budget(self, runtime: RuntimeDir, unit: str, unattended: Unattended | None) -> State:
+        """Raise BudgetExhausted unless the budget allows a restart now; return the shared history read.
 
         Call under the lock, and pass the returned history to ``_record``.
+        The budget is judged on the shared history, or for the watchdog on its own.
         """
         cfg = self.config
-        state = self.runtime.read_state()
-        history = [r.at for r in state.for_unit(unit)]
+        state = runtime.read_state()
+        history = list(unattended.history) if unattended else [r.at for r in state.for_unit(unit)]
         now = time.time()
         budget = Budget(cfg.max_restarts, cfg.restart_window, cfg.restart_backoff)
         allowed = budget.next_allowed(history, now)
@@ -208,9 +255,23 @@ class AsyncController:
             )
         return state
 
-    def _record(self, state: State, unit: str, reason: str | None) -> None:
-        state.restarts.append(Restart(at=time.time(), unit=unit, uid=os.getuid(), pid=os.getpid(), reason=reason))
-        self.runtime.write_state(state)
+    def _record(
+        self, runtime: RuntimeDir, state: State, unit: str, reason: str | None, unattended: Unattended | None
+    ) -> None:
+        """Add the restart just queued to the histories.
+
+        The restart has happened by now, so a failure to write the shared
+        history is logged, not raised: the caller must not retry it.
+        """
+        now = time.time()
+        if unattended is not None:
+            unattended.history.append(now)
+            del unattended.history[:-MAX_HISTORY]
+        state.restarts.append(Restart(at=now, unit=unit, uid=os.getuid(), pid=os.getpid(), reason=reason))
+        try:
+            runtime.write_state(state)
+        except OllamactlError as err:
+            log("WARNING", f"restarted {unit}, but could not record it: {err.message}", unit=unit)
 
     async def _wait_ready(self, bus: SystemdBus, started: UnitState, clock: _Deadline) -> tuple[str, float]:
         """Poll /api/version until it answers; fail fast if the new process dies."""

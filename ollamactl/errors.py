@@ -145,7 +145,7 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EXIT_RESTART_FAILED, "restart failed: the unit did not come back"),
     (EXIT_TIMEOUT, "timed out"),
     (EXIT_BUDGET, "restart budget used up; the message says when the next restart is allowed"),
-    (EXIT_RUNTIME_DIR, "runtime directory /run/ollamactl missing or not writable"),
+    (EXIT_RUNTIME_DIR, "runtime directory /run/ollamactl missing or unsafe (not root:ollamactl 2770)"),
     (EXIT_NOT_ANSWERING, "status/probe: Ollama down (refused) or the unit not active"),
     (EXIT_WEDGED, "probe: wedged (accepts connections, no answer in time)"),
     (EXIT_DEEP_WEDGED, "probe: deep-wedged (/api/version answers, generate does not)"),

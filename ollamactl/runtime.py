@@ -1,21 +1,52 @@
-"""The runtime directory (/run/ollamactl): the restart lock and the budget state.
+"""The runtime directory (/run/ollamactl): the restart lock and the restart history.
 
-Every member of group ``ollamactl`` shares it (tmpfiles: root:ollamactl 2775),
+Every member of group ``ollamactl`` shares it (tmpfiles: root:ollamactl 2770),
 so concurrent detectors in different processes and users serialise on one
-``flock`` (released by the kernel if the holder dies) and see one history of
-restarts.  The state file is replaced atomically and a missing or corrupt one
-counts as "no restarts yet", so it can never wedge ollamactl itself.
+``flock`` of the directory itself (released by the kernel when the holder
+closes it or dies) and see one history of restarts in ``state.json``, which
+the budget is computed from.  There is no lock file: a non-member cannot open
+a 2770 directory, so cannot take the lock or read the history.
+
+Root (``sudo ollamactl restart``, root apps using the library) and the
+watchdog work in a directory every member can write, so nothing found in it is
+trusted:
+
+- the directory is opened once with O_DIRECTORY|O_NOFOLLOW and used only if
+  that fd says root-owned, the configured group, mode 2770 (nothing a member
+  can change); everything else goes through that fd;
+- files are opened by fixed names relative to it with O_NOFOLLOW|O_NONBLOCK,
+  must be regular files, and are read at most MAX_STATE_BYTES;
+- the history is written to a new file created with O_EXCL under an
+  unpredictable name and renamed over ``state.json`` within the directory, so
+  an existing file (or whatever a symlink points to) is never opened for
+  writing;
+- the content is data, never a path: every entry is validated, bad ones are
+  dropped, and a bad file only ever means "less history".
+
+Why root does this I/O itself rather than in a child that drops to a member:
+every path is a fixed name relative to a verified root-owned directory fd, the
+last component is never followed, nothing is created except a fresh O_EXCL
+file, and the only other change is a rename inside the directory; that is no
+more than any member can do there already, so root's privileges never reach
+outside it.  A child running as a member would need the same checks (it would
+be as exposed as any member), and would cost a fork (unsafe in threaded apps)
+on every restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
+import grp
 import json
+import math
 import os
+import secrets
+import stat
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +54,29 @@ from typing import Any
 from ollamactl._log import log
 from ollamactl.errors import OllamactlError, PermissionDenied, RuntimeDirError, TimedOut
 from ollamactl.nss import current_user
+from ollamactl.units import check_unit_name
 
 RUN_DIR = Path("/run/ollamactl")
+RUN_DIR_MODE = 0o2770  # root:GROUP; setgid so members' files keep the group; nothing for others
+STATE_MODE = 0o660
+STATE_NAME = "state.json"
 STATE_VERSION = 1
-_MAX_HISTORY = 100
+MAX_STATE_BYTES = 64 * 1024  # 100 typical entries are ~20 KiB; we never write more (see encode_state)
+MAX_HISTORY = 100
+MAX_REASON = 500
+MAX_FUTURE = 60.0  # seconds an entry may lie in the future (clock skew); a forged later one must not block restarts
+MAX_UID = 2**32 - 2  # (uid_t)-1 is "no uid"
+MAX_PID = 2**31 - 1
+DEFAULT_GROUP = "ollamactl"
+TMPFILES = Path("/usr/lib/tmpfiles.d/ollamactl.conf")
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO or device can never wait (and they are refused right after, by fstat)
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
+_LOCK_POLL_FIRST = 0.005
+_LOCK_POLL_MAX = 0.05
+_LOCK_MARGIN = 0.01  # give up this much before the caller's deadline, so our message (not theirs) is the one seen
 
 
 @dataclass
@@ -50,86 +100,322 @@ class State:
         return [r for r in self.restarts if r.unit == unit]
 
 
-class RuntimeDir:
-    """Lock and state in one directory shared by the group."""
+def fix_command(path: Path = RUN_DIR, group: str = DEFAULT_GROUP) -> str:
+    """The admin's command that (re)creates ``path`` as it must be."""
+    if Path(path) == RUN_DIR and group == DEFAULT_GROUP and TMPFILES.exists():
+        return f"sudo systemd-tmpfiles --create {TMPFILES}"  # also fixes the mode and owner of an existing one
+    return f"sudo install -d -o root -g {group} -m {RUN_DIR_MODE:04o} {path}"
 
-    def __init__(self, path: Path = RUN_DIR, group: str = "ollamactl") -> None:
+
+def open_runtime_dir(path: Path = RUN_DIR, group: str = DEFAULT_GROUP) -> int:
+    """Open ``path`` and return its fd if it is safe to use; the caller closes it.
+
+    Safe means what the fd (not the path, which could change) says: a
+    directory, owner root, group ``group``, mode exactly 2770.  Raises
+    RuntimeDirError (missing, a symlink, wrong owner/group/mode, or no such
+    group; with the admin's fix) or PermissionDenied (not a member, with the
+    usermod hint).
+    """
+    path = Path(path)
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        fix = f"sudo groupadd --system {group}"
+        raise RuntimeDirError(
+            f"group {group} does not exist, so {path} cannot be checked; an admin can create it: {fix}",
+            path=str(path),
+            fix=fix,
+        ) from None
+    fix = fix_command(path, group)
+    try:
+        fd = os.open(path, _DIR_FLAGS)
+    except FileNotFoundError:
+        raise RuntimeDirError(
+            f"{path} does not exist; an admin can create it: {fix}", path=str(path), fix=fix
+        ) from None
+    except PermissionError as exc:
+        raise _not_a_member(path, group, exc) from None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            fix = f"sudo rm {path} && {fix}"
+            what = "is a symlink or not a directory"
+        else:
+            what = f"cannot be opened ({exc.strerror})"
+        raise RuntimeDirError(
+            f"{path} {what}, refusing to use it; an admin can replace it: {fix}", path=str(path), fix=fix
+        ) from None
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    mode = stat.S_IMODE(st.st_mode)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_gid != gid or mode != RUN_DIR_MODE:
+        os.close(fd)
+        raise RuntimeDirError(
+            f"{path} is a {_describe(st)}, refusing to use it (want a directory root:{group} "
+            f"{RUN_DIR_MODE:04o}, for root and the group only); an admin can fix it: {fix}",
+            path=str(path),
+            fix=fix,
+        )
+    return fd
+
+
+def check_runtime_dir(path: Path = RUN_DIR, group: str = DEFAULT_GROUP) -> OllamactlError | None:
+    """Why ``path`` cannot be used as the runtime directory (the error, with its fix), or None if it can."""
+    try:
+        os.close(open_runtime_dir(path, group))
+    except (RuntimeDirError, PermissionDenied) as err:
+        return err
+    return None
+
+
+def _describe(st: os.stat_result) -> str:
+    """E.g. "directory root:ollamactl 2775"."""
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    owner = "root" if st.st_uid == 0 else str(st.st_uid)
+    kind = "directory" if stat.S_ISDIR(st.st_mode) else "non-directory"
+    return f"{kind} {owner}:{group} {stat.S_IMODE(st.st_mode):04o}"
+
+
+def _not_a_member(path: Path, group: str, exc: OSError) -> PermissionDenied:
+    fix = f"sudo usermod -aG {group} {current_user() or '$USER'}"
+    return PermissionDenied(
+        f"not allowed to restart through ollamactl: {path} is only for group {group} ({exc.strerror}); "
+        f"add yourself to group {group}: {fix}",
+        path=str(path),
+        group=group,
+        fix=fix,
+    )
+
+
+def parse_state(data: bytes, now: float | None = None) -> State:
+    """The valid restarts in a state file's bytes; never raises.
+
+    Anything that is not our format is no history; entries that are not
+    valid (see ``parse_restart``) are dropped, with one warning for all of them.
+    """
+    now = time.time() if now is None else now
+    if len(data) > MAX_STATE_BYTES:
+        log("WARNING", "ignoring restart state: too big", size=len(data), limit=MAX_STATE_BYTES)
+        return State()
+    try:
+        raw = json.loads(data)  # bytes: UTF-8/16/32 detected; a bad encoding is a ValueError
+    except (ValueError, RecursionError) as exc:  # RecursionError: deep nesting; ValueError: also int digit limits
+        log("WARNING", "ignoring unreadable restart state", error=type(exc).__name__)
+        return State()
+    if not isinstance(raw, dict) or raw.get("version") != STATE_VERSION or not isinstance(raw.get("restarts"), list):
+        log("WARNING", "ignoring restart state in an unknown format")
+        return State()
+    entries = raw["restarts"]
+    restarts = [r for r in (parse_restart(e, now) for e in entries) if r is not None]
+    if len(restarts) < len(entries):
+        log("WARNING", "ignoring invalid restart state entries", dropped=len(entries) - len(restarts))
+    return State(restarts[-MAX_HISTORY:])
+
+
+def parse_restart(entry: Any, now: float) -> Restart | None:
+    """The Restart an entry of the state file describes, or None if it is not a valid one.
+
+    Valid: ``at`` a finite number (not a bool) in (0, now + MAX_FUTURE]; ``unit``
+    a valid unit name; ``uid`` an int in [0, 2**32-2]; ``pid`` an int in
+    [1, 2**31-1]; ``reason`` absent, null or a string of at most MAX_REASON
+    characters.  Other keys are ignored (a later version may add some).
+    """
+    if not isinstance(entry, dict):
+        return None
+    at, unit, uid, pid = entry.get("at"), entry.get("unit"), entry.get("uid"), entry.get("pid")
+    reason = entry.get("reason")
+    if not _is_int(at) and not (isinstance(at, float) and math.isfinite(at)):
+        return None
+    if not 0 < at <= now + MAX_FUTURE:  # int/float comparisons are exact: no overflow on huge ints
+        return None
+    if not isinstance(unit, str) or check_unit_name(unit) is not None:
+        return None
+    if not (_is_int(uid) and 0 <= uid <= MAX_UID and _is_int(pid) and 1 <= pid <= MAX_PID):
+        return None
+    if reason is not None and not (isinstance(reason, str) and len(reason) <= MAX_REASON):
+        return None
+    return Restart(at=float(at), unit=unit, uid=uid, pid=pid, reason=reason)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def encode_state(state: State) -> bytes:
+    """The state file's bytes: the newest MAX_HISTORY restarts, reasons cut to MAX_REASON characters.
+
+    Never more than MAX_STATE_BYTES, or the reader would take it for garbage
+    and the budget would forget everything: the oldest restarts that do not
+    fit are left out (a budget only looks at the last window; an entry is at
+    most ~3 KiB, so at least 20 always fit).
+    """
+    entries = [
+        json.dumps({**r.__dict__, "reason": None if r.reason is None else r.reason[:MAX_REASON]})  # ASCII only
+        for r in state.restarts[-MAX_HISTORY:]
+    ]
+    head, sep, tail = f'{{"version": {STATE_VERSION}, "restarts": [', ", ", "]}"
+    room = MAX_STATE_BYTES - len(head) - len(tail)
+    kept: list[str] = []
+    for entry in reversed(entries):  # newest first
+        room -= len(entry) + (len(sep) if kept else 0)
+        if room < 0:
+            break
+        kept.append(entry)
+    return (head + sep.join(reversed(kept)) + tail).encode()
+
+
+class RuntimeDir:
+    """The lock and the state in one directory shared by the group.
+
+    Each operation opens and verifies the directory (``open_runtime_dir``);
+    while ``lock`` is held, state reads and writes reuse its verified fd.
+    """
+
+    def __init__(self, path: Path = RUN_DIR, group: str = DEFAULT_GROUP) -> None:
         self.path = Path(path)
         self.group = group
-        self.lock_path = self.path / "restart.lock"
-        self.state_path = self.path / "state.json"
-
-    def _problem(self, what: str, exc: OSError) -> OllamactlError:
-        if isinstance(exc, FileNotFoundError):
-            return RuntimeDirError(
-                f"cannot {what}: {self.path} does not exist; an admin can create it: sudo systemd-tmpfiles --create",
-                path=str(self.path),
-            )
-        return PermissionDenied(
-            f"not allowed to {what}: {self.path} is only for group {self.group} ({exc.strerror}); "
-            f"add yourself to group {self.group}: sudo usermod -aG {self.group} {current_user() or '$USER'}",
-            path=str(self.path),
-            group=self.group,
-        )
+        self.state_path = self.path / STATE_NAME  # for messages and tests; opened only relative to the dir fd
+        self._fd: int | None = None  # the verified directory while ``lock`` runs
 
     def check_writable(self) -> None:
-        """Refuse early, with the fix, when this user cannot take part in the shared lock and state."""
-        if not os.access(self.path, os.W_OK):
-            err = FileNotFoundError if not self.path.exists() else PermissionError
-            raise self._problem("restart through ollamactl", err(13, "not writable for you"))
+        """Refuse early, with the fix, when this process cannot use the directory (unsafe, missing, not a member)."""
+        os.close(open_runtime_dir(self.path, self.group))
+
+    @contextmanager
+    def _dir(self) -> Iterator[int]:
+        if self._fd is not None:
+            yield self._fd
+            return
+        fd = open_runtime_dir(self.path, self.group)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
 
     @asynccontextmanager
-    async def lock(self, timeout: float) -> AsyncIterator[None]:
-        """Hold the restart lock; wait for it at most ``timeout`` seconds."""
-        self.check_writable()
+    async def lock(self, timeout: float, *, required: bool = True) -> AsyncIterator[bool]:
+        """Hold the restart lock (``flock`` of the directory) while the block runs; yield whether it is held.
+
+        Waits at most ``timeout`` seconds.  If another process still holds it
+        then: raise TimedOut, or with ``required=False`` run the block without
+        the lock (yield False): the watchdog must recover Ollama even while a
+        member holds the lock forever.  Closing the fd at the end releases it.
+        """
+        fd = open_runtime_dir(self.path, self.group)
         try:
-            fd = os.open(self.lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o664)
-        except OSError as exc:
-            raise self._problem("open the restart lock", exc) from None
-        try:
-            end = time.monotonic() + timeout
-            delay = 0.005
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= end:
-                        raise TimedOut(
-                            f"another ollamactl held the restart lock {self.lock_path} for over {timeout:g}s",
-                            step="lock",
-                        ) from None
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 1.5, 0.05)
-            yield
+            held = await self._flock(fd, timeout, required)
+            self._fd = fd
+            yield held
         finally:
-            os.close(fd)  # closing releases the flock
+            self._fd = None
+            os.close(fd)
+
+    async def _flock(self, fd: int, timeout: float, required: bool) -> bool:
+        end = time.monotonic() + timeout
+        delay = _LOCK_POLL_FIRST
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                pass
+            if time.monotonic() + delay >= end - _LOCK_MARGIN:  # no sleep that would overrun the deadline
+                if not required:
+                    return False
+                raise TimedOut(
+                    f"another process held the restart lock on {self.path} for over {timeout:g}s; "
+                    f"see which: lslocks -o PID,COMMAND,PATH | grep {self.path}",
+                    step="lock",
+                    path=str(self.path),
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, _LOCK_POLL_MAX)
 
     def read_state(self) -> State:
-        """The restart history; empty if the file is missing or unreadable garbage."""
+        """The restart history; never raises.
+
+        A missing, unusable or hostile file (symlink, FIFO, too big, not our
+        JSON) is no history, and invalid entries are dropped; so is a directory
+        that cannot be used (``lock`` and ``write_state`` are where that is refused).
+        """
         try:
-            raw = json.loads(self.state_path.read_text())
-            if raw.get("version") != STATE_VERSION:
-                raise ValueError(f"unknown state version {raw.get('version')!r}")
-            return State([Restart(**r) for r in raw["restarts"]])
+            with self._dir() as dfd:
+                data = self._read(dfd)
+        except OllamactlError as err:
+            log("WARNING", f"no restart history: {err.message}", path=str(self.path))
+            return State()
+        return State() if data is None else parse_state(data)
+
+    def _read(self, dfd: int) -> bytes | None:
+        try:
+            fd = os.open(STATE_NAME, _READ_FLAGS, dir_fd=dfd)
         except FileNotFoundError:
-            return State()
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            log("WARNING", "ignoring unreadable restart state", path=str(self.state_path), error=str(exc))
-            return State()
+            return None
+        except OSError as exc:  # ELOOP: a symlink
+            log(
+                "WARNING", "ignoring restart state that cannot be opened", path=str(self.state_path), error=exc.strerror
+            )
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                log("WARNING", "ignoring restart state that is not a regular file", path=str(self.state_path))
+                return None
+            if st.st_size > MAX_STATE_BYTES:
+                log("WARNING", "ignoring restart state: too big", path=str(self.state_path), size=st.st_size)
+                return None
+            chunks, size = [], 0
+            while size <= MAX_STATE_BYTES:  # the size may change under us: the read is capped anyway
+                chunk = os.read(fd, MAX_STATE_BYTES + 1 - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            return b"".join(chunks)
+        except OSError as exc:
+            log("WARNING", "ignoring restart state that cannot be read", path=str(self.state_path), error=exc.strerror)
+            return None
+        finally:
+            os.close(fd)
 
     def write_state(self, state: State) -> None:
-        """Replace the state file atomically, group-writable."""
-        data: dict[str, Any] = {
-            "version": STATE_VERSION,
-            "restarts": [r.__dict__ for r in state.restarts[-_MAX_HISTORY:]],
-        }
-        tmp = self.path / f".state.{os.getpid()}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o664)
-            with os.fdopen(fd, "w") as fh:
-                os.fchmod(fh.fileno(), 0o664)
-                json.dump(data, fh)
-            os.replace(tmp, self.state_path)
-        except OSError as exc:
-            raise self._problem("write the restart state", exc) from None
+        """Replace the state file atomically, group read-write (0660).
+
+        Raises RuntimeDirError or PermissionDenied if the directory cannot be
+        used or the file cannot be written.
+        """
+        data = encode_state(state)
+        with self._dir() as dfd:
+            tmp = f".state.{secrets.token_hex(8)}.tmp"  # unpredictable, and O_EXCL: never someone else's file
+            try:
+                fd = os.open(tmp, _CREATE_FLAGS, STATE_MODE, dir_fd=dfd)
+            except OSError as exc:
+                raise self._write_problem(exc) from None
+            try:
+                try:
+                    os.fchmod(fd, STATE_MODE)  # whatever the umask (the watchdog's is 0027)
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.rename(tmp, STATE_NAME, src_dir_fd=dfd, dst_dir_fd=dfd)  # replaces a planted symlink, not its target
+            except OSError as exc:
+                try:
+                    os.unlink(tmp, dir_fd=dfd)
+                except OSError:
+                    pass
+                raise self._write_problem(exc) from None
+
+    def _write_problem(self, exc: OSError) -> OllamactlError:
+        if isinstance(exc, PermissionError):
+            return _not_a_member(self.path, self.group, exc)
+        return RuntimeDirError(
+            f"cannot write the restart history {self.state_path}: {exc.strerror}", path=str(self.path)
+        )

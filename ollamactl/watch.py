@@ -8,6 +8,12 @@ not count.  Restarts go through AsyncController.restart with ``observed_at``
 saw the same wedge, and budgeted, so a wedge that survives restarts cannot
 loop.  Every decision is logged.  Under systemd it speaks sd_notify:
 READY=1, STATUS=, WATCHDOG=1 and STOPPING=1.
+
+Members of the group can write the shared runtime directory, so the watchdog
+trusts nothing in it: its restart budget counts only its own restarts, it
+waits for the shared lock a bounded time (see controller.Unattended), and a
+tick that fails in any way is logged and counted, and the loop goes on, so no
+input can stop recovery.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import time
 
 from ollamactl import probe
 from ollamactl._log import log
-from ollamactl.controller import AsyncController
+from ollamactl.controller import AsyncController, Unattended
 from ollamactl.errors import BudgetExhausted, OllamactlError
 
 
@@ -39,8 +45,11 @@ class Notifier:
         if not self.address:
             return
         data = "\n".join(f"{k}={v}" for k, v in fields.items()).encode()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.sendto(data, self.address)
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.sendto(data, self.address)
+        except OSError as exc:  # as sd_notify(3): a notification that cannot be sent must not stop the loop
+            log("DEBUG", "sd_notify failed", error=exc.strerror)
 
 
 class Watcher:
@@ -58,6 +67,8 @@ class Watcher:
         self.heartbeat = time.monotonic()
         self.restarts = 0
         self.restarted_at: float | None = None  # monotonic time of our last restart, until healthy again
+        self.unattended = Unattended()  # our own restart history (budget) and bounded lock wait
+        self.errors = 0  # ticks that failed with an unexpected exception
 
     async def run(self) -> None:
         cfg = self.cfg
@@ -78,7 +89,7 @@ class Watcher:
             while not self.stop.is_set():
                 started = time.monotonic()
                 deep = bool(cfg.model) and (self.deep_pending or iteration % cfg.watch_deep_every == 0)
-                await self.tick(deep)
+                await self._guarded_tick(deep)
                 if iteration == 0:
                     self.notifier.send(READY=1)
                 iteration += 1
@@ -91,7 +102,23 @@ class Watcher:
         finally:
             pinger.cancel()
             self.notifier.send(STOPPING=1, STATUS="stopping")
-            log("INFO", "watch stopped", restarts=self.restarts)
+            log("INFO", "watch stopped", restarts=self.restarts, errors=self.errors)
+
+    async def _guarded_tick(self, deep: bool) -> None:
+        """One tick; whatever it raises (short of cancellation), the loop goes on to the next.
+
+        A bug, or an input nobody foresaw, must cost one probe period, not the
+        watchdog: under Restart=on-failure a crash could loop, and meanwhile
+        nothing would recover a wedged Ollama.  The failure streak is kept, so
+        the next failing tick still asks for the restart.
+        """
+        try:
+            await self.tick(deep)
+        except Exception as exc:  # not BaseException: cancellation and exits still stop the loop
+            self.errors += 1
+            what = f"{type(exc).__name__}: {_printable(_text(exc))}"
+            log("ERROR", f"watch tick failed, still watching: {what}", error=type(exc).__name__, errors=self.errors)
+            self.notifier.send(STATUS=f"tick failed ({type(exc).__name__}); still watching")
 
     async def tick(self, deep: bool) -> None:
         """One probe and the decision that follows it."""
@@ -145,7 +172,9 @@ class Watcher:
             # No waiting for readiness here: the loop's own probes (and the startup
             # grace) judge the new process, and a wedge that survives the restart
             # must not block the loop for the whole restart timeout.
-            result = await self.actl.restart(reason, wait=False, observed_at=self.first_failure_at)
+            result = await self.actl.restart(
+                reason, wait=False, observed_at=self.first_failure_at, unattended=self.unattended
+            )
         except BudgetExhausted as err:
             self.hold_until = time.time() + float(err.details.get("retry_after", self.cfg.watch_period))
             log("WARNING", err.message, outcome="budget-exhausted")
@@ -175,6 +204,18 @@ class Watcher:
             if time.monotonic() - self.heartbeat < stuck_after:
                 self.notifier.send(WATCHDOG=1)
             await asyncio.sleep(interval)
+
+
+def _text(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # a broken __str__ must not break the handler that keeps the loop alive
+        return "(no message)"
+
+
+def _printable(text: str, limit: int = 300) -> str:
+    """``text`` on one line, without control characters, at most ``limit`` characters."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])
 
 
 async def watch(actl: AsyncController) -> int:

@@ -86,7 +86,7 @@ def test_doctor_finds_a_broken_runtime_dir_and_its_fix_works(healthy: Bed):
         rc, _, checks = doctor(healthy, "alice")
         assert rc == 0 and checks["runtime dir"]["ok"] is True
     finally:
-        healthy.c.run(["chmod", "2775", "/run/ollamactl"], check=True)
+        healthy.c.run(["chmod", "2770", "/run/ollamactl"], check=True)
 
 
 def test_doctor_names_a_bad_config_key_and_still_checks_the_rest(healthy: Bed):

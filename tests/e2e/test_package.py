@@ -62,7 +62,7 @@ def test_installed_files_users_and_modes(bed: Bed):
     user = bed.c.run(["getent", "passwd", "ollamactl"], check=True).stdout.strip().split(":")
     assert int(group[2]) < 1000 and int(user[2]) < 1000 and user[3] == group[2]
     assert user[6] in ("/usr/sbin/nologin", "/sbin/nologin")
-    assert _stat(bed, "/run/ollamactl") == "2775 root:ollamactl directory"
+    assert _stat(bed, "/run/ollamactl") == "2770 root:ollamactl directory"
     conffiles = bed.c.run(["dpkg-query", "-W", "-f", "${Conffiles}", "ollamactl"], check=True).stdout
     assert CONFIG in conffiles
     text = bed.c.run(["cat", CONFIG], check=True).stdout
@@ -189,7 +189,7 @@ def test_wheel_install_with_policy_install_gives_the_same_grant(suite: str, tmp_
             "pip install -q --no-deps --no-index --break-system-packages --root-user-action=ignore "
             f"/root/{wheel.name}\n"
             "groupadd --system ollamactl\n"
-            "echo 'd /run/ollamactl 2775 root ollamactl -' > /etc/tmpfiles.d/ollamactl.conf\n"
+            "echo 'd /run/ollamactl 2770 root ollamactl -' > /etc/tmpfiles.d/ollamactl.conf\n"
             "systemd-tmpfiles --create /etc/tmpfiles.d/ollamactl.conf\n"
             "usermod -aG ollamactl alice\n",
             check=True,

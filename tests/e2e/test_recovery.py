@@ -113,7 +113,7 @@ def test_budget_backoff_between_consecutive_restarts(healthy: Bed):
 
 
 def test_budget_tolerates_a_corrupt_state_file(healthy: Bed):
-    healthy.c.write_file("/run/ollamactl/state.json", "{not json", mode=0o664)
+    healthy.c.write_file("/run/ollamactl/state.json", "{not json", mode=0o660)
     rc, out = healthy.json("restart")
     assert rc == 0 and out["action"] == "restarted"
     state = json.loads(healthy.c.run(["cat", "/run/ollamactl/state.json"], check=True).stdout)

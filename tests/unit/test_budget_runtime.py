@@ -1,6 +1,10 @@
-"""Restart budget arithmetic, the shared lock across processes, and the state file."""
+"""Restart budget arithmetic, the shared lock across processes, and the state file.
+
+(The attacks on the runtime directory are in test_runtime_attacks.py.)
+"""
 
 import asyncio
+import grp
 import json
 import multiprocessing
 import os
@@ -11,11 +15,25 @@ import time
 import pytest
 
 from ollamactl.budget import Budget
-from ollamactl.errors import PermissionDenied, RuntimeDirError, TimedOut
+from ollamactl.errors import RuntimeDirError, TimedOut
 from ollamactl.journal import Journal, encode, field_name
-from ollamactl.runtime import Restart, RuntimeDir, State
+from ollamactl.runtime import RUN_DIR_MODE, STATE_MODE, Restart, RuntimeDir, State
 
 B = Budget(max_restarts=3, window=600, backoff=10)
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the runtime directory is root-owned")
+
+
+@pytest.fixture
+def rundir(tmp_path):
+    """A runtime directory as tmpfiles makes it: root, an existing group (the host is not changed), 2770."""
+    group = next((g for g in grp.getgrall() if g.gr_name in ("ollamactl", "daemon", "adm", "users")), None)
+    if group is None:
+        pytest.skip("no suitable group on this host")
+    path = tmp_path / "run"
+    path.mkdir()
+    os.chown(path, 0, group.gr_gid)
+    os.chmod(path, RUN_DIR_MODE)
+    return RuntimeDir(path, group.gr_name)
 
 
 @pytest.mark.parametrize(
@@ -45,54 +63,77 @@ def test_default_budget_stays_far_below_systemd_start_limit():
     assert starts_per_10s == 1 and budget.max_restarts < 5
 
 
-def test_state_roundtrip_and_tolerance(tmp_path):
-    rd = RuntimeDir(tmp_path)
+@needs_root
+def test_state_roundtrip_and_tolerance(rundir):
+    rd = rundir
     assert rd.read_state().restarts == []  # missing file
     rd.write_state(State([Restart(at=1.5, unit="ollama.service", uid=1, pid=2, reason="r")]))
     assert rd.read_state().restarts[0].reason == "r"
-    assert oct(os.stat(rd.state_path).st_mode & 0o777) == "0o664"
+    assert os.stat(rd.state_path).st_mode & 0o7777 == STATE_MODE == 0o660
+    assert os.listdir(rd.path) == ["state.json"]  # no lock file, no temporary file left
     for junk in ("{not json", "[]", '{"version": 99, "restarts": []}', '{"version": 1, "restarts": [{"x": 1}]}'):
         rd.state_path.write_text(junk)
         assert rd.read_state().restarts == []
 
 
-def test_missing_dir_and_unwritable_dir_say_how_to_fix(tmp_path):
-    with pytest.raises(RuntimeDirError, match="systemd-tmpfiles --create"):
-        RuntimeDir(tmp_path / "absent").check_writable()
-    if os.geteuid() == 0:
-        pytest.skip("root can write anywhere")
-    ro = tmp_path / "ro"
-    ro.mkdir(mode=0o555)
-    with pytest.raises(PermissionDenied, match="usermod -aG ollamactl"):
-        RuntimeDir(ro).check_writable()
+def test_missing_dir_says_how_to_create_it(tmp_path):
+    absent = tmp_path / "absent"
+    with pytest.raises(RuntimeDirError, match=f"does not exist; an admin can create it: sudo install -d .* {absent}"):
+        RuntimeDir(absent, "root").check_writable()  # (an existing group: a missing group is reported first)
+    with pytest.raises(RuntimeDirError, match="group no-such-group does not exist.*sudo groupadd --system no-such"):
+        RuntimeDir(absent, "no-such-group").check_writable()
 
 
-def _hold(path, seconds, ready):
+def _hold(rd, seconds, ready):
     async def run():
-        async with RuntimeDir(path).lock(5):
+        async with rd.lock(5):
             ready.set()
             await asyncio.sleep(seconds)
 
     asyncio.run(run())
 
 
-def test_lock_serialises_processes_and_is_released_when_the_holder_dies(tmp_path):
+@needs_root
+def test_lock_serialises_processes_and_is_released_when_the_holder_dies(rundir):
     ctx = multiprocessing.get_context("fork")
     ready = ctx.Event()
-    holder = ctx.Process(target=_hold, args=(tmp_path, 60, ready))
+    holder = ctx.Process(target=_hold, args=(rundir, 60, ready))
     holder.start()
     assert ready.wait(10)
 
     async def try_lock(timeout):
-        async with RuntimeDir(tmp_path).lock(timeout):
+        async with RuntimeDir(rundir.path, rundir.group).lock(timeout) as held:
+            assert held
             return time.monotonic()
 
-    with pytest.raises(TimedOut, match="held the restart lock"):
+    with pytest.raises(TimedOut, match=f"held the restart lock on {rundir.path} .*lslocks") as caught:
         asyncio.run(try_lock(0.3))
+    assert caught.value.exit_code == 7
     holder.kill()  # a crashed holder: the kernel drops its flock
     holder.join()
     t0 = time.monotonic()
     assert asyncio.run(try_lock(2)) - t0 < 0.5
+    assert asyncio.run(try_lock(0.1)) > 0  # and leaving the block (closing the directory) released ours
+
+
+@needs_root
+def test_the_watchdogs_lock_wait_ends_without_the_lock(rundir):
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Event()
+    holder = ctx.Process(target=_hold, args=(rundir, 60, ready))
+    holder.start()
+    assert ready.wait(10)
+
+    async def try_lock():
+        async with RuntimeDir(rundir.path, rundir.group).lock(0.2, required=False) as held:
+            return held
+
+    try:
+        t0 = time.monotonic()
+        assert asyncio.run(try_lock()) is False and time.monotonic() - t0 < 1
+    finally:
+        holder.kill()
+        holder.join()
 
 
 def test_journal_native_protocol_encoding():
@@ -115,7 +156,8 @@ def test_journal_sends_a_datagram_and_falls_back_to_stderr(tmp_path, capfd):
     assert capfd.readouterr().err == "<3>ollamactl: fallback REASON=y\n"
 
 
-def test_state_file_is_json_a_human_can_read(tmp_path):
-    rd = RuntimeDir(tmp_path)
+@needs_root
+def test_state_file_is_json_a_human_can_read(rundir):
+    rd = rundir
     rd.write_state(State([Restart(at=2.0, unit="u.service", uid=0, pid=1)]))
     assert json.loads(rd.state_path.read_text())["restarts"][0]["unit"] == "u.service"
