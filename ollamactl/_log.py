@@ -5,6 +5,8 @@ it only when the application already uses loguru (it is in ``sys.modules``)
 or logging was switched on (``ollamactl -v``, the watchdog); otherwise they
 are free.  Audit records (every restart decision) are always written: to the
 journal through a loguru sink that speaks journald's native protocol.
+Messages and field values are cleaned of control characters (``text.clean``):
+some come from outside (bus errors, a server's answer, a user's reason).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 _enabled = False
 _audit_ready = False
+_MESSAGE_LIMIT = 2000  # characters of a log message; values in it come from outside (text.clean)
 
 
 def enable(level: str = "DEBUG", journal: bool = False) -> None:
@@ -39,9 +42,11 @@ def log(level: str, message: str, **fields: Any) -> None:
         return
     from loguru import logger
 
-    text = message
+    from ollamactl.text import clean
+
+    text = clean(message, _MESSAGE_LIMIT)
     if fields:
-        text += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+        text += " " + " ".join(f"{k}={clean(v)}" for k, v in fields.items())
     logger.opt(depth=1).bind(**fields).log(level, text)
 
 
@@ -68,4 +73,6 @@ def audit(message: str, **fields: Any) -> None:
 
         logger.add(JournalSink(), level="INFO", format="{message}", filter=lambda r: r["extra"].get("_audit", False))
         _audit_ready = True
-    logger.opt(depth=1).bind(_audit=True, **fields).info(message)
+    from ollamactl.text import clean
+
+    logger.opt(depth=1).bind(_audit=True, **fields).info(clean(message, _MESSAGE_LIMIT))

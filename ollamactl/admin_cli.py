@@ -12,6 +12,7 @@ from typing import Any
 from ollamactl.errors import EXIT_DOCTOR
 
 VERB_CHOICES = ("restart", "try-restart", "start", "reload-or-restart")  # == policy.VERBS (unit-tested)
+BUS_TIMEOUT = 10.0  # seconds for the alias look-up (config's bus_timeout default; policy reads no config)
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser, *, epilog: str) -> None:
@@ -66,6 +67,12 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser, *, epilog: str) -> No
             metavar="VERB",
             help=f"a verb to grant, repeatable: {', '.join(VERB_CHOICES)} (default: restart and try-restart)",
         )
+        r.add_argument(
+            "--offline",
+            action="store_true",
+            help="do not ask systemd whether UNIT is an alias (polkit sees the primary name, so a rule for an "
+            "alias grants nothing); by default an alias is refused with its primary name",
+        )
         if name == "install":
             r.add_argument(
                 "--name",
@@ -100,24 +107,69 @@ def _grant(args: argparse.Namespace) -> Any:
     return policy.make_grant(args.group, getattr(args, "unit", policy.DEFAULT_UNIT), args.verbs)
 
 
+def refuse_alias(unit: str, primary: str) -> None:
+    """Raise UsageError if ``unit`` is an alias: systemd gives polkit the primary name, so the rule would not match."""
+    from ollamactl.errors import UsageError
+
+    if primary != unit:
+        raise UsageError(
+            f"{unit} is an alias of {primary}; polkit checks the primary name: use --unit {primary}",
+            field="unit",
+            unit=unit,
+            primary=primary,
+        )
+
+
+def _primary(unit: str) -> str:
+    """The unit's primary name, from systemd over the system bus."""
+    import asyncio
+
+    from ollamactl import systemd
+
+    return asyncio.run(systemd.primary_unit_name(unit, call_timeout=BUS_TIMEOUT))
+
+
 def _cmd_policy_render(args: argparse.Namespace, as_json: bool) -> int:
+    import sys
+
     from ollamactl import policy
-    from ollamactl.cli import emit
+    from ollamactl.cli import emit, say
+    from ollamactl.errors import BusUnavailable, TimedOut
 
     grant = _grant(args)
+    note = None
+    if not args.offline:
+        try:
+            refuse_alias(grant.unit, _primary(grant.unit))
+        except (BusUnavailable, TimedOut) as err:  # no systemd to ask (a build root): the rule as typed
+            note = f"could not ask systemd whether {grant.unit} is an alias ({err.message}); rendered as typed"
     rule = policy.render(grant)
     payload = {"ok": True, "group": grant.group, "unit": grant.unit, "verbs": list(grant.verbs), "rule": rule}
+    if note:
+        payload["note"] = note
+        if not as_json:
+            say(f"ollamactl: note: {note}", file=sys.stderr)
     emit(payload, as_json, lambda p: p["rule"].rstrip("\n"))
     return 0
 
 
 def _cmd_policy_install(args: argparse.Namespace, as_json: bool) -> int:
     import grp
+    import os
 
     from ollamactl import policy
     from ollamactl.cli import emit
+    from ollamactl.errors import BusUnavailable, TimedOut
 
     grant = _grant(args)
+    if not args.offline and os.geteuid() == 0:  # not root: policy.install says so, with the command
+        try:
+            refuse_alias(grant.unit, _primary(grant.unit))
+        except (BusUnavailable, TimedOut) as err:
+            raise type(err)(
+                f"{err.message}; to install without checking whether {grant.unit} is an alias, add --offline",
+                **err.details,
+            ) from None
     path = policy.install(grant, name=args.name)
     try:
         grp.getgrnam(grant.group)

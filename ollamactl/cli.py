@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from ollamactl import __version__
 from ollamactl.errors import EXIT_CODES, EXIT_INTERRUPTED, EXIT_NOT_ANSWERING, OllamactlError, UsageError
+from ollamactl.text import clean_lines
 
 if TYPE_CHECKING:
     from ollamactl.config import Config
@@ -31,19 +32,22 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _when(text: str) -> float:
-    """Epoch seconds, or ISO 8601 (naive times are local)."""
+    """Epoch seconds, or ISO 8601 (naive times are local); finite, or ArgumentTypeError (a UsageError)."""
+    import math
     from datetime import datetime
 
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
+        try:
+            value = datetime.fromisoformat(text).timestamp()
+        except (ValueError, OverflowError, OSError):  # OverflowError/OSError: out of the platform's range
+            value = math.nan
+    if not math.isfinite(value):
         raise argparse.ArgumentTypeError(
             f"must be epoch seconds or ISO 8601 like 2026-11-27T22:05:00+00:00 (got {text!r})"
-        ) from None
+        )
+    return value
 
 
 def _seconds(text: str) -> float:
@@ -247,9 +251,33 @@ def _without_gi() -> None:
 def emit(payload: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]], str]) -> None:
     """Print a result: one JSON object with --json, else ``text(payload)``."""
     if as_json:
-        print(json.dumps(payload, sort_keys=True))
+        print(to_json(payload))
     else:
-        print(text(payload))
+        say(text(payload))
+
+
+def to_json(payload: dict[str, Any]) -> str:
+    """One line of JSON with every character outside printable ASCII escaped.
+
+    ensure_ascii escapes C0 controls and everything past U+007F (C1 controls,
+    bidi controls, lone surrogates); DEL is ASCII, so it is escaped here.  A raw
+    DEL can only stand inside a JSON string, where ``\\u007f`` means the same.
+    """
+    return json.dumps(payload, sort_keys=True, ensure_ascii=True).replace("\x7f", "\\u007f")
+
+
+def say(text: str, file: Any = None) -> None:
+    """Print human-readable text, each line cleaned of control characters (text.clean_lines).
+
+    The one way the CLI prints text: values in it may come from outside (a
+    server's version, the bus's messages), and escape sequences must not reach
+    the terminal of whoever runs us (often root).  Characters the terminal's
+    encoding lacks become backslash escapes instead of an exception.
+    """
+    out = sys.stdout if file is None else file
+    line = clean_lines(text)
+    encoding = getattr(out, "encoding", None) or "utf-8"
+    print(line.encode(encoding, "backslashreplace").decode(encoding), file=out)
 
 
 def _fail(err: OllamactlError, as_json: bool, code: int | None = None) -> int:
@@ -257,9 +285,9 @@ def _fail(err: OllamactlError, as_json: bool, code: int | None = None) -> int:
     if code is not None:
         data["exit_code"] = code
     if as_json:
-        print(json.dumps(data, sort_keys=True))
+        print(to_json(data))
     else:
-        print(f"ollamactl: {err.message}", file=sys.stderr)
+        say(f"ollamactl: {err.message}", file=sys.stderr)
     return data["exit_code"]
 
 

@@ -6,9 +6,9 @@ names where the bad value came from, so a typo never causes a half-done action.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -17,11 +17,11 @@ from typing import Any, Literal, get_type_hints
 
 from ollamactl.errors import ConfigError
 from ollamactl.probe import DEFAULT_URL, parse_url, url_from_ollama_host
-from ollamactl.units import check_unit_name, mangle_unit_name
+from ollamactl.units import check_group_name, check_unit_name, mangle_unit_name
 
 DEFAULT_CONFIG_FILE = Path("/etc/ollamactl/config.toml")
 ENV_PREFIX = "OLLAMACTL_"
-_GROUP_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; /dev/zero is not one
 
 
 def _check_unit(v: str) -> str:
@@ -37,14 +37,17 @@ def _check_url(v: str) -> str:
 
 
 def _check_group(v: str) -> str:
-    if not _GROUP_RE.match(v):
-        raise ValueError(f"{v!r} is not a valid group name")
+    why = check_group_name(v)
+    if why:
+        raise ValueError(f"{v!r} {why}")
     return v
 
 
 def _check_path(v: str) -> str:
     if not v.startswith("/"):
         raise ValueError(f"must be an absolute path (got {v!r})")
+    if not v.isprintable():  # a NUL makes every os call raise ValueError; other controls are typos at best
+        raise ValueError(f"must not contain control characters (got {v!r})")
     return v
 
 
@@ -74,7 +77,9 @@ class Config:
     deep_timeout: float = _key(30.0, "seconds a deep probe may take", gt=0, le=3600)
     watch_period: float = _key(1.0, "watch: seconds between probes", gt=0, le=3600)
     watch_failure_threshold: int = _key(3, "watch: consecutive failed probes before a restart", ge=1, le=100)
-    watch_startup_grace: float = _key(10.0, "watch: seconds after a (re)start in which failures do not count", ge=0)
+    watch_startup_grace: float = _key(
+        10.0, "watch: seconds after a (re)start in which failures do not count", ge=0, le=86400
+    )
     watch_deep_every: int = _key(10, "watch: run the deep probe every k-th period (needs model)", ge=1, le=10000)
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -85,8 +90,9 @@ class Config:
 KEYS: dict[str, Any] = {f.name: f for f in fields(Config) if f.name != "sources"}
 
 
+@functools.cache
 def _settings_model() -> Any:
-    # Built on first use so that importing ollamactl does not import pydantic.
+    # Built on first use so that importing ollamactl does not import pydantic; once: it takes milliseconds.
     from ollamactl._pydantic import Field, create_model
 
     hints = get_type_hints(Config)
@@ -193,9 +199,13 @@ def _bad(key: str, msg: str, values: dict[str, Any], sources: dict[str, str]) ->
 
 
 def _read_file(path: Path, explicit: bool) -> dict[str, Any]:
+    """The file's TOML table; ConfigError for anything else (missing if explicit, unreadable, too big, not TOML)."""
     try:
         with path.open("rb") as fh:
-            data = tomllib.load(fh)
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a config file", source=str(path))
+        data = tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         if explicit:
             raise ConfigError(f"{path}: config file not found", source=str(path)) from None
@@ -207,6 +217,10 @@ def _read_file(path: Path, explicit: bool) -> dict[str, Any]:
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}", source=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 at byte {exc.start}", source=str(path)) from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply", source=str(path)) from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}", source=str(path)) from None
     return data

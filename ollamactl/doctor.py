@@ -23,13 +23,14 @@ from ollamactl.config import Config, load_config
 from ollamactl.errors import OllamactlError, UsageError
 from ollamactl.nss import current_user
 from ollamactl.policy import NotRoot
+from ollamactl.text import clean
 
 #: Exit code of ``doctor`` when at least one check failed (8-13 belong to restart/probe).
 POLKIT = "org.freedesktop.PolicyKit1"
 AUTHORITY_PATH = "/org/freedesktop/PolicyKit1/Authority"
 AUTHORITY = "org.freedesktop.PolicyKit1.Authority"
 RUN_DIR = Path("/run/ollamactl")
-RUN_DIR_MODE = 0o2775
+RUN_DIR_MODE = 0o2770  # root:ollamactl, setgid, nothing for non-members (as runtime.py requires)
 TMPFILES = Path("/usr/lib/tmpfiles.d/ollamactl.conf")
 SYSUSERS = Path("/usr/lib/sysusers.d/ollamactl.conf")
 #: The whole doctor run, bus and HTTP included, ends within this many seconds.
@@ -56,6 +57,7 @@ class Report:
     checks: list[Check]
     authorized: bool | None = None
     polkit_version: str | None = None
+    primary_unit: str | None = None  # the unit's name after alias resolution: what polkit sees
 
     @property
     def ok(self) -> bool:
@@ -69,6 +71,7 @@ class Report:
             "group": self.group,
             "authorized": self.authorized,
             "polkit_version": self.polkit_version,
+            "primary_unit": self.primary_unit,
             "checks": [asdict(c) for c in self.checks],
         }
 
@@ -148,11 +151,14 @@ async def _bus_checks(report: Report, config: Config, uid: int) -> None:
     try:
         checks.append(Check("system bus", True, "answers"))
         checks.append(await _unit_check(bus, config.unit))
+        report.primary_unit, alias_check = await _primary_unit(bus, config.unit)
+        if alias_check is not None:
+            checks.append(alias_check)
         checks.append(_group_check(report.user, uid, config.group))
         version, polkit_check = await _polkit_version(bus, config)
         report.polkit_version = version
         checks.append(polkit_check)
-        checks.append(_rule_check(config, version))
+        checks.append(_rule_check(config, version, report.primary_unit))
         if uid == 0:
             checks.append(Check("polkit says", True, "root: systemd does not ask polkit for root"))
         elif version is not None:
@@ -161,6 +167,15 @@ async def _bus_checks(report: Report, config: Config, uid: int) -> None:
             checks.append(check)
     finally:
         await bus_cm.__aexit__(None, None, None)
+
+
+async def _primary_unit(bus: Any, unit: str) -> tuple[str, Check | None]:
+    """The name systemd gives polkit for ``unit`` (an alias resolved); if systemd cannot say, ``unit`` and why."""
+    try:
+        return await bus.primary_name(unit), None
+    except OllamactlError as err:
+        why = f"could not ask systemd whether {unit} is an alias ({err.message}); checking the rule for {unit}"
+        return unit, Check("alias", None, why)
 
 
 async def _unit_check(bus: Any, unit: str) -> Check:
@@ -227,7 +242,7 @@ async def _polkit_version(bus: Any, config: Config) -> tuple[str | None, Check]:
         return None, Check(
             "polkit", False, f"cannot ask polkitd for its version: {err.message}", "journalctl -u polkit"
         )
-    version = str(getattr(value, "value", value))
+    version = clean(getattr(value, "value", value), 64)  # polkitd's words: printed
     if policy.polkit_version_supports_rules(version):
         return version, Check("polkit", True, f"polkitd {version} runs JavaScript rules")
     return version, Check(
@@ -240,21 +255,33 @@ async def _polkit_version(bus: Any, config: Config) -> tuple[str | None, Check]:
     )
 
 
-def _rule_check(config: Config, polkit_version: str | None) -> Check:
+def _rule_check(config: Config, polkit_version: str | None, primary: str | None = None) -> Check:
+    """Is there a rule of ours granting restart of the unit, by the name polkit sees (``primary``)?"""
     scan = policy.scan()
-    granting = scan.granting(config.group, config.unit)
-    fix = f"sudo ollamactl policy install --group {config.group} --unit {config.unit}"
+    unit = primary or config.unit
+    alias = f" ({config.unit} is an alias of {unit}: polkit checks the primary name)" if unit != config.unit else ""
+    granting = scan.granting(config.group, unit)
+    fix = f"sudo ollamactl policy install --group {config.group} --unit {unit}"
     if granting:
         rule = granting[0]
         if not rule.polkitd_can_read:
             return Check(
                 "rule",
                 False,
-                f"{rule.path} grants restart of {config.unit} to {config.group}, but polkitd cannot read it "
+                f"{rule.path} grants restart of {unit} to {config.group}, but polkitd cannot read it "
                 f"(mode {stat.S_IMODE(rule.mode):04o})",
                 f"sudo chmod 0644 {rule.path}",
             )
-        return Check("rule", True, f"{rule.path}: {rule.grant.describe() if rule.grant else ''}")
+        return Check("rule", True, f"{rule.path}: {rule.grant.describe() if rule.grant else ''}{alias}")
+    for_alias = scan.granting(config.group, config.unit) if alias else []
+    if for_alias:
+        return Check(
+            "rule",
+            False,
+            f"{for_alias[0].path} grants restart of {config.unit} to {config.group}, but {config.unit} is an "
+            f"alias of {unit} and polkit checks the primary name, so it grants nothing",
+            f"{fix} (and remove {for_alias[0].path})",
+        )
     edited = [r for r in scan.ours if r.grant and not r.pristine]
     if edited:
         return Check(
@@ -266,7 +293,7 @@ def _rule_check(config: Config, polkit_version: str | None) -> Check:
     if scan.unreadable_dirs:
         dirs = ", ".join(str(d) for d in scan.unreadable_dirs)
         packaged = policy.PACKAGED_RULE
-        if config.group == policy.DEFAULT_GROUP and config.unit == policy.DEFAULT_UNIT and _dpkg_ships(packaged):
+        if config.group == policy.DEFAULT_GROUP and unit == policy.DEFAULT_UNIT and _dpkg_ships(packaged):
             return Check(
                 "rule",
                 True,
@@ -276,11 +303,11 @@ def _rule_check(config: Config, polkit_version: str | None) -> Check:
         return Check(
             "rule",
             None,
-            f"no rule of ours granting restart of {config.unit} to {config.group} where you can look; "
+            f"no rule of ours granting restart of {unit} to {config.group} where you can look{alias}; "
             f"{dirs} can be read only by polkitd and root: run sudo ollamactl doctor",
             None,
         )
-    return Check("rule", False, f"no polkit rule grants restart of {config.unit} to group {config.group}", fix)
+    return Check("rule", False, f"no polkit rule grants restart of {unit} to group {config.group}{alias}", fix)
 
 
 def _dpkg_ships(path: Path, info: Path = Path("/var/lib/dpkg/info/ollamactl.list")) -> bool:
@@ -342,7 +369,8 @@ async def _ask_polkit(bus: Any, config: Config, report: Report, uid: int) -> tup
         "unix-process",
         {"pid": Variant("u", pid), "start-time": Variant("t", start), "uid": Variant("i", uid)},
     ]
-    details = {"unit": config.unit, "verb": "restart"}
+    unit = report.primary_unit or config.unit  # what systemd would put in the details
+    details = {"unit": unit, "verb": "restart"}
     try:
         (result,) = await bus.call(
             AUTHORITY_PATH,
@@ -384,7 +412,7 @@ def _runtime_dir_check(run_dir: Path, group: str) -> Check:
     fix_create = (
         f"sudo systemd-tmpfiles --create {TMPFILES}"
         if TMPFILES.exists() and run_dir == RUN_DIR
-        else f"sudo install -d -o root -g {group} -m 2775 {run_dir}"
+        else f"sudo install -d -o root -g {group} -m {RUN_DIR_MODE:04o} {run_dir}"
     )
     try:
         st = os.lstat(run_dir)

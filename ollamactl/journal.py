@@ -3,7 +3,9 @@
 A record is one datagram to /run/systemd/journal/socket holding KEY=value
 lines (a value with a newline uses the length-prefixed form).  Where there
 is no journal, records go to stderr with sd-daemon ``<priority>`` prefixes,
-which journald and most log collectors understand.
+which journald and most log collectors understand.  Every value is cleaned of
+control characters first (``text.clean``): some come from outside, and
+``journalctl`` would print them to an admin's terminal.
 """
 
 from __future__ import annotations
@@ -15,9 +17,14 @@ import struct
 import sys
 from typing import Any
 
+from ollamactl.text import clean
+
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 IDENTIFIER = "ollamactl"
 _MAX_VALUE = 64 * 1024
+_MAX_MESSAGE = 4096  # characters of MESSAGE, after cleaning
+_MAX_FIELD = 1024  # characters of any other field, after cleaning
+_OWN = ("MESSAGE", "PRIORITY", "SYSLOG_IDENTIFIER")
 _KEY_RE = re.compile(r"[^A-Z0-9_]")
 _PRIORITIES = {"TRACE": 7, "DEBUG": 7, "INFO": 6, "SUCCESS": 5, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
 
@@ -61,16 +68,16 @@ class Journal:
 
     def send(self, message: str, priority: int = 6, **fields: Any) -> bool:
         """Write one record; True if it reached the journal, False if it went to stderr."""
-        record = {"MESSAGE": message, "PRIORITY": priority, "SYSLOG_IDENTIFIER": IDENTIFIER}
-        record.update({field_name(k): v for k, v in fields.items()})
+        record = {"MESSAGE": clean(message, _MAX_MESSAGE), "PRIORITY": priority, "SYSLOG_IDENTIFIER": IDENTIFIER}
+        record.update({field_name(k): None if v is None else clean(v, _MAX_FIELD) for k, v in fields.items()})
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             self._sock.sendto(encode(record), self.path)
             return True
         except OSError:
-            extra = " ".join(f"{field_name(k)}={v}" for k, v in fields.items() if v is not None)
-            sys.stderr.write(f"<{priority}>{IDENTIFIER}: {message}{' ' + extra if extra else ''}\n")
+            extra = " ".join(f"{k}={v}" for k, v in record.items() if k not in _OWN and v is not None)
+            sys.stderr.write(f"<{priority}>{IDENTIFIER}: {record['MESSAGE']}{' ' + extra if extra else ''}\n")
             sys.stderr.flush()
             return False
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ollamactl.errors import EXIT_USAGE, OllamactlError, PermissionDenied, UsageError
-from ollamactl.units import check_unit_name, mangle_unit_name
+from ollamactl.units import check_group_name, check_unit_name, mangle_unit_name
 
 #: Verbs a rule may grant.  stop, kill, reload, set-property and the rest are never offered.
 VERBS = ("restart", "try-restart", "start", "reload-or-restart")
@@ -32,8 +32,6 @@ PACKAGED_RULES = Path("/usr/share/polkit-1/rules.d")
 RULES_DIRS = (ETC_RULES, PACKAGED_RULES)
 PACKAGED_RULE = PACKAGED_RULES / "50-ollamactl.rules"
 MARKER = "// ollamactl-grant: "
-#: Group names as useradd/groupadd (and the config) accept them.
-_GROUP_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
 class PolicyWriteError(OllamactlError):
@@ -69,12 +67,9 @@ def make_grant(group: str, unit: str = DEFAULT_UNIT, verbs: Iterable[str] | None
     Why strict: the values end up inside JavaScript that polkitd runs as a
     privileged daemon, and a typo would silently grant nothing (or the wrong unit).
     """
-    if not isinstance(group, str) or not _GROUP_RE.match(group):
-        raise UsageError(
-            f"--group: {group!r} is not a valid group name (lower-case letters, digits, '_' and '-', "
-            "starting with a letter or '_', at most 32 characters)",
-            field="group",
-        )
+    why = check_group_name(group)
+    if why:
+        raise UsageError(f"--group: {group!r} {why}", field="group")
     if not isinstance(unit, str):
         raise UsageError("--unit: must be a unit name such as ollama.service", field="unit")
     name = mangle_unit_name(unit.strip())
@@ -134,13 +129,14 @@ def parse(text: str) -> tuple[Grant | None, bool]:
 
     pristine is False when the body differs from what render() gives for the
     marker's grant, i.e. someone edited it and it may grant something else.
+    Never raises: any text is either one of our grants or not.
     """
     for line in text.splitlines()[:5]:
         if line.startswith(MARKER):
             try:
                 meta = json.loads(line[len(MARKER) :])
                 grant = make_grant(meta["group"], meta["unit"], meta["verbs"])
-            except (ValueError, KeyError, TypeError, UsageError):
+            except (ValueError, KeyError, TypeError, UsageError, RecursionError):
                 return None, False
             return grant, render(grant) == text
     return None, False

@@ -11,13 +11,30 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import re
 import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from ollamactl.text import clean
+
 DEFAULT_URL = "http://127.0.0.1:11434"
+# Caps on what a server may send.  Ollama's answers to the probes are a few
+# hundred bytes with a handful of headers; whoever listens on ``url`` (anyone,
+# while Ollama is down) must not make us buffer without bound.
 MAX_BODY = 1 << 20  # a probe never needs more; a runaway body is an error
+MAX_LINE = 8 * 1024  # the status line, each header or trailer line, each chunk-size line
+MAX_HEADERS = 100  # header (or trailer) lines per answer
+MAX_HEADER_BYTES = 64 * 1024  # the status line and all header lines together
+MAX_CHUNK_DIGITS = 16  # hex digits of a chunk size: 64 bits
+MAX_VERSION = 64  # characters of Ollama's version string we keep
+MAX_DETAIL = 300  # characters of an error detail (a server's words included) we keep
+_READ_SIZE = 64 * 1024
+_STATUS_RE = re.compile(rb"HTTP/1\.[0-9] ([1-9][0-9][0-9])(?:[ \t][^\r\n]*)?\r?\n")
+_TOKEN_RE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEX_RE = re.compile(rb"[0-9A-Fa-f]+")
+_EOL = (b"\r\n", b"\n")
 
 
 @dataclass(frozen=True)
@@ -38,6 +55,9 @@ class Endpoint:
 def parse_url(text: str) -> Endpoint:
     """Parse an http(s) URL, raising ValueError that says what is wrong."""
     text = text.strip()
+    if not text.isprintable() or any(ch.isspace() for ch in text):
+        # it goes into the request line and Host header: no CR/LF or other controls
+        raise ValueError(f"must not contain spaces or control characters (got {clean(repr(text), 120)})")
     scheme, sep, rest = text.partition("://")
     if not sep:
         raise ValueError(f"must start with http:// or https:// (got {text!r})")
@@ -77,7 +97,7 @@ def url_from_ollama_host(value: str | None) -> str:
             host = str(ipaddress.ip_address(bare))
         elif hostport:
             host = hostport
-    if not port.isdigit() or int(port) > 65535:
+    if not _is_port(port, lowest=0):  # as Go's envconfig.Host: 0-65535
         port = default_port
     host_part = f"[{host}]" if ":" in host else host
     return f"{scheme}://{host_part}:{port}" + (f"/{path}" if path else "")
@@ -114,12 +134,18 @@ def _split_hostport(hostport: str, strict: bool = False) -> tuple[str, str]:
     return host, port
 
 
+def _is_port(text: str, lowest: int = 1) -> bool:
+    """lowest-65535 in ASCII digits (str.isdigit alone accepts '²', which int() refuses)."""
+    digits = text.lstrip("0") or "0"
+    return text.isascii() and text.isdigit() and len(digits) <= 5 and lowest <= int(digits) <= 65535
+
+
 def _parse_port(text: str, default: int) -> int:
     if not text:
         return default
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
+    if not _is_port(text):
         raise ValueError(f"port must be 1-65535 (got {text!r})")
-    return int(text)
+    return int(text.lstrip("0"))
 
 
 @dataclass
@@ -128,11 +154,15 @@ class Response:
     body: bytes
 
     def json(self) -> Any:
-        return json.loads(self.body.decode("utf-8"))
+        """The body as JSON; ValueError if it is not (nesting too deep to parse included)."""
+        try:
+            return json.loads(self.body.decode("utf-8"))
+        except RecursionError:
+            raise ValueError("JSON nested too deeply to parse") from None
 
 
 class HTTPError(Exception):
-    """The request did not get a complete HTTP answer (refused, reset, malformed)."""
+    """The request did not get a complete, well-formed HTTP answer (refused, reset, malformed, too large)."""
 
     def __init__(self, message: str, *, refused: bool = False) -> None:
         super().__init__(message)
@@ -155,7 +185,8 @@ async def request(
 async def _request(endpoint: Endpoint, method: str, path: str, body: Any) -> Response:
     ctx = ssl.create_default_context() if endpoint.scheme == "https" else None
     try:
-        reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port, ssl=ctx)
+        # limit: the longest line StreamReader buffers while looking for its end (see read_response)
+        reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port, ssl=ctx, limit=MAX_LINE)
     except OSError as exc:
         refused = isinstance(exc, ConnectionRefusedError)
         raise HTTPError(f"cannot connect to {endpoint.url}: {exc.strerror or exc}", refused=refused) from exc
@@ -173,64 +204,150 @@ async def _request(endpoint: Endpoint, method: str, path: str, body: Any) -> Res
             head += ["Content-Type: application/json", f"Content-Length: {len(payload)}"]
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
         await writer.drain()
-        return await _read_response(reader)
-    except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
-        raise HTTPError(f"bad answer from {endpoint.url}: {exc}") from exc
+        return await read_response(reader)
+    except HTTPError as exc:
+        raise HTTPError(f"bad answer from {endpoint.url}: {exc}") from None
+    except OSError as exc:
+        raise HTTPError(f"connection to {endpoint.url} failed: {exc.strerror or exc}") from exc
     finally:
         writer.close()
 
 
-async def _read_response(reader: asyncio.StreamReader) -> Response:
-    status_line = await reader.readline()
-    parts = status_line.split(None, 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
-        raise ValueError(f"not an HTTP status line: {status_line[:80]!r}")
-    status = int(parts[1])
-    headers: dict[str, str] = {}
-    while True:
-        line = await reader.readline()
-        if line in (b"\r\n", b"\n"):
-            break
-        if not line:
-            raise asyncio.IncompleteReadError(b"", None)
-        name, _, value = line.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
-    if "chunked" in headers.get("transfer-encoding", "").lower():
+async def read_response(reader: asyncio.StreamReader) -> Response:
+    """Parse one HTTP/1.x answer from ``reader``; raise HTTPError if it is malformed or too large.
+
+    Strict, and capped before anything is buffered (see MAX_*), because the
+    server may be hostile.  The body is framed by Transfer-Encoding: chunked, a
+    Content-Length, or else the end of the connection (read to EOF, however
+    many segments it comes in).  OSError from the connection passes through.
+    """
+    line = await _line(reader, "status line")
+    m = _STATUS_RE.fullmatch(line)
+    if m is None:
+        raise HTTPError(f"not an HTTP status line: {line[:80]!r}")
+    status = int(m.group(1))
+    headers = await _fields(reader, "header", len(line))
+    if "transfer-encoding" in headers:
+        codings = [c.strip().lower() for v in headers["transfer-encoding"] for c in v.split(",") if c.strip()]
+        if codings != ["chunked"]:
+            raise HTTPError(f"unsupported Transfer-Encoding {clean(', '.join(codings), 60)!r}")
         body = await _read_chunked(reader)
     elif "content-length" in headers:
-        length = int(headers["content-length"])
+        length = _content_length(headers["content-length"])
         if length > MAX_BODY:
-            raise ValueError(f"body of {length} bytes is too large")
-        body = await reader.readexactly(length)
+            raise HTTPError(f"body of {length} bytes is larger than {MAX_BODY}")
+        body = await _exactly(reader, length, "body")
     else:
-        body = await reader.read(MAX_BODY + 1)
-        if len(body) > MAX_BODY:
-            raise ValueError("body is too large")
+        body = await _read_to_eof(reader)
     return Response(status, body)
 
 
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    body = bytearray()
+async def _line(reader: asyncio.StreamReader, what: str) -> bytes:
+    """One line ending in LF, at most MAX_LINE bytes, whatever the reader's own limit."""
+    try:
+        line = await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as exc:
+        where = "inside" if exc.partial else "before"
+        raise HTTPError(f"the answer ended {where} a {what}") from None
+    except asyncio.LimitOverrunError:
+        raise HTTPError(f"a {what} is longer than {MAX_LINE} bytes") from None
+    if len(line) > MAX_LINE:
+        raise HTTPError(f"a {what} is longer than {MAX_LINE} bytes")
+    return line
+
+
+async def _exactly(reader: asyncio.StreamReader, n: int, what: str) -> bytes:
+    try:
+        return await reader.readexactly(n)
+    except asyncio.IncompleteReadError as exc:
+        raise HTTPError(f"the answer ended inside the {what} ({len(exc.partial)} of {n} bytes)") from None
+
+
+async def _fields(reader: asyncio.StreamReader, what: str, used: int) -> dict[str, list[str]]:
+    """Header (or trailer) lines up to the blank line: lower-case name -> values, capped in count and bytes."""
+    fields: dict[str, list[str]] = {}
+    count = 0
     while True:
-        size = int((await reader.readline()).split(b";")[0].strip() or b"x", 16)
+        line = await _line(reader, f"{what} line")
+        used += len(line)
+        if used > MAX_HEADER_BYTES:
+            raise HTTPError(f"{what}s larger than {MAX_HEADER_BYTES} bytes")
+        if line in _EOL:
+            return fields
+        count += 1
+        if count > MAX_HEADERS:
+            raise HTTPError(f"more than {MAX_HEADERS} {what}s")
+        name, sep, value = line.partition(b":")
+        if not sep or not _TOKEN_RE.fullmatch(name):
+            raise HTTPError(f"malformed {what} line {line[:80]!r}")
+        fields.setdefault(name.decode("ascii").lower(), []).append(value.strip(b" \t\r\n").decode("latin-1"))
+
+
+def _content_length(values: list[str]) -> int:
+    """Digits only; several Content-Length values must all agree (RFC 9110 8.6)."""
+    items = {v.strip() for value in values for v in value.split(",")}
+    if len(items) != 1:
+        raise HTTPError(f"conflicting Content-Length values {clean(', '.join(sorted(items)), 60)!r}")
+    (text,) = items
+    if not (text.isascii() and text.isdigit()):
+        raise HTTPError(f"Content-Length is not a number: {clean(text, 30)!r}")
+    if len(text) > 19:  # more than 2**63: too large, and int() of thousands of digits is slow
+        raise HTTPError(f"body of more than {MAX_BODY} bytes announced")
+    return int(text)
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    """A chunked body: each size is checked against MAX_BODY before its data is read."""
+    body = bytearray()
+    framing = 0  # bytes of size lines and chunk ends: bounded too
+    while True:
+        line = await _line(reader, "chunk size line")
+        framing += len(line)
+        size_text = line.split(b";", 1)[0].strip(b" \t\r\n")
+        if not 0 < len(size_text) <= MAX_CHUNK_DIGITS or not _HEX_RE.fullmatch(size_text):
+            raise HTTPError(f"malformed chunk size {size_text[:20]!r}")
+        size = int(size_text, 16)
         if size == 0:
-            await reader.readline()
+            await _fields(reader, "trailer", 0)
             return bytes(body)
-        body += await reader.readexactly(size)
-        await reader.readexactly(2)
+        if len(body) + size > MAX_BODY:
+            raise HTTPError(f"chunked body larger than {MAX_BODY} bytes")
+        body += await _exactly(reader, size, "chunk")
+        end = await _line(reader, "chunk end")
+        framing += len(end)
+        if end not in _EOL:
+            raise HTTPError("chunk data longer than its size")
+        if framing > MAX_BODY:
+            raise HTTPError(f"chunk framing larger than {MAX_BODY} bytes")
+
+
+async def _read_to_eof(reader: asyncio.StreamReader) -> bytes:
+    """A body framed by the end of the connection: every segment until EOF, at most MAX_BODY bytes."""
+    body = bytearray()
+    while chunk := await reader.read(_READ_SIZE):
+        body += chunk
         if len(body) > MAX_BODY:
-            raise ValueError("body is too large")
+            raise HTTPError(f"body larger than {MAX_BODY} bytes")
+    return bytes(body)
 
 
 async def api_version(endpoint: Endpoint, timeout: float) -> str:
-    """Ollama's version string from GET /api/version (static: answers even when wedged)."""
+    """Ollama's version string from GET /api/version (static: answers even when wedged).
+
+    Cleaned of control characters and capped at MAX_VERSION characters: it is
+    printed, and whoever answers on ``url`` chose it.
+    """
     resp = await request(endpoint, "GET", "/api/version", timeout=timeout)
     if resp.status != 200:
         raise HTTPError(f"GET /api/version answered HTTP {resp.status}")
     try:
-        return str(resp.json()["version"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise HTTPError(f"GET /api/version answered something that is not Ollama: {exc}") from exc
+        data = resp.json()
+    except ValueError as exc:
+        raise HTTPError(f"GET /api/version answered something that is not JSON: {clean(exc, 120)}") from None
+    version = data.get("version") if isinstance(data, dict) else None
+    if not isinstance(version, str):
+        raise HTTPError("GET /api/version answered JSON without a version string: not Ollama")
+    return clean(version, MAX_VERSION)
 
 
 # -- probes ----------------------------------------------------------------
@@ -260,7 +377,7 @@ async def liveness(endpoint: Endpoint, timeout: float) -> ProbeResult:
     except TimeoutError:
         return ProbeResult(WEDGED, time.monotonic() - t0, f"GET /api/version: no answer within {timeout:g}s")
     except HTTPError as exc:
-        return ProbeResult(DOWN if exc.refused else WEDGED, time.monotonic() - t0, str(exc))
+        return ProbeResult(DOWN if exc.refused else WEDGED, time.monotonic() - t0, clean(exc, MAX_DETAIL))
     return ProbeResult(HEALTHY, time.monotonic() - t0, api_version=version)
 
 
@@ -283,7 +400,7 @@ async def deep(endpoint: Endpoint, model: str, mode: str, timeout: float) -> Pro
     except TimeoutError:
         return ProbeResult(DEEP_WEDGED, time.monotonic() - t0, f"POST /api/generate: no answer within {timeout:g}s")
     except HTTPError as exc:
-        return ProbeResult(DOWN if exc.refused else DEEP_WEDGED, time.monotonic() - t0, str(exc))
+        return ProbeResult(DOWN if exc.refused else DEEP_WEDGED, time.monotonic() - t0, clean(exc, MAX_DETAIL))
     seconds = time.monotonic() - t0
     if resp.status == 404:
         raise ProbeConfigError(
@@ -291,9 +408,10 @@ async def deep(endpoint: Endpoint, model: str, mode: str, timeout: float) -> Pro
             key="model",
         )
     try:
-        done = resp.status == 200 and bool(resp.json().get("done"))
-    except (ValueError, AttributeError):
-        done = False
-    if not done:
-        return ProbeResult(DEEP_WEDGED, seconds, f"POST /api/generate answered HTTP {resp.status}: {resp.body[:200]!r}")
+        data = resp.json() if resp.status == 200 else None
+    except ValueError:
+        data = None
+    if not (isinstance(data, dict) and data.get("done") is True):
+        detail = f"POST /api/generate answered HTTP {resp.status}: {resp.body[:200]!r}"
+        return ProbeResult(DEEP_WEDGED, seconds, clean(detail, MAX_DETAIL))
     return ProbeResult(HEALTHY, seconds)

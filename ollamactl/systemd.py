@@ -3,7 +3,9 @@
 We talk to ``org.freedesktop.systemd1`` on the system bus with dbus-next's
 low-level ``Message`` API (no introspection round trips).  dbus-next has no
 call timeout of its own, so every call is wrapped in a deadline, and every
-D-Bus error name is turned into one of our typed exceptions.
+D-Bus error name is turned into one of our typed exceptions.  Strings that
+come back (names, states, error messages) are passed through ``text.clean``
+before they can reach a terminal or a log.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from ollamactl.errors import (
     UnitNotFound,
 )
 from ollamactl.nss import current_user, in_group
-from ollamactl.units import unit_object_path
+from ollamactl.text import clean
+from ollamactl.units import check_unit_name, unit_object_path
 
 SYSTEMD = "org.freedesktop.systemd1"
 MANAGER_PATH = "/org/freedesktop/systemd1"
@@ -35,6 +38,9 @@ UNIT_IFACE = "org.freedesktop.systemd1.Unit"
 SERVICE_IFACE = "org.freedesktop.systemd1.Service"
 PROPS = "org.freedesktop.DBus.Properties"
 _JOB_MATCH = f"type='signal',sender='{SYSTEMD}',path='{MANAGER_PATH}',interface='{MANAGER}',member='JobRemoved'"
+_NAME_LIMIT = 256  # unit names (UNIT_NAME_MAX), states, job results, D-Bus error names
+_MESSAGE_LIMIT = 500  # a D-Bus error's message
+_PATH_LIMIT = 1024  # a unit file's path
 _DENIED = {
     "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired",
     "org.freedesktop.DBus.Error.AccessDenied",
@@ -127,6 +133,7 @@ class SystemdBus:
         self._subscribed = False
         self._job_results: dict[str, str] = {}
         self._job_waiters: dict[str, asyncio.Future[str]] = {}
+        self._systemd_owner: str | None = None  # PID 1's unique bus name, once subscribed
 
     async def __aenter__(self) -> SystemdBus:
         await self.connect()
@@ -198,8 +205,9 @@ class SystemdBus:
         if reply is None:
             raise BusUnavailable(f"the system bus closed during {member}")
         if reply.message_type == MessageType.ERROR:
-            text = reply.body[0] if reply.body else reply.error_name
-            raise self._map_error(reply.error_name, str(text), unit=unit, verb=verb or member)
+            name = clean(reply.error_name, _NAME_LIMIT)
+            text = clean(reply.body[0] if reply.body else name, _MESSAGE_LIMIT)
+            raise self._map_error(name, text, unit=unit, verb=verb or member)
         return list(reply.body)
 
     def _map_error(self, name: str, text: str, *, unit: str | None, verb: str) -> OllamactlError:
@@ -223,9 +231,13 @@ class SystemdBus:
             msg.message_type == MessageType.SIGNAL
             and msg.member == "JobRemoved"
             and msg.interface == MANAGER
+            and msg.path == MANAGER_PATH
+            and self._systemd_owner is not None
+            and msg.sender == self._systemd_owner
             and len(msg.body) == 4
         ):
             _, job, _, result = msg.body
+            result = clean(result, _NAME_LIMIT)
             self._job_results[job] = result
             waiter = self._job_waiters.pop(job, None)
             if waiter is not None and not waiter.done():
@@ -235,6 +247,16 @@ class SystemdBus:
         """Ask for JobRemoved signals; must happen before the job is queued."""
         if self._subscribed:
             return
+        # Any peer may send us a unicast signal: accept JobRemoved only from PID 1's connection.
+        (owner,) = await self.call(
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "GetNameOwner",
+            "s",
+            [SYSTEMD],
+            destination="org.freedesktop.DBus",
+        )
+        self._systemd_owner = str(owner)
         await self.call(
             "/org/freedesktop/DBus",
             "org.freedesktop.DBus",
@@ -283,19 +305,48 @@ class SystemdBus:
         inv = props.get("InvocationID")
         ts = props.get("ActiveEnterTimestamp")
         started = props.get("InactiveExitTimestamp")
+        result = props.get("Result")
         return UnitState(
-            name=str(props.get("Id", unit)),
-            load_state=str(props.get("LoadState", "")),
-            active_state=str(props.get("ActiveState", "")),
-            sub_state=str(props.get("SubState", "")),
-            result=props.get("Result"),
+            name=clean(props.get("Id", unit), _NAME_LIMIT),
+            load_state=clean(props.get("LoadState", ""), _NAME_LIMIT),
+            active_state=clean(props.get("ActiveState", ""), _NAME_LIMIT),
+            sub_state=clean(props.get("SubState", ""), _NAME_LIMIT),
+            result=None if result is None else clean(result, _NAME_LIMIT),
             main_pid=props.get("MainPID"),
             invocation_id=bytes(inv).hex() if inv else None,
             active_enter_timestamp=ts / 1e6 if ts else None,
             inactive_exit_timestamp=started / 1e6 if started else None,
             n_restarts=props.get("NRestarts"),
-            fragment_path=props.get("FragmentPath") or None,
+            fragment_path=clean(props.get("FragmentPath"), _PATH_LIMIT) if props.get("FragmentPath") else None,
         )
+
+    async def primary_name(self, unit: str, timeout: float | None = None) -> str:
+        """The unit's primary name (its ``Id``), which is what polkit sees: an alias resolves to it.
+
+        LoadUnit loads the unit if needed (any user may ask) and answers with
+        the object path of the unit the name resolves to; a unit that does not
+        exist keeps its own name.  Raises OllamactlError if systemd's answer is
+        not a valid unit name.
+        """
+        (path,) = await self.call(
+            MANAGER_PATH, MANAGER, "LoadUnit", "s", [unit], timeout=timeout, unit=unit, verb="look up"
+        )
+        (value,) = await self.call(
+            str(path), PROPS, "Get", "ss", [UNIT_IFACE, "Id"], timeout=timeout, unit=unit, verb="read"
+        )
+        name = getattr(value, "value", value)
+        if not isinstance(name, str) or check_unit_name(name) is not None:
+            raise OllamactlError(
+                f"systemd named the primary unit of {unit} {clean(repr(name), _NAME_LIMIT)}, which is not a unit name",
+                unit=unit,
+            )
+        return name
+
+
+async def primary_unit_name(unit: str, *, call_timeout: float) -> str:
+    """``SystemdBus.primary_name`` on a connection of its own; raises OllamactlError (BusUnavailable...)."""
+    async with SystemdBus(call_timeout=call_timeout) as bus:
+        return await bus.primary_name(unit)
 
 
 def _reason(exc: BaseException) -> str:

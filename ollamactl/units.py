@@ -1,16 +1,31 @@
-"""systemd unit-name grammar, checked before any bus call.
+"""Name grammars: systemd unit names and group names, checked before use.
 
-Mirrors ``unit_name_is_valid()`` in systemd's src/basic/unit-name.c so a typo
-is reported by us, naming the field, instead of as a D-Bus InvalidArgs.
+Unit names mirror ``unit_name_is_valid()`` in systemd's src/basic/unit-name.c so
+a typo is reported by us, naming the field, instead of as a D-Bus InvalidArgs.
+Both grammars are matched against the whole string (``re.fullmatch``, or a
+character-set test), so a trailing newline can never slip through into a
+polkit rule.
 """
 
 from __future__ import annotations
 
+import re
 import string
 
 UNIT_TYPES = frozenset("service socket device mount automount swap target path timer slice scope".split())
 _VALID_CHARS = frozenset(string.ascii_letters + string.digits + ":-_.\\@")
 UNIT_NAME_MAX = 255  # systemd's UNIT_NAME_MAX (256) counts the NUL
+#: Group names as useradd/groupadd accept them (and as we write them into polkit rules).
+#: Use with ``fullmatch``: ``re.match`` with ``$`` would accept a trailing newline.
+GROUP_NAME_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+GROUP_NAME_RULES = "lower-case letters, digits, '_' and '-', starting with a letter or '_', at most 32 characters"
+
+
+def check_group_name(name: object) -> str | None:
+    """Return why ``name`` is not a group name we accept, or None if it is."""
+    if not isinstance(name, str) or GROUP_NAME_RE.fullmatch(name) is None:
+        return f"is not a valid group name ({GROUP_NAME_RULES})"
+    return None
 
 
 def check_unit_name(name: str) -> str | None:

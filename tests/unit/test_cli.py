@@ -81,3 +81,26 @@ def test_parser_has_documented_commands():
     assert parser.parse_args(["restart", "--no-wait"]).no_wait is True
     assert parser.parse_args(["status", "--json"]).json is True
     assert parser.parse_args(["--json", "status"]).json is True
+
+
+@pytest.mark.parametrize("since", ["nan", "inf", "-inf", "1e400", "0001-01-01", "yesterday"])
+def test_since_must_be_a_finite_time(since):
+    """Old code took nan/inf as a time (every started_since() comparison then false) and crashed on year 1."""
+    r = run("restart", f"--since={since}")
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--since" in lines[0] and "Traceback" not in r.stderr
+
+
+def test_since_accepts_epoch_and_iso_8601():
+    parser = build_parser()
+    assert parser.parse_args(["restart", "--since", "1700000000.5"]).since == 1700000000.5
+    assert parser.parse_args(["restart", "--since", "2023-11-14T22:13:20+00:00"]).since == 1700000000.0
+
+
+def test_errors_on_stderr_are_cleaned(capsys):
+    from ollamactl.cli import _fail
+    from ollamactl.errors import OllamactlError
+
+    assert _fail(OllamactlError("systemd said \x1b]0;owned\x07 \u202eno"), False) == 1
+    assert capsys.readouterr().err == "ollamactl: systemd said \\x1b]0;owned\\x07 \\u202eno\n"

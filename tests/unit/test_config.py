@@ -116,3 +116,52 @@ def test_isolated_validation_gives_the_same_result_and_errors(tmp_path):
     with pytest.raises(ConfigError, match="invalid timeout from .*c.toml") as info:
         load_config({}, config_file=path, environ={}, isolate=True)
     assert info.value.details["key"] == "timeout"
+
+
+@pytest.mark.parametrize(
+    ("toml", "env"),
+    [('group = "ops\\n"\n', {}), ("", {"OLLAMACTL_GROUP": "ops\n"}), ("", {"OLLAMACTL_GROUP": "ops\r"})],
+)
+def test_group_with_a_trailing_newline_is_refused(tmp_path, toml, env):
+    """re.match('^...$') accepted "ops\\n" (a rule polkitd ignores); the check is a full match now."""
+    with pytest.raises(ConfigError, match="group"):
+        load(tmp_path, toml, env)
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b'unit = "\xff\xfe"\n', "not UTF-8"),
+        (b"a = " + b"[" * 5000, "nested too deeply"),
+        (b"# " + b"x" * (1 << 20) + b"\n", "larger than"),
+    ],
+    ids=["latin1", "deep-arrays", "huge"],
+)
+def test_a_hostile_config_file_is_a_config_error(tmp_path, content, why):
+    """Old code: UnicodeDecodeError and RecursionError escaped as tracebacks; a huge file was read whole."""
+    path = tmp_path / "config.toml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=why):
+        load_config({}, config_file=path, environ={})
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("runtime_dir", "/run/ollamactl\x00x"),
+        ("runtime_dir", "/run/\x1b[2Jollamactl"),
+        ("watch_startup_grace", "inf"),
+        ("url", "http://127.0.0.1:11434/\r\nX-Injected: 1"),
+        ("url", "http://h ost:1"),
+    ],
+)
+def test_values_that_would_break_later_are_refused_now(tmp_path, key, value):
+    with pytest.raises(ConfigError, match=key):
+        load(tmp_path, env={f"OLLAMACTL_{key.upper()}": value})
+
+
+@pytest.mark.parametrize("host", ["h:\u1369", "h:\u00b2", "h:" + "1" * 5000, "h:0000000000000080"])
+def test_ollama_host_with_odd_digits_falls_back_as_ollama_does(tmp_path, host):
+    """str.isdigit() accepts '፩' and '²', which int() refuses: that crashed load_config."""
+    url = load(tmp_path, env={"OLLAMA_HOST": host}).url
+    assert url.endswith((":11434", ":80"))

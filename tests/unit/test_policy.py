@@ -164,3 +164,201 @@ def test_doctor_on_polkit_0105_says_a_scoped_grant_is_impossible_and_prints_the_
     assert version == "0.105" and check.ok is False
     assert "a grant scoped to ollama.service is impossible here" in check.detail and ".pkla" in check.detail
     assert "%ollamactl ALL=(root) NOPASSWD: /usr/bin/systemctl restart ollama.service" in check.fix
+
+
+# -- aliases: polkit sees the primary name (systemd resolves the alias first) -------------
+
+
+def _alias_resolver(calls: list[str]):
+    async def primary_unit_name(unit: str, *, call_timeout: float) -> str:
+        calls.append(unit)
+        return {"ollama-alias.service": "other.service"}.get(unit, unit)
+
+    return primary_unit_name
+
+
+@pytest.fixture
+def fake_systemd(monkeypatch):
+    """policy render/install ask systemd for the primary name through systemd.primary_unit_name: a fake here."""
+    calls: list[str] = []
+    monkeypatch.setattr("ollamactl.systemd.primary_unit_name", _alias_resolver(calls))
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+
+    def no_write(*args, **kwargs):
+        raise AssertionError("policy.install must not be reached")
+
+    monkeypatch.setattr(policy, "install", no_write)
+    return calls
+
+
+@pytest.mark.parametrize("command", ["render", "install"])
+def test_policy_refuses_an_alias_naming_the_primary_name(fake_systemd, capsys, command):
+    from ollamactl.cli import main
+
+    code = main(["policy", command, "--group", "ollamactl", "--unit", "ollama-alias.service"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and fake_systemd == ["ollama-alias.service"]
+    assert err == (
+        "ollamactl: ollama-alias.service is an alias of other.service; polkit checks the primary name: "
+        "use --unit other.service\n"
+    )
+
+
+def test_policy_render_of_a_primary_name_asks_systemd_and_renders(fake_systemd, capsys):
+    from ollamactl.cli import main
+
+    assert main(["policy", "render", "--group", "ops", "--unit", "other.service"]) == 0
+    assert capsys.readouterr().out == policy.render(policy.make_grant("ops", "other.service"))
+    assert fake_systemd == ["other.service"]
+
+
+def test_policy_render_offline_does_not_ask_and_renders_as_typed(fake_systemd, capsys):
+    from ollamactl.cli import main
+
+    assert main(["policy", "render", "--offline", "--group", "ops", "--unit", "ollama-alias.service"]) == 0
+    assert capsys.readouterr().out == policy.render(policy.make_grant("ops", "ollama-alias.service"))
+    assert fake_systemd == []
+
+
+def test_policy_render_without_a_bus_renders_with_a_note_but_install_refuses(monkeypatch, capsys):
+    import json
+
+    from ollamactl.cli import main
+    from ollamactl.errors import BusUnavailable
+
+    async def no_bus(unit: str, *, call_timeout: float) -> str:
+        raise BusUnavailable("cannot connect to the system bus at unix:path=/nowhere: No such file or directory")
+
+    monkeypatch.setattr("ollamactl.systemd.primary_unit_name", no_bus)
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    assert main(["policy", "render", "--group", "ops", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["rule"] == policy.render(policy.make_grant("ops")) and "could not ask systemd" in out["note"]
+    assert main(["policy", "install", "--group", "ops"]) == 5
+    err = capsys.readouterr().err
+    assert err.startswith("ollamactl: cannot connect to the system bus") and err.rstrip().endswith("add --offline")
+
+
+def test_the_packaged_rule_needs_no_bus():
+    """The .deb's rule is policy.render() of the default grant, in-process: no bus, no alias look-up."""
+    import subprocess
+    import sys
+
+    code = "from ollamactl import policy; print(policy.render(policy.make_grant('ollamactl')), end='')"
+    env = {"PYTHONPATH": str(REPO), "DBUS_SYSTEM_BUS_ADDRESS": "unix:path=/nonexistent"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out == (REPO / "packaging/polkit/50-ollamactl.rules").read_text()
+
+
+class FakeSystemd:
+    """The bus as doctor uses it: unit state, primary name, polkit's version and verdict."""
+
+    def __init__(self, primary: dict[str, str]) -> None:
+        self.primary = primary
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        return None
+
+    async def unit_state(self, unit, timeout=None):
+        from ollamactl.systemd import UnitState
+
+        return UnitState(
+            self.primary.get(unit, unit), "loaded", "active", "running", "success", 1, None, 1.0, 1.0, 0, None
+        )
+
+    async def primary_name(self, unit, timeout=None):
+        return self.primary.get(unit, unit)
+
+    async def call(self, path, interface, member, *args, **kwargs):
+        if member == "Get":
+            return ["126"]
+        assert member == "CheckAuthorization"
+        self.asked = args[1][2]["unit"]
+        return [(True, False, {})]
+
+
+def _doctor_rule_check(monkeypatch, tmp_path, unit: str, rule_for: str | None, primary: dict[str, str]):
+    import asyncio
+
+    from ollamactl import doctor
+
+    if rule_for:
+        (tmp_path / "50-x.rules").write_text(policy.render(policy.make_grant("ollamactl", rule_for)))
+    real_scan = policy.scan
+    monkeypatch.setattr(policy, "scan", lambda dirs=None: real_scan([tmp_path]))
+    fake = FakeSystemd(primary)
+    monkeypatch.setattr("ollamactl.systemd.SystemdBus", lambda **kwargs: fake)
+    config = load_config({"unit": unit, "url": "http://127.0.0.1:9"}, config_file=os.devnull, environ={})
+    report = doctor.Report(user="alice", unit=config.unit, group=config.group, checks=[])
+    asyncio.run(doctor._bus_checks(report, config, 1000))
+    return report, {c.name: c for c in report.checks}, fake
+
+
+def test_doctor_checks_the_rule_against_the_primary_name_and_says_so(monkeypatch, tmp_path):
+    alias = {"ollama-alias.service": "other.service"}
+    report, checks, fake = _doctor_rule_check(monkeypatch, tmp_path, "ollama-alias.service", "other.service", alias)
+    assert report.primary_unit == "other.service" and checks["rule"].ok is True
+    assert "ollama-alias.service is an alias of other.service: polkit checks the primary name" in checks["rule"].detail
+    import asyncio
+
+    from ollamactl import doctor
+
+    config = load_config({"unit": "ollama-alias.service"}, config_file=os.devnull, environ={})
+    authorized, _ = asyncio.run(doctor._ask_polkit(fake, config, report, os.getuid()))
+    assert authorized is True and fake.asked == "other.service"  # the name systemd would give polkit
+
+
+def test_doctor_fails_a_rule_for_the_alias_name_with_the_fix_for_the_primary(monkeypatch, tmp_path):
+    alias = {"ollama-alias.service": "other.service"}
+    _, checks, _ = _doctor_rule_check(monkeypatch, tmp_path, "ollama-alias.service", "ollama-alias.service", alias)
+    rule = checks["rule"]
+    assert rule.ok is False and "alias of other.service" in rule.detail and "grants nothing" in rule.detail
+    assert rule.fix.startswith("sudo ollamactl policy install --group ollamactl --unit other.service")
+
+
+def test_doctor_without_an_alias_is_unchanged(monkeypatch, tmp_path):
+    report, checks, _ = _doctor_rule_check(monkeypatch, tmp_path, "ollama.service", "ollama.service", {})
+    assert report.primary_unit == "ollama.service" and checks["rule"].ok is True
+    assert "alias of" not in checks["rule"].detail
+
+
+def test_doctor_wants_the_runtime_dir_2770(tmp_path):
+    from ollamactl import doctor
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    os.chmod(run_dir, 0o2775)
+    check = doctor._runtime_dir_check(run_dir, "root")
+    assert check.ok is False and "want a directory root:root 2770" in check.detail
+    assert check.fix == f"sudo chown root:root {run_dir} && sudo chmod 2770 {run_dir}"
+    if os.geteuid() == 0:
+        os.chown(run_dir, 0, 0)
+        os.chmod(run_dir, 0o2770)
+        assert doctor._runtime_dir_check(run_dir, "root").ok is True
+    assert "-m 2770" in doctor._runtime_dir_check(tmp_path / "absent", "ollamactl").fix
+
+
+@pytest.mark.parametrize("group", ["ops\n", "ops\n\n", "\nops", "ops\r", "ops\x00"])
+def test_a_group_name_with_a_newline_is_refused(group):
+    """re.match('^...$') accepted "ops\\n": a rule polkitd silently ignores."""
+    with pytest.raises(UsageError, match="^--group: "):
+        policy.make_grant(group)
+
+
+def test_deeply_nested_marker_is_not_ours_not_an_exception():
+    assert policy.parse(policy.MARKER + "[" * 100_000 + "\n") == (None, False)
+
+
+def test_doctor_says_when_systemd_cannot_name_the_primary_unit(monkeypatch, tmp_path):
+    from ollamactl.errors import TimedOut
+
+    async def slow(unit, timeout=None):
+        raise TimedOut("systemd did not answer LoadUnit within 10s; the system may be overloaded")
+
+    monkeypatch.setattr(FakeSystemd, "primary_name", lambda self, unit, timeout=None: slow(unit))
+    report, checks, _ = _doctor_rule_check(monkeypatch, tmp_path, "ollama.service", "ollama.service", {})
+    assert report.primary_unit == "ollama.service" and checks["rule"].ok is True
+    assert checks["alias"].ok is None and "did not answer LoadUnit" in checks["alias"].detail

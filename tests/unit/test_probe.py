@@ -150,3 +150,16 @@ def test_non_http_answer_is_an_http_error():
 
     with pytest.raises(probe.HTTPError):
         asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    "text", ["http://h/\r\nX-Injected: 1", "http://h\x00:1", "http://h :1", "http://h/\x1b[2J", "http://h:\u00b2"]
+)
+def test_parse_url_rejects_controls_spaces_and_odd_digits(text):
+    """The URL goes into the request line and Host header: no CR/LF to inject headers, no odd digits."""
+    with pytest.raises(ValueError):
+        probe.parse_url(text)
+
+
+def test_ollama_host_with_unicode_digits_falls_back_to_the_default_port():
+    assert probe.url_from_ollama_host("h:\u1369") == "http://h:11434"

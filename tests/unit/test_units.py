@@ -2,7 +2,7 @@
 
 import pytest
 
-from ollamactl.units import check_unit_name, mangle_unit_name, unit_object_path
+from ollamactl.units import GROUP_NAME_RE, check_group_name, check_unit_name, mangle_unit_name, unit_object_path
 
 
 @pytest.mark.parametrize(
@@ -56,3 +56,20 @@ def test_mangle_appends_service_like_systemctl(given, mangled):
 )
 def test_object_path_matches_systemd_escaping(name, path):
     assert unit_object_path(name) == path
+
+
+@pytest.mark.parametrize(
+    "name", ["ollama.service\n", "ollama\n.service", "ollama.service\r", "\nollama.service", "ollama.service\x00"]
+)
+def test_names_with_newlines_or_controls_are_refused(name):
+    assert "characters" in (check_unit_name(name) or "")
+
+
+@pytest.mark.parametrize("group", ["ollamactl", "_x", "a-b_c9", "a" * 32])
+def test_valid_group_names(group):
+    assert check_group_name(group) is None and GROUP_NAME_RE.fullmatch(group)
+
+
+@pytest.mark.parametrize("group", ["", "Ops", "1ops", "a b", "a" * 33, "ops\n", "ops\r\n", "\tops", None, 7])
+def test_invalid_group_names_say_why(group):
+    assert "not a valid group name" in (check_group_name(group) or "")
