@@ -37,8 +37,11 @@ lint: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Property-based tests run with a fixed seed and a bounded number of examples (tests/conftest.py).
+export HYPOTHESIS_PROFILE ?= ci
+
 unit: deps
-	$(VPY) -m pytest -ra tests/unit tests/test_standin.py
+	$(VPY) -m pytest -ra tests/unit tests/test_standin.py tests/test_guard.py
 
 e2e: deb
 	OLLAMACTL_DEB=$(DEB) OLLAMACTL_E2E_REQUIRED=1 $(VPY) -m pytest -ra tests/e2e

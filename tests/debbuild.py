@@ -34,7 +34,7 @@ from tests import testbed
 
 REPO = testbed.REPO_ROOT
 #: What goes into the source package (besides packaging/debian, copied to debian/).
-SOURCES = ("pyproject.toml", "README.md", "ollamactl", "packaging")
+SOURCES = ("pyproject.toml", "README.md", "SECURITY.md", "ollamactl", "packaging")
 DEBS = testbed.CACHE_DIR / "debs"
 LINTIAN = ["lintian", "--info", "--pedantic", "--display-experimental", "--tag-display-limit", "0"]
 
