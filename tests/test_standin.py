@@ -10,18 +10,22 @@ OLLAMACTL_STANDIN_PYTHON to run the stand-in under another interpreter.
 from __future__ import annotations
 
 import functools
+import http.client
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from types import ModuleType
 
@@ -35,6 +39,7 @@ STANDIN = STANDIN_DIR / "ollama_standin.py"
 UNIT = STANDIN_DIR / "ollama.service"
 PYTHON = os.environ.get("OLLAMACTL_STANDIN_PYTHON") or sys.executable
 MODEL = "standin:latest"
+MODEL2 = "standin2:latest"
 
 
 @functools.cache
@@ -107,6 +112,11 @@ class Standin:
                 raise AssertionError(f"{needle!r} never logged:\n{self.log()}")
             time.sleep(0.02)
 
+    def gin_lines(self, path: str | None = None) -> list[str]:
+        """The gin access lines written so far (for ``path`` only, if given)."""
+        lines = [ln for ln in self.log().splitlines() if ln.startswith("[GIN] ")]
+        return [ln for ln in lines if path is None or ln.endswith(f'"{path}"')]
+
     def client(self, **kwargs: object) -> ollama.Client:
         """The official client pointed at this server."""
         return ollama.Client(host=self.url, **kwargs)
@@ -120,14 +130,20 @@ def launch(tmp_path: Path) -> Iterator[Launcher]:
     """Start stand-ins with given modes; kill whatever is left afterwards."""
     started: list[Standin] = []
 
-    def _launch(modes: str = "", wait: bool = True, host: str | None = None) -> Standin:
+    def _launch(
+        modes: str = "", wait: bool = True, host: str | None = None, env: dict[str, str] | None = None
+    ) -> Standin:
+        """``env`` sets Ollama's variables and the STANDIN_* knobs; inherited ones are dropped."""
         n = len(started)
         port = free_port()
         mode_file = tmp_path / f"mode{n}"
         mode_file.write_text(modes)
+        os.utime(mode_file, ns=(time.time_ns() - 10**9,) * 2)  # written "before" this process starts
         log_path = tmp_path / f"standin{n}.log"
         log_file = open(log_path, "wb")  # noqa: SIM115 - closed at teardown
-        env = dict(os.environ)
+        proc_env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "STANDIN_"))}
+        proc_env.update(env or {})
+        env = proc_env
         env["OLLAMA_HOST"] = host.format(port=port) if host else f"127.0.0.1:{port}"
         env["OLLAMA_STANDIN_MODE_FILE"] = str(mode_file)
         proc = subprocess.Popen(
@@ -168,6 +184,97 @@ def post(url: str, data: bytes, timeout: float = 2.0) -> tuple[int, str]:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
+
+
+def gen(model: str = MODEL, prompt: str = "hi", n: int | None = 1, **extra: object) -> dict[str, object]:
+    """A non-streamed generate body producing ``n`` tokens (``prompt=""`` and ``n=None``: the load-only body)."""
+    body: dict[str, object] = {"model": model, "prompt": prompt, "stream": False, **extra}
+    if n is not None:
+        body["options"] = {"num_predict": n}
+    if prompt == "":
+        del body["prompt"], body["stream"]
+    return body
+
+
+def call(url: str, body: dict[str, object], timeout: float = 10.0, path: str = "/api/generate") -> tuple[int, str]:
+    """POST a JSON body; (status, body), or (0, error kind) when no answer came."""
+    try:
+        return post(url + path, json.dumps(body).encode(), timeout=timeout)
+    except (TimeoutError, urllib.error.URLError, ConnectionError) as e:
+        return 0, type(getattr(e, "reason", e)).__name__
+
+
+class Call(threading.Thread):
+    """One request in the background; status, body and when it ended."""
+
+    def __init__(self, url: str, body: dict[str, object], timeout: float = 10.0) -> None:
+        super().__init__(daemon=True)
+        self.url, self.body, self.timeout = url, body, timeout
+        self.status, self.text = -1, ""
+        self.started = self.ended = 0.0
+
+    def run(self) -> None:
+        self.started = time.monotonic()
+        self.status, self.text = call(self.url, self.body, self.timeout)
+        self.ended = time.monotonic()
+
+    @property
+    def latency(self) -> float:
+        return self.ended - self.started
+
+
+class StreamReader(threading.Thread):
+    """A streamed generate read in the background, noting when each chunk arrives."""
+
+    def __init__(self, port: int, body: dict[str, object]) -> None:
+        super().__init__(daemon=True)
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        self.body = dict(body, stream=True)
+        self.times: list[float] = []
+        self.done = False
+
+    def run(self) -> None:
+        try:
+            self.conn.request("POST", "/api/generate", json.dumps(self.body), {"Content-Type": "application/json"})
+            for line in self.conn.getresponse():
+                self.times.append(time.monotonic())
+                self.done = self.done or json.loads(line).get("done", False)
+        except (OSError, http.client.HTTPException, ValueError):
+            pass
+
+    def wait_chunks(self, n: int, timeout: float = 3.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.times) < n:
+            assert time.monotonic() < deadline, f"only {len(self.times)} chunks"
+            time.sleep(0.01)
+
+
+def ps(url: str, timeout: float = 2.0) -> dict[str, float]:
+    """/api/ps as {model: expires_at as a Unix time}."""
+    status, body = get(url + "/api/ps", timeout=timeout)
+    assert status == 200
+    return {m["model"]: go_timestamp(m["expires_at"]) for m in json.loads(body)["models"]}
+
+
+def go_timestamp(text: str) -> float:
+    """A Go time from JSON (RFC 3339, up to ns) as a Unix time."""
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text.replace("Z", "+00:00"))
+    return datetime.fromisoformat(text).timestamp()
+
+
+def settled(url: str, model: str) -> bool:
+    """True once ``model``'s expires_at has stopped moving (the estimate before a finish moves with the clock)."""
+    before = ps(url)[model]
+    time.sleep(0.03)
+    return ps(url)[model] == before
+
+
+def eventually(check: Callable[[], bool], timeout: float = 2.0) -> None:
+    """Wait until ``check()`` holds; the scheduler's completion loop runs just after a response."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.02)
 
 
 # ---------------------------------------------------------------------------
@@ -273,9 +380,10 @@ def test_plain_http_endpoints(launch: Launcher) -> None:
 
 
 def test_client_list(launch: Launcher) -> None:
-    """ollama list sees the one model with the real fields filled."""
+    """ollama list sees the installed models, newest (standin:latest) first, with the real fields filled."""
     models = launch().client().list().models
-    assert [m.model for m in models] == [MODEL]
+    assert [m.model for m in models] == [MODEL, MODEL2, "standin3:latest", "standin4:latest"]
+    assert len({m.digest for m in models}) == 4
     m = models[0]
     assert m.size and m.size > 0
     assert m.digest and len(m.digest) == 64
@@ -378,7 +486,7 @@ def test_hang_generate_switched_at_run_time(launch: Launcher) -> None:
 
     s.set_mode("hang-generate\n")
     assert json.loads(get(s.url + "/api/version", timeout=1)[1]) == {"version": "0.12.3"}
-    assert [m.model for m in c.list().models] == [MODEL]
+    assert [m.model for m in c.list().models][0] == MODEL
     t0 = time.monotonic()
     with pytest.raises(httpx.TimeoutException):
         c.generate(MODEL, "hello")
@@ -513,3 +621,381 @@ def test_unknown_mode_is_warned_and_ignored(launch: Launcher) -> None:
     s = launch(" bogus-mode ,ok ")
     assert get(s.url + "/api/version")[0] == 200
     assert "unknown mode 'bogus-mode'" in s.log()
+
+
+# ---------------------------------------------------------------------------
+# The scheduler: slots, the load queue, keep-alive, eviction, logs
+# ---------------------------------------------------------------------------
+
+MAX_QUEUE_BODY = '{"error":"server busy, please try again.  maximum pending requests exceeded"}'
+
+
+def test_config_reads_ollamas_variables_with_its_defaults() -> None:
+    """The knobs parse like envconfig: Go durations or seconds, 0 loaded models = 3, negative keep-alive = forever."""
+    mod = load_standin()
+    d = mod.Config.from_env({})
+    assert (d.num_parallel, d.max_queue, d.max_loaded, d.num_ctx) == (1, 512, 3, 4096)
+    assert d.keep_alive_ns == d.load_timeout_ns == 300 * 10**9
+    assert (d.token_seconds, d.load_seconds, d.ps_blocks_during_load) == (0.01, 0.05, True)
+    c = mod.Config.from_env(
+        {
+            "OLLAMA_NUM_PARALLEL": "0",
+            "OLLAMA_MAX_LOADED_MODELS": "0",
+            "OLLAMA_KEEP_ALIVE": "-1",
+            "OLLAMA_LOAD_TIMEOUT": "0",
+            "STANDIN_PS_BLOCKS_DURING_LOAD": "0",
+        }
+    )
+    assert (c.num_parallel, c.max_loaded, c.ps_blocks_during_load) == (1, 3, False)
+    assert c.keep_alive_ns == c.load_timeout_ns == mod.FOREVER_NS
+    assert mod.Config.from_env({"OLLAMA_KEEP_ALIVE": "90"}).keep_alive_ns == 90 * 10**9
+    assert mod.Config.from_env({"OLLAMA_KEEP_ALIVE": "'1h30m'"}).keep_alive_ns == 5400 * 10**9
+    assert mod.Config.from_env({"OLLAMA_KEEP_ALIVE": "soon"}).keep_alive_ns == 300 * 10**9
+    assert mod.Config.from_env({"OLLAMA_MAX_QUEUE": "-3"}).max_queue == 512
+
+
+def test_gin_line_is_gins_default_format() -> None:
+    """Byte for byte the line in Ollama's own app/server test, and Go's Duration strings."""
+    mod = load_standin()
+    line = mod.gin_line(200, 50_263, "100.126.204.152", "HEAD", "/", datetime(2025, 7, 1, 18, 0, 9))
+    assert line == '[GIN] 2025/07/01 - 18:00:09 | 200 |      50.263µs | 100.126.204.152 | HEAD     "/"'
+    line = mod.gin_line(200, 1_234_567_000, "127.0.0.1", "POST", "/api/generate", datetime(2026, 8, 21, 12, 0, 1))
+    assert line == '[GIN] 2026/08/21 - 12:00:01 | 200 |     1.234567s |       127.0.0.1 | POST     "/api/generate"'
+    durations = {0: "0s", 999: "999ns", 3_402_500: "3.4025ms", 61_500_000_000: "1m1.5s", 7_200 * 10**9: "2h0m0s"}
+    assert {ns: mod.go_duration(ns) for ns in durations} == durations
+
+
+def test_one_slot_serves_requests_in_arrival_order(launch: Launcher) -> None:
+    """OLLAMA_NUM_PARALLEL=1: a busy slot makes the rest wait, first come first served, without a bound."""
+    s = launch(env={"STANDIN_TOKEN_SECONDS": "0.05"})
+    assert call(s.url, gen())[0] == 200
+    busy = Call(s.url, gen(n=8))  # 0.4 s in the slot
+    busy.start()
+    time.sleep(0.1)
+    queued = [Call(s.url, gen(prompt=f"q{i}")) for i in range(4)]
+    for c in queued:
+        c.start()
+        time.sleep(0.05)
+    for c in [busy, *queued]:
+        c.join(5)
+    assert [c.status for c in [busy, *queued]] == [200] * 5
+    ends = [c.ended for c in [busy, *queued]]
+    assert ends == sorted(ends)
+    assert queued[0].latency >= 0.15  # it waited for the busy slot
+
+
+def test_num_parallel_slots_run_side_by_side(launch: Launcher) -> None:
+    """OLLAMA_NUM_PARALLEL=2: two generations share the time, the third waits for a slot."""
+    s = launch(env={"OLLAMA_NUM_PARALLEL": "2", "STANDIN_TOKEN_SECONDS": "0.05"})
+    assert call(s.url, gen())[0] == 200
+    calls = [Call(s.url, gen(n=8, prompt=f"p{i}")) for i in range(3)]
+    for c in calls:
+        c.start()
+        time.sleep(0.02)
+    for c in calls:
+        c.join(5)
+    assert [c.status for c in calls] == [200] * 3
+    assert calls[0].latency < 0.6 and calls[1].latency < 0.6
+    assert calls[2].latency >= 0.7
+
+
+def test_load_queue_overflow_is_503_with_ollamas_body(launch: Launcher) -> None:
+    """Requests that need a load share OLLAMA_MAX_QUEUE; requests for a loaded model never see that bound."""
+    s = launch(env={"OLLAMA_MAX_QUEUE": "1", "STANDIN_LOAD_SECONDS": "0.6"})
+    loading = Call(s.url, gen())
+    loading.start()
+    s.wait_log("loading model via llama-server")  # taken off the channel by the scheduler
+    waiting = Call(s.url, gen(prompt="second"))
+    waiting.start()
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    assert call(s.url, gen(prompt="third")) == (503, MAX_QUEUE_BODY)
+    assert time.monotonic() - t0 < 0.3
+    loading.join(5)
+    waiting.join(5)
+    assert (loading.status, waiting.status) == (200, 200)
+    eventually(lambda: len(s.gin_lines("/api/generate")) == 3)
+    assert " | 503 | " in s.gin_lines("/api/generate")[0]
+
+    many = [Call(s.url, gen(prompt=f"m{i}")) for i in range(5)]
+    for c in many:
+        c.start()
+    for c in many:
+        c.join(5)
+    assert [c.status for c in many] == [200] * 5
+
+
+def test_a_load_is_logged_and_takes_load_seconds(launch: Launcher) -> None:
+    """The first request loads the model (STANDIN_LOAD_SECONDS), bracketed by Ollama's slog lines."""
+    s = launch(env={"STANDIN_LOAD_SECONDS": "0.4"})
+    t0 = time.monotonic()
+    assert call(s.url, gen())[0] == 200
+    assert time.monotonic() - t0 >= 0.4
+    t0 = time.monotonic()
+    assert call(s.url, gen())[0] == 200
+    assert time.monotonic() - t0 < 0.2
+    stamp = r"time=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}(?:Z|[+-]\d\d:\d\d) level=INFO"
+    expected = [
+        rf'{stamp} source=llama_server\.go:433 msg="starting llama-server" cmd=".*llama-server --model \S+ .*-np 1"',
+        rf"{stamp} source=llama_server\.go:1048 msg=\"loading model via llama-server\" model=\S+/sha256-[0-9a-f]{{64}}",
+        rf'{stamp} source=llama_server\.go:1362 msg="llama-server started in 0\.[45]\d seconds"',
+        rf"{stamp} source=sched\.go:728 msg=\"loaded runners\" count=1",
+    ]
+    lines = s.log().splitlines()
+    at = [next(i for i, ln in enumerate(lines) if re.fullmatch(rx, ln)) for rx in expected]
+    assert at == sorted(at)
+    assert sum("loading model via" in ln for ln in lines) == 1
+
+
+def test_ps_waits_while_a_model_loads(launch: Launcher) -> None:
+    """/api/ps blocks during a load (v0.32.4+), unless STANDIN_PS_BLOCKS_DURING_LOAD=0."""
+    for blocks in (True, False):
+        s = launch(env={"STANDIN_LOAD_SECONDS": "0.6", "STANDIN_PS_BLOCKS_DURING_LOAD": str(int(blocks))})
+        loading = Call(s.url, gen(MODEL2, prompt="", n=None))
+        loading.start()
+        s.wait_log("loading model via llama-server")
+        t0 = time.monotonic()
+        models = ps(s.url)
+        took = time.monotonic() - t0
+        if blocks:
+            assert took >= 0.3 and list(models) == [MODEL2]
+        else:
+            assert took < 0.2 and models == {}
+        loading.join(5)
+        assert loading.status == 200
+
+
+def test_a_stalled_load_fails_after_load_timeout(launch: Launcher) -> None:
+    """OLLAMA_LOAD_TIMEOUT bounds a load that makes no progress, not one that is slow but progressing."""
+    s = launch(env={"STANDIN_LOAD_SECONDS": "0.7", "OLLAMA_LOAD_TIMEOUT": "400ms"})
+    assert call(s.url, gen())[0] == 200  # 0.7 s of progress outlasts the 0.4 s stall timeout
+    s.set_mode("stall-load")
+    t0 = time.monotonic()
+    status, body = call(s.url, gen(MODEL2))
+    assert (status, json.loads(body)) == (500, {"error": "timed out waiting for llama-server to start - "})
+    assert 0.4 <= time.monotonic() - t0 < 1.2
+    assert 'msg="Load failed"' in s.log()
+    assert call(s.url, gen())[0] == 200  # the loaded model is not affected
+    s.set_mode("ok")
+    assert call(s.url, gen(MODEL2))[0] == 200
+
+
+def test_expires_at_is_set_when_the_model_goes_idle(launch: Launcher) -> None:
+    """expires_at: now + keep-alive while the first request runs, then fixed at the last finish + keep-alive."""
+    s = launch(env={"OLLAMA_KEEP_ALIVE": "500ms", "STANDIN_TOKEN_SECONDS": "0.03"})
+    first = Call(s.url, gen(n=12))  # 0.36 s, before any request has finished
+    first.start()
+    s.wait_log("loaded runners")
+    a = ps(s.url)[MODEL]
+    time.sleep(0.2)
+    b = ps(s.url)[MODEL]
+    assert b - a >= 0.15  # an estimate that moves with the clock
+    first.join(5)
+    finished_at = time.time() - (time.monotonic() - first.ended)
+    eventually(lambda: settled(s.url, MODEL))  # the completion loop has set it
+    idle = ps(s.url)[MODEL]
+    assert abs(idle - (finished_at + 0.5)) < 0.15
+
+    busy = Call(s.url, gen(n=30))  # 0.9 s busy
+    busy.start()
+    time.sleep(0.7)
+    during = ps(s.url)
+    assert during[MODEL] == idle  # not moved by the busy request
+    assert during[MODEL] < time.time()  # drifted into the past; still loaded
+    busy.join(5)
+    eventually(lambda: ps(s.url)[MODEL] > idle + 0.5)
+    eventually(lambda: ps(s.url) == {}, timeout=1.5)  # expired and unloaded
+
+    assert call(s.url, gen(keep_alive="1h"))[0] == 200
+    eventually(lambda: abs(ps(s.url).get(MODEL, 0) - (time.time() + 3600)) < 1)
+    status, body = call(s.url, gen(prompt="", n=None, keep_alive=0))
+    assert json.loads(body)["done_reason"] == "unload"
+    eventually(lambda: ps(s.url) == {})
+
+
+def test_load_only_generate_skips_the_slot_queue(launch: Launcher) -> None:
+    """{"model": M} answers "load" at once for a loaded model however busy it is; a 1-token probe queues."""
+    s = launch(env={"STANDIN_TOKEN_SECONDS": "0.1", "STANDIN_LOAD_SECONDS": "0.3"})
+    assert call(s.url, gen())[0] == 200
+    busy, queued = Call(s.url, gen(n=12)), Call(s.url, gen(prompt="queued"))
+    busy.start()
+    time.sleep(0.1)
+    queued.start()
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    status, body = call(s.url, gen(prompt="", n=None))
+    assert time.monotonic() - t0 < 0.2
+    assert status == 200 and json.loads(body)["done_reason"] == "load"
+    assert call(s.url, gen(prompt="probe"), timeout=0.4)[0] == 0  # the token probe waits its turn
+    assert list(ps(s.url)) == [MODEL]
+    t0 = time.monotonic()
+    status, body = call(s.url, gen(MODEL2, prompt="", n=None))  # not loaded: this LOADS it
+    assert time.monotonic() - t0 >= 0.3 and json.loads(body)["done_reason"] == "load"
+    assert set(ps(s.url)) == {MODEL, MODEL2}
+    busy.join(5)
+    queued.join(5)
+    assert (busy.status, queued.status) == (200, 200)
+
+
+def test_max_loaded_models_evicts(launch: Launcher) -> None:
+    """At OLLAMA_MAX_LOADED_MODELS a load evicts the idle model with the shortest keep-alive; 0 means 3."""
+    s = launch(env={"OLLAMA_MAX_LOADED_MODELS": "2"})
+    assert call(s.url, gen(MODEL, prompt="", n=None, keep_alive="10m"))[0] == 200
+    assert call(s.url, gen(MODEL2, prompt="", n=None, keep_alive="1m"))[0] == 200
+    assert call(s.url, gen("standin3", prompt="", n=None))[0] == 200
+    eventually(lambda: set(ps(s.url)) == {MODEL, "standin3:latest"})
+
+    s = launch()
+    for name in ("standin", "standin2", "standin3", "standin4"):
+        assert call(s.url, gen(name))[0] == 200
+    eventually(lambda: len(ps(s.url)) == 3 and "standin4:latest" in ps(s.url))
+
+
+def test_a_load_waits_for_a_busy_model_to_be_evicted(launch: Launcher) -> None:
+    """Eviction waits until the chosen model's in-flight requests finish."""
+    s = launch(env={"OLLAMA_MAX_LOADED_MODELS": "1", "STANDIN_TOKEN_SECONDS": "0.05"})
+    assert call(s.url, gen())[0] == 200
+    busy = Call(s.url, gen(n=12))  # 0.6 s
+    busy.start()
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    assert call(s.url, gen(MODEL2, prompt="", n=None))[0] == 200
+    assert time.monotonic() - t0 >= 0.35
+    busy.join(5)
+    assert busy.status == 200
+    assert list(ps(s.url)) == [MODEL2]
+
+
+def test_other_num_ctx_reloads_the_model(launch: Launcher) -> None:
+    """Options that differ from the loaded ones force a reload, even from a request without options."""
+    s = launch()
+    assert call(s.url, gen())[0] == 200
+    assert call(s.url, {"model": MODEL, "prompt": "x", "stream": False, "options": {"num_ctx": 8192}})[0] == 200
+    assert json.loads(get(s.url + "/api/ps")[1])["models"][0]["context_length"] == 8192
+    assert call(s.url, gen())[0] == 200
+    assert json.loads(get(s.url + "/api/ps")[1])["models"][0]["context_length"] == 4096
+    assert s.log().count("loading model via llama-server") == 3
+
+
+def test_gin_line_written_only_when_a_request_completes(launch: Launcher) -> None:
+    """A streaming generate appears in the access log when it ends, with its whole latency."""
+    s = launch(env={"STANDIN_TOKEN_SECONDS": "0.05"})
+    assert call(s.url, gen())[0] == 200
+    reader = StreamReader(s.port, gen(n=16))  # 0.8 s
+    reader.start()
+    reader.wait_chunks(3)
+    assert len(s.gin_lines("/api/generate")) == 1
+    reader.join(5)
+    assert reader.done
+    eventually(lambda: len(s.gin_lines("/api/generate")) == 2)
+    lines = s.gin_lines("/api/generate")
+    m = re.fullmatch(
+        r'\[GIN\] \d{4}/\d\d/\d\d - \d\d:\d\d:\d\d \| 200 \| (.{13}) \| (.{15}) \| POST {5}"/api/generate"', lines[1]
+    )
+    assert m is not None, lines[1]
+    assert m.group(2) == "      127.0.0.1"
+    latency = re.fullmatch(r" *([0-9.]+)(ms|s)", m.group(1))
+    assert latency is not None
+    assert 0.75 <= float(latency.group(1)) / (1000 if latency.group(2) == "ms" else 1) < 1.5
+
+    get(s.url + "/api/version")
+    version_line = r'\| 200 \| .{13} \|       127\.0\.0\.1 \| GET      "/api/version"$'
+    eventually(lambda: any(re.search(version_line, ln) for ln in s.gin_lines("/api/version")))
+
+    busy = Call(s.url, gen(n=10))
+    busy.start()
+    time.sleep(0.1)
+    assert call(s.url, gen(prompt="gives up"), timeout=0.2)[0] == 0
+    eventually(lambda: any(" | 500 | " in ln for ln in s.gin_lines("/api/generate")))  # the client left the queue
+    busy.join(5)
+
+
+# ---------------------------------------------------------------------------
+# Faithful wedges
+# ---------------------------------------------------------------------------
+
+
+def test_stuck_inference(launch: Launcher) -> None:
+    """#15950: tokens stop, queued requests never finish; load-only, version and ps still answer."""
+    s = launch(env={"STANDIN_TOKEN_SECONDS": "0.05"})
+    assert call(s.url, gen())[0] == 200
+    reader = StreamReader(s.port, gen(n=40))  # 2 s when healthy
+    reader.start()
+    reader.wait_chunks(2)
+    s.set_mode("stuck-inference")
+    time.sleep(0.4)
+    seen = len(reader.times)
+    assert call(s.url, gen(prompt="queued"), timeout=0.6)[0] == 0
+    assert len(reader.times) == seen  # no token for 0.6 s
+    status, body = call(s.url, gen(prompt="", n=None), timeout=0.5)
+    assert status == 200 and json.loads(body)["done_reason"] == "load"
+    assert get(s.url + "/api/version", timeout=0.5)[0] == 200
+    assert list(ps(s.url, timeout=0.5)) == [MODEL]
+    assert not reader.done
+    assert sum(" | 200 | " in ln for ln in s.gin_lines("/api/generate")) == 2  # warm-up and load-only
+    s.set_mode("ok")  # the plain form lasts while it is in the file
+    reader.join(5)
+    assert reader.done
+
+
+def test_once_wedge_lasts_until_the_process_exits(launch: Launcher) -> None:
+    """NAME=once latches in the running process; a process started after the write ignores it."""
+    s = launch(env={"STANDIN_TOKEN_SECONDS": "0.02"})
+    assert call(s.url, gen())[0] == 200
+    s.set_mode("stuck-inference=once")
+    s.wait_log("stuck-inference=once: latched")
+    s.set_mode("ok")
+    time.sleep(0.3)
+    assert call(s.url, gen(), timeout=0.5)[0] == 0
+    fresh = launch("stuck-inference=once", env={"STANDIN_TOKEN_SECONDS": "0.02"})
+    assert call(fresh.url, gen(), timeout=2)[0] == 200
+
+
+def test_stuck_eviction(launch: Launcher) -> None:
+    """#17408: loaded models keep answering, loads hang silently, then the pending channel overflows."""
+    s = launch(env={"OLLAMA_MAX_QUEUE": "2"})
+    assert call(s.url, gen())[0] == 200
+    s.set_mode("stuck-eviction")
+    time.sleep(0.3)
+    assert call(s.url, gen(), timeout=1)[0] == 200
+    assert call(s.url, gen(prompt="", n=None), timeout=1)[0] == 200
+    hung = [Call(s.url, gen(MODEL2, prompt=f"h{i}"), timeout=0.5) for i in range(3)]
+    for c in hung:
+        c.start()
+        time.sleep(0.05)
+    for c in hung:
+        c.join(3)
+    assert [c.status for c in hung] == [0, 0, 0]
+    assert call(s.url, gen(MODEL2), timeout=1) == (503, MAX_QUEUE_BODY)
+    assert list(ps(s.url, timeout=0.5)) == [MODEL]
+    assert get(s.url + "/api/tags", timeout=0.5)[0] == 200
+    assert s.log().count("loading model via llama-server") == 1  # no log line for the hung loads
+    assert not any(" | 500 | " in ln for ln in s.gin_lines())  # nor access lines
+    s.set_mode("ok")  # the scheduler moves on: the hung loads are dropped (their clients left), new ones load
+    time.sleep(0.5)
+    assert call(s.url, gen(MODEL2), timeout=3)[0] == 200
+
+
+def test_stuck_child_outlives_sigterm(launch: Launcher) -> None:
+    """D state: generation hangs, an unload holds the scheduler, SIGTERM only closes the port; SIGKILL ends it."""
+    s = launch(env={"STANDIN_TOKEN_SECONDS": "0.02"})
+    assert call(s.url, gen())[0] == 200
+    s.set_mode("stuck-child")
+    time.sleep(0.3)
+    assert call(s.url, gen(), timeout=0.5)[0] == 0
+    assert json.loads(call(s.url, gen(prompt="", n=None, keep_alive=0), timeout=0.5)[1])["done_reason"] == "unload"
+    s.wait_log("stuck-child: unloading")
+    with pytest.raises((TimeoutError, urllib.error.URLError)):
+        get(s.url + "/api/ps", timeout=0.5)  # waits for the unload, which waits for the child
+    assert get(s.url + "/api/version", timeout=0.5)[0] == 200
+    s.proc.send_signal(signal.SIGTERM)
+    s.wait_log("only SIGKILL ends this process")
+    time.sleep(0.5)
+    assert s.proc.poll() is None
+    assert not can_connect(s.port)
+    s.proc.kill()
+    assert s.proc.wait(timeout=2) == -signal.SIGKILL
+
+    idle = launch("stuck-child")  # no model loaded: no child to wait for
+    idle.proc.send_signal(signal.SIGTERM)
+    assert idle.proc.wait(timeout=2) == 0

@@ -2,11 +2,71 @@
 """A stand-in for the Ollama HTTP server, used by ollamactl's tests.
 
 Installed in test containers as /usr/local/bin/ollama and started by the
-upstream-like unit as ``ollama serve``.  It speaks enough of Ollama 0.12.3's
-HTTP API for the official ``ollama`` Python client to work against it, and it
-can be told to misbehave the ways a wedged Ollama does (hang, trickle, ignore
-SIGTERM, fail or be slow to start), so that ollamactl's detection and restart
-logic can be tested without a GPU or a real model.
+upstream-like unit as ``ollama serve``.  It speaks enough of Ollama's HTTP API
+for the official ``ollama`` Python client to work against it, it schedules
+requests the way Ollama's scheduler does (so that a busy or loading server looks
+busy or loading, not wedged), and it can be told to misbehave the ways a
+wedged Ollama does, so that ollamactl's detection and restart logic can be
+tested without a GPU or a real model.  What it models, with the source it is
+read from, is in /work/shared/OLLAMA.md (ollama v0.33.0-rc2: server/sched.go,
+llm/llama_server.go, server/routes.go).
+
+Scheduler (one fake llama-server "child" per loaded model, no real process):
+  - A request for a loaded model takes the fast path: it never queues for the
+    scheduler, then waits for one of the model's OLLAMA_NUM_PARALLEL slots in
+    strict FIFO order, without bound (MAX_QUEUE does not apply).  Tokens are
+    produced one every STANDIN_TOKEN_SECONDS and streamed as they come.
+  - A request that needs a load (model not loaded, or another num_ctx) goes to
+    a pending channel of OLLAMA_MAX_QUEUE; when that is full the answer is HTTP
+    503 {"error":"server busy, please try again.  maximum pending requests
+    exceeded"}.  One load at a time takes STANDIN_LOAD_SECONDS; a load that
+    makes no progress (mode stall-load) fails after OLLAMA_LOAD_TIMEOUT.  With
+    OLLAMA_MAX_LOADED_MODELS models loaded, a load first evicts one: the idle
+    one with the shortest keep-alive (ties: blob path), or waits until the
+    chosen one goes idle.  A client that leaves while its request is in the
+    pending channel is skipped silently: no answer, no log line.
+  - Keep-alive: a model's keep-alive is OLLAMA_KEEP_ALIVE, overwritten by any
+    request that carries ``keep_alive``.  ``expires_at`` in /api/ps is set only
+    when the model's last in-flight request finishes (now + keep-alive); while
+    the model stays busy it does not move, so it drifts into the past.  Before
+    the first request finishes it reads now + keep-alive.  The model is
+    unloaded when it expires; ``keep_alive: 0`` with an empty prompt unloads it
+    once idle (done_reason "unload").
+  - ``POST /api/generate {"model": M}`` (empty prompt) for a loaded model
+    answers done_reason "load" at once, without a slot; for a model that is not
+    loaded it loads it (and may evict another).  It resets the keep-alive
+    timer like any request.
+  - /api/ps waits while a load is in progress (STANDIN_PS_BLOCKS_DURING_LOAD,
+    as since v0.32.4, #17376: it takes each runner's lock) and while an unload
+    waits for a stuck child.
+Models: standin:latest (as before), standin2:latest, standin3:latest,
+standin4:latest, all listed by /api/tags, so that eviction is observable.
+
+Logs, as Ollama writes them (the journal keeps both streams):
+  stdout: one gin access line per request, written when the request completes
+          (a request that never completes never appears; a client that gives
+          up on a queued or generating request produces one, status 500, or
+          the status already sent if tokens were streamed):
+          [GIN] 2026/08/21 - 12:00:01 | 200 |     1.234567s |       127.0.0.1 | POST     "/api/generate"
+          (gin's " %13v " latency column: OLLAMA.md's sample has 2 spaces
+          there, real gin pads "1.234567s" to 13 characters)
+  stderr: slog lines around a load, e.g.
+    time=2026-08-21T12:00:00.000Z level=INFO source=llama_server.go:1048 msg="loading model via llama-server" model=...
+    time=2026-08-21T12:00:01.234Z level=INFO source=llama_server.go:1362 msg="llama-server started in 1.23 seconds"
+          and "Load failed" (sched.go:641) when a load fails; plus the
+          stand-in's own "ollama-standin: ..." lines (one per answered request).
+
+Environment (Ollama's names and defaults; Go durations or whole seconds):
+  OLLAMA_NUM_PARALLEL=1          slots per loaded model (0 counts as 1)
+  OLLAMA_MAX_QUEUE=512           size of the pending (load) channel
+  OLLAMA_MAX_LOADED_MODELS=0     0 means 3 (3 per GPU, one GPU)
+  OLLAMA_KEEP_ALIVE=5m           negative = forever, 0 = unload when idle
+  OLLAMA_LOAD_TIMEOUT=5m         how long a load may stall; <= 0 = forever
+  OLLAMA_CONTEXT_LENGTH=0        num_ctx of a load without num_ctx (0 = 4096)
+Test-only knobs:
+  STANDIN_TOKEN_SECONDS=0.01     time per generated token (and per embedding input)
+  STANDIN_LOAD_SECONDS=0.05      time a load takes
+  STANDIN_PS_BLOCKS_DURING_LOAD=1  0: /api/ps answers during a load, without the loading model
 
 Fault modes are read from $OLLAMA_STANDIN_MODE_FILE (default
 /etc/ollama-standin/mode): a comma-separated list, missing or empty = ok.
@@ -21,6 +81,31 @@ Request-time modes (the file is re-read on every request):
                         answer; /, /api/version, /api/tags, /api/ps still do
   trickle               send status line and headers, then one body byte per
                         second, forever
+Faithful wedges (the file is also re-read every 0.2 s):
+  stuck-inference       the children's inference loops are stuck (#15950,
+                        #1863, #10119): requests in flight stop producing
+                        tokens and never finish, queued ones never get a slot;
+                        the load-only generate of a loaded model, /,
+                        /api/version, /api/tags and /api/ps still answer.  A
+                        client that gives up frees its slot (a 500 gin line).
+  stuck-eviction        the scheduler is stuck on an eviction (#17408): every
+                        request that needs a load hangs silently (no log line,
+                        no error; the pending channel fills, then 503s);
+                        requests for loaded models keep answering.
+  stuck-child           a child stuck in the GPU driver (D state, #2029):
+                        inference is stuck as in stuck-inference; an unload
+                        (expiry, eviction, keep_alive 0) never finishes and
+                        holds the scheduler (/api/ps and every generate block);
+                        SIGTERM with a model loaded closes the listener and
+                        hangs, so a stop takes TimeoutStopSec and only SIGKILL
+                        ends the process.
+  stall-load            loads make no progress and fail after
+                        OLLAMA_LOAD_TIMEOUT (HTTP 500, "Load failed" logged).
+  The whole server silent is "silent" above.
+  NAME=once             (for request-time modes and wedges) latch NAME for the
+                        life of the process that sees it written; a process
+                        started after the file was written ignores it, so a
+                        restart clears the wedge like a real one.
 Process wedges (cleared by a restart, like a real wedge):
   SIGUSR1               hang-generate until this process exits
   SIGUSR2               silent until this process exits
@@ -28,7 +113,7 @@ If several request-time modes are set, silent wins over hang-generate, which
 wins over trickle for the endpoints it covers.
 
 Standard library only; runs on Python 3.11 and later.  It writes nothing but
-log lines to stderr.
+log lines to stdout and stderr.
 """
 
 from __future__ import annotations
@@ -38,6 +123,7 @@ import ipaddress
 import json
 import math
 import os
+import queue
 import re
 import select
 import signal
@@ -46,9 +132,10 @@ import socketserver
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -59,42 +146,118 @@ DEFAULT_SLOW_START = 5.0
 
 START_MODES = frozenset({"slow-start", "exit-at-start", "ignore-sigterm"})
 REQUEST_MODES = frozenset({"silent", "hang-generate", "trickle"})
-KNOWN_MODES = START_MODES | REQUEST_MODES | {"ok"}
+WEDGE_MODES = frozenset({"stuck-inference", "stuck-eviction", "stuck-child", "stall-load"})
+LATCHABLE_MODES = REQUEST_MODES | WEDGE_MODES
+KNOWN_MODES = START_MODES | LATCHABLE_MODES | {"ok"}
 
-MODEL_NAME = "standin:latest"
-MODEL_SIZE = 397_821_319
-MODEL_DIGEST = hashlib.sha256(b"ollamactl test stand-in model").hexdigest()
-MODEL_DETAILS: dict[str, Any] = {
-    "parent_model": "",
-    "format": "gguf",
-    "family": "llama",
-    "families": ["llama"],
-    "parameter_size": "494.03M",
-    "quantization_level": "Q4_K_M",
-}
-CONTEXT_LENGTH = 4096
+NS = 1_000_000_000
+FOREVER_NS = 2**63 - 1  # Go's math.MaxInt64 duration: keep_alive < 0, or no load timeout
 EMBED_DIM = 16
 DEFAULT_NUM_PREDICT = 8
 MAX_NUM_PREDICT = 100_000
-TOKEN_DELAY = 0.01  # seconds per generated token, so streaming is observable
-LOAD_DELAY = 0.05  # seconds to "load" the model the first time
-DEFAULT_KEEP_ALIVE = 300.0  # Ollama's default keep_alive, 5m
-FOREVER_NS = 2**63 - 1  # Go's math.MaxInt64 duration, used for keep_alive < 0
+POLL = 0.1  # how often a waiting request looks whether its client is still there
 WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "again")
+ERR_MAX_QUEUE = "server busy, please try again.  maximum pending requests exceeded"  # server/sched.go ErrMaxQueue
+BLOB_DIR = "/usr/share/ollama/.ollama/models/blobs"
+LLAMA_SERVER = "/usr/local/lib/ollama/llama-server"
 
 GENERATE_PATHS = frozenset({"/api/generate", "/api/chat", "/api/embed", "/api/embeddings"})
 
 _log_lock = threading.Lock()
 
 
-def log(message: str) -> None:
-    """Write one line to stderr; the journal (or a test) is the only reader."""
+def _write(stream: Any, line: str) -> None:
+    """One whole line, flushed at once, so the journal sees it when it happens."""
     with _log_lock:
         try:
-            sys.stderr.write(f"ollama-standin: {message}\n")
-            sys.stderr.flush()
+            stream.write(line + "\n")
+            stream.flush()
         except (OSError, ValueError):
             pass
+
+
+def log(message: str) -> None:
+    """The stand-in's own line on stderr; the journal (or a test) is the only reader."""
+    _write(sys.stderr, f"ollama-standin: {message}")
+
+
+def go_quote(text: str) -> str:
+    """Go's strconv.Quote, for the printable text we log (slog values, gin's %#v path)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _slog_value(value: Any) -> str:
+    """A slog TextHandler value: quoted only if empty or it has spaces, '=', '"' or unprintables."""
+    text = str(value)
+    if text == "" or any(c in ' ="' or not c.isprintable() for c in text):
+        return go_quote(text)
+    return text
+
+
+def _local_now() -> datetime:
+    return datetime.now().astimezone()
+
+
+def slog(level: str, source: str, msg: str, **attrs: Any) -> None:
+    """A line as Ollama's slog text handler writes it to stderr (time, level, source, msg, attrs)."""
+    now = _local_now()
+    stamp = now.isoformat(timespec="milliseconds")
+    if now.utcoffset() == timedelta(0):  # Go's Z07:00 writes UTC as "Z"
+        stamp = stamp[: -len("+00:00")] + "Z"
+    parts = [f"time={stamp}", f"level={level}", f"source={source}", f"msg={_slog_value(msg)}"]
+    parts += [f"{k}={_slog_value(v)}" for k, v in attrs.items()]
+    _write(sys.stderr, " ".join(parts))
+
+
+def go_duration(ns: int) -> str:
+    """Go's time.Duration.String(): 0s, 999ns, 50.263µs, 3.4025ms, 1.234567s, 1m1.5s, 2h0m0s."""
+    if ns == 0:
+        return "0s"
+    sign = "-" if ns < 0 else ""
+    u = abs(ns)
+
+    def frac(whole: int, rest: int, digits: int) -> str:
+        tail = f"{rest:0{digits}d}".rstrip("0")
+        return f"{whole}.{tail}" if tail else str(whole)
+
+    if u < 1000:
+        return f"{sign}{u}ns"
+    if u < 1_000_000:
+        return sign + frac(u // 1000, u % 1000, 3) + "µs"
+    if u < NS:
+        return sign + frac(u // 1_000_000, u % 1_000_000, 6) + "ms"
+    secs, rest = divmod(u, NS)
+    out = frac(secs % 60, rest, 9) + "s"
+    mins = secs // 60
+    if mins:
+        out = f"{mins % 60}m" + out
+        if mins >= 60:
+            out = f"{mins // 60}h" + out
+    return sign + out
+
+
+def gin_line(status: int, latency_ns: int, client_ip: str, method: str, path: str, when: datetime | None = None) -> str:
+    """gin's default access-log line, uncoloured (stdout is not a terminal under systemd)."""
+    when = when or _local_now()
+    if latency_ns > 60 * NS:  # gin truncates latencies over a minute to whole seconds
+        latency_ns -= latency_ns % NS
+    return (
+        f"[GIN] {when:%Y/%m/%d - %H:%M:%S} | {status:3d} | {go_duration(latency_ns):>13} | {client_ip:>15} |"
+        f" {method:<7}  {go_quote(path)}"
+    )
+
+
+def gin(status: int, latency_ns: int, client_ip: str, method: str, path: str) -> None:
+    """Write a gin access line to stdout, where gin.DefaultWriter sends it."""
+    _write(sys.stdout, gin_line(status, latency_ns, client_ip, method, path))
+
+
+def human_bytes(n: int) -> str:
+    """format.HumanBytes2, for the "system memory" line."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
 
 
 # --------------------------------------------------------------------------
@@ -211,6 +374,128 @@ def parse_ollama_host(value: str | None) -> HostSpec:
 
 
 # --------------------------------------------------------------------------
+# Configuration, from the environment like envconfig (v0.33.0-rc2)
+# --------------------------------------------------------------------------
+
+_GO_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000, "s": NS, "m": 60 * NS, "h": 3600 * NS}
+
+
+def go_parse_duration(text: str) -> int:
+    """Go's time.ParseDuration, in ns; raises ValueError with Go's message."""
+    s = text
+    neg = s[:1] == "-"
+    if s[:1] in ("-", "+"):
+        s = s[1:]
+    if s == "0":
+        return 0
+    if not s:
+        raise ValueError(f"time: invalid duration {go_quote(text)}")
+    total = 0.0
+    while s:
+        num = re.match(r"[0-9]*(?:\.[0-9]*)?", s).group(0)  # type: ignore[union-attr]
+        if num in ("", "."):
+            raise ValueError(f"time: invalid duration {go_quote(text)}")
+        s = s[len(num) :]
+        unit = re.match(r"[^0-9.]*", s).group(0)  # type: ignore[union-attr]
+        if not unit:
+            raise ValueError(f"time: missing unit in duration {go_quote(text)}")
+        if unit not in _GO_UNITS:
+            raise ValueError(f"time: unknown unit {go_quote(unit)} in duration {go_quote(text)}")
+        total += float(num) * _GO_UNITS[unit]
+        s = s[len(unit) :]
+    ns = min(int(round(total)), FOREVER_NS)
+    return -ns if neg else ns
+
+
+def env_var(environ: Mapping[str, str], key: str) -> str:
+    """envconfig.Var: the value trimmed of spaces, then of quotes."""
+    return (environ.get(key) or "").strip().strip("\"'")
+
+
+def env_uint(environ: Mapping[str, str], key: str, default: int) -> int:
+    """envconfig.Uint: a decimal unsigned integer, else a warning and the default."""
+    s = env_var(environ, key)
+    if not s:
+        return default
+    if re.fullmatch(r"[0-9]+", s) and int(s) < 2**64:
+        return int(s)
+    slog("WARN", "config.go:263", "invalid environment variable, using default", key=key, value=s, default=default)
+    return default
+
+
+def env_duration(environ: Mapping[str, str], key: str, default_ns: int) -> int:
+    """envconfig.KeepAlive/LoadTimeout parsing: a Go duration, else whole seconds, else the default."""
+    s = env_var(environ, key)
+    if not s:
+        return default_ns
+    try:
+        return go_parse_duration(s)
+    except ValueError:
+        pass
+    if re.fullmatch(r"[+-]?[0-9]+", s):
+        return max(-FOREVER_NS, min(int(s) * NS, FOREVER_NS))
+    return default_ns
+
+
+def env_seconds(environ: Mapping[str, str], key: str, default: float) -> float:
+    """A STANDIN_* timing knob: seconds >= 0, else a warning and the default."""
+    s = env_var(environ, key)
+    if not s:
+        return default
+    try:
+        val = float(s)
+    except ValueError:
+        val = -1.0
+    if not math.isfinite(val) or val < 0:
+        log(f"warning: bad {key}={s!r}, using {default:g}")
+        return default
+    return val
+
+
+@dataclass(frozen=True)
+class Config:
+    """The scheduler's settings: Ollama's environment variables plus the stand-in's timings."""
+
+    num_parallel: int = 1
+    max_queue: int = 512
+    max_loaded: int = 3
+    keep_alive_ns: int = 300 * NS
+    load_timeout_ns: int = 300 * NS
+    num_ctx: int = 4096
+    token_seconds: float = 0.01
+    load_seconds: float = 0.05
+    ps_blocks_during_load: bool = True
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Config:
+        """Read the variables as ollama serve does, with its defaults."""
+        keep_alive = env_duration(environ, "OLLAMA_KEEP_ALIVE", 300 * NS)
+        load_timeout = env_duration(environ, "OLLAMA_LOAD_TIMEOUT", 300 * NS)
+        return cls(
+            num_parallel=max(env_uint(environ, "OLLAMA_NUM_PARALLEL", 1), 1),
+            max_queue=env_uint(environ, "OLLAMA_MAX_QUEUE", 512),
+            max_loaded=env_uint(environ, "OLLAMA_MAX_LOADED_MODELS", 0) or 3,  # defaultModelsPerGPU * 1
+            keep_alive_ns=FOREVER_NS if keep_alive < 0 else keep_alive,
+            load_timeout_ns=FOREVER_NS if load_timeout <= 0 else load_timeout,
+            num_ctx=env_uint(environ, "OLLAMA_CONTEXT_LENGTH", 0) or 4096,
+            token_seconds=env_seconds(environ, "STANDIN_TOKEN_SECONDS", 0.01),
+            load_seconds=env_seconds(environ, "STANDIN_LOAD_SECONDS", 0.05),
+            ps_blocks_during_load=env_var(environ, "STANDIN_PS_BLOCKS_DURING_LOAD").lower()
+            not in ("0", "false", "no", "off"),
+        )
+
+    def describe(self) -> str:
+        """One line for the start-up log."""
+        return (
+            f"OLLAMA_NUM_PARALLEL={self.num_parallel} OLLAMA_MAX_QUEUE={self.max_queue}"
+            f" OLLAMA_MAX_LOADED_MODELS={self.max_loaded} OLLAMA_KEEP_ALIVE={go_duration(self.keep_alive_ns)}"
+            f" OLLAMA_LOAD_TIMEOUT={go_duration(self.load_timeout_ns)} OLLAMA_CONTEXT_LENGTH={self.num_ctx}"
+            f" STANDIN_TOKEN_SECONDS={self.token_seconds:g} STANDIN_LOAD_SECONDS={self.load_seconds:g}"
+            f" STANDIN_PS_BLOCKS_DURING_LOAD={int(self.ps_blocks_during_load)}"
+        )
+
+
+# --------------------------------------------------------------------------
 # Fault modes
 # --------------------------------------------------------------------------
 
@@ -295,8 +580,526 @@ def slow_start_seconds(modes: Modes) -> float:
     return secs
 
 
+# Wedges that live only as long as this process, like a real Ollama wedge that
+# a restart clears: SIGUSR1 hangs generate, SIGUSR2 makes every request hang.
+_process_modes: set[str] = set()
+
+
+class ModeFile:
+    """The mode file as this process sees it, with ``NAME=once`` latched for the life of the process.
+
+    A once-mode latches only if the file was written after this process
+    started, so the process a restart brings up is healthy again.
+    """
+
+    def __init__(self, path: str, started_ns: int) -> None:
+        self.path = path
+        self.started_ns = started_ns
+        self._lock = threading.Lock()
+        self._latched: set[str] = set()
+        self.snapshot = Modes()
+
+    def current(self) -> Modes:
+        """Re-read the file (each request does), latch new once-modes, add the process wedges."""
+        try:
+            mtime_ns = os.stat(self.path).st_mtime_ns
+        except OSError:
+            mtime_ns = 0
+        modes = read_modes(self.path)
+        with self._lock:
+            for name, val in list(modes.values.items()):
+                if name in LATCHABLE_MODES and (val or "").lower() == "once":
+                    del modes.values[name]
+                    if mtime_ns > self.started_ns and name not in self._latched:
+                        self._latched.add(name)
+                        log(f"{name}=once: latched until this process exits")
+            for name in sorted(self._latched | _process_modes):
+                modes.values.setdefault(name, None)
+            self.snapshot = modes
+        return modes
+
+    def active(self, name: str) -> bool:
+        """Is ``name`` in effect now (as of the last read, at most 0.2 s old)?"""
+        return name in self.snapshot
+
+    def watch(self, period: float = 0.2) -> None:
+        """Re-read the file periodically, so wedges start and latch without a request."""
+
+        def loop() -> None:
+            while True:
+                self.current()
+                time.sleep(period)
+
+        threading.Thread(target=loop, name="mode-file", daemon=True).start()
+
+
 # --------------------------------------------------------------------------
-# Model state and API payloads
+# Models
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One installed model, as /api/tags and /api/ps describe it."""
+
+    name: str
+    size: int
+    seed: bytes
+    parameter_size: str
+    age_s: int = 0  # how long before start-up it was "pulled": /api/tags lists newest first
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.seed).hexdigest()
+
+    @property
+    def blob(self) -> str:
+        """The model file's path, which the scheduler sorts eviction ties by."""
+        return f"{BLOB_DIR}/sha256-{self.digest}"
+
+    def entry(self) -> dict[str, Any]:
+        """The fields /api/tags and /api/ps share."""
+        return {
+            "name": self.name,
+            "model": self.name,
+            "size": self.size,
+            "digest": self.digest,
+            "details": {
+                "parent_model": "",
+                "format": "gguf",
+                "family": "llama",
+                "families": ["llama"],
+                "parameter_size": self.parameter_size,
+                "quantization_level": "Q4_K_M",
+            },
+        }
+
+
+MODELS: dict[str, ModelInfo] = {
+    m.name: m
+    for m in (
+        ModelInfo("standin:latest", 397_821_319, b"ollamactl test stand-in model", "494.03M"),
+        ModelInfo("standin2:latest", 986_061_427, b"ollamactl test stand-in model 2", "1.54B", 3600),
+        ModelInfo("standin3:latest", 2_019_393_189, b"ollamactl test stand-in model 3", "3.21B", 7200),
+        ModelInfo("standin4:latest", 4_683_087_332, b"ollamactl test stand-in model 4", "7.62B", 10800),
+    )
+}
+MODEL_NAME = "standin:latest"
+_MODEL_RE = re.compile(r"(?:(?:registry\.ollama\.ai/)?library/)?(standin[234]?)(?::latest)?", re.IGNORECASE)
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": message}`` with an HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def resolve_model(name: Any) -> ModelInfo:
+    """The installed model a request names; unknown names are a 404 like Ollama's."""
+    m = _MODEL_RE.fullmatch(name) if isinstance(name, str) else None
+    if m is None:
+        shown = name if isinstance(name, str) else ""
+        raise ApiError(404, f"model '{shown}' not found")
+    return MODELS[m.group(1).lower() + ":latest"]
+
+
+# --------------------------------------------------------------------------
+# The scheduler (server/sched.go) and the children's slots (llm/llama_server.go)
+# --------------------------------------------------------------------------
+
+
+class ClientGone(Exception):
+    """The client closed its connection: the Go request context is cancelled."""
+
+
+class Abandoned(Exception):
+    """A request Ollama never answers and never logs (skipped in the pending channel)."""
+
+
+class RequestCtx:
+    """What a Go handler learns from its request context: has the client gone away?"""
+
+    def __init__(self, sock: socket.socket | None = None) -> None:
+        self._sock = sock
+        self._gone = False
+        self.on_done: list[Callable[[], None]] = []  # run after the gin line, like ctx.Done() watchers
+
+    def gone(self) -> bool:
+        """True once the peer has closed or reset the connection (a peek, reads nothing)."""
+        if self._gone or self._sock is None:
+            return self._gone
+        try:
+            poller = select.poll()
+            poller.register(self._sock, select.POLLIN | select.POLLHUP | select.POLLERR)
+            events = poller.poll(0)
+            if events:
+                if events[0][1] & (select.POLLHUP | select.POLLERR):
+                    self._gone = True
+                elif not self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                    self._gone = True
+        except BlockingIOError:
+            pass
+        except (OSError, ValueError):
+            self._gone = True
+        return self._gone
+
+
+class FifoSemaphore:
+    """golang.org/x/sync/semaphore.Weighted with weight 1: first come, first served, no bound."""
+
+    def __init__(self, size: int) -> None:
+        self._lock = threading.Lock()
+        self._free = size
+        self._waiters: deque[threading.Event] = deque()
+
+    def acquire(self, ctx: RequestCtx) -> None:
+        """Wait for a slot in arrival order; raise ClientGone if the client leaves first."""
+        with self._lock:
+            if self._free > 0 and not self._waiters:
+                self._free -= 1
+                return
+            ready = threading.Event()
+            self._waiters.append(ready)
+        while not ready.wait(POLL):
+            if ctx.gone():
+                with self._lock:
+                    if ready.is_set():  # granted meanwhile: give it back, as Weighted does
+                        self._free += 1
+                    else:
+                        self._waiters.remove(ready)
+                    self._grant()
+                raise ClientGone
+
+    def release(self) -> None:
+        """Free a slot; the longest waiter gets it."""
+        with self._lock:
+            self._free += 1
+            self._grant()
+
+    def _grant(self) -> None:
+        while self._free > 0 and self._waiters:
+            self._free -= 1
+            self._waiters.popleft().set()
+
+    def waiting(self) -> int:
+        """Requests queued for a slot now."""
+        with self._lock:
+            return len(self._waiters)
+
+
+class Runner:
+    """A loaded model (runnerRef): its child's slots, in-flight count, keep-alive and expiry."""
+
+    def __init__(self, model: ModelInfo, num_ctx: int, session_ns: int, num_parallel: int, port: int) -> None:
+        self.model = model
+        self.num_ctx = num_ctx
+        self.session_ns = session_ns
+        self.slots = FifoSemaphore(num_parallel)
+        self.port = port
+        self.ref_count = 0
+        self.expires_ns = 0  # Go's zero time until the first request finishes
+
+
+@dataclass(eq=False)
+class LlmRequest:
+    """A request waiting for the scheduler to give it a runner."""
+
+    model: ModelInfo
+    num_ctx: int
+    session_ns: int | None
+    ctx: RequestCtx
+    done: threading.Event = field(default_factory=threading.Event)
+    runner: Runner | None = None
+    error: ApiError | None = None
+    skipped: bool = False
+
+
+class PendingChannel:
+    """pendingReqCh: a Go channel of MAX_QUEUE with a non-blocking send (select/default)."""
+
+    def __init__(self, capacity: int) -> None:
+        self._cond = threading.Condition()
+        self._items: deque[LlmRequest] = deque()
+        self._capacity = capacity
+        self._receivers = 0
+
+    def try_put(self, item: LlmRequest) -> bool:
+        """Queue ``item``, or return False when the channel is full."""
+        with self._cond:
+            if len(self._items) >= self._capacity + self._receivers:
+                return False
+            self._items.append(item)
+            self._cond.notify()
+            return True
+
+    def get(self) -> LlmRequest:
+        """The oldest item, waiting for one."""
+        with self._cond:
+            self._receivers += 1
+            while not self._items:
+                self._cond.wait()
+            self._receivers -= 1
+            return self._items.popleft()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+
+class Scheduler:
+    """Ollama's scheduler: a fast path for loaded models, one pending loop for loads, one completion loop.
+
+    ``cond`` plays loadedMu (and the runners' refMu): whoever holds it forever
+    (an unload waiting for a stuck child) stops /api/ps and every generate.
+    """
+
+    def __init__(self, cfg: Config, active: Callable[[str], bool]) -> None:
+        self.cfg = cfg
+        self._active = active
+        self.cond = threading.Condition()
+        self.loaded: dict[str, Runner] = {}
+        self.loading: ModelInfo | None = None
+        self.unloads = 0
+        self.pending = PendingChannel(cfg.max_queue)
+        self._deadlines: dict[Runner, float] = {}
+        self._completed: queue.SimpleQueue[tuple[str, Runner]] = queue.SimpleQueue()
+        self._ports = iter(range(40000 + os.getpid() % 10000, 65535))
+        for target in (self._run_pending, self._run_completed, self._run_reaper):
+            threading.Thread(target=target, name=target.__name__, daemon=True).start()
+
+    # -- called by request handlers -------------------------------------------
+
+    def get_runner(self, model: ModelInfo, num_ctx: int, session_ns: int | None, ctx: RequestCtx) -> Runner:
+        """getRunner + scheduleRunner: the runner for ``model``; call finished() once the request ends."""
+        req = LlmRequest(model, max(num_ctx, 4), session_ns, ctx)
+        with self.cond:
+            r = self.loaded.get(model.name)
+            if r is not None and r.num_ctx == req.num_ctx:
+                self._use_loaded(r, req)
+                return r
+        if not self.pending.try_put(req):
+            raise ApiError(503, ERR_MAX_QUEUE)
+        while not req.done.wait(POLL):
+            if ctx.gone():
+                req.done.wait()  # Go's handler waits on, ignoring its context, until the scheduler gets to it
+                break
+        if req.skipped:
+            raise Abandoned
+        if req.error is not None:
+            raise req.error
+        assert req.runner is not None
+        return req.runner
+
+    def finished(self, runner: Runner) -> None:
+        """A request that got ``runner`` is over (finishedReqCh)."""
+        self._completed.put(("finished", runner))
+
+    def expire_runner(self, model: ModelInfo) -> None:
+        """keep_alive 0 with an empty prompt: unload ``model`` as soon as it is idle."""
+        with self.cond:
+            r = self.loaded.get(model.name)
+            if r is None:
+                return
+            r.expires_ns = time.time_ns()
+            self._deadlines.pop(r, None)
+            r.session_ns = 0
+            if r.ref_count <= 0:
+                self._completed.put(("expired", r))
+
+    def loaded_models(self) -> list[tuple[Runner, int]]:
+        """(runner, expires_at ns) for /api/ps; waits out a load in progress if so configured."""
+        with self.cond:
+            while self.loading is not None and self.cfg.ps_blocks_during_load:
+                self.cond.wait()
+            now = time.time_ns()
+            return [(r, r.expires_ns or now + r.session_ns) for r in self.loaded.values()]
+
+    # -- the pending loop (processPending) ------------------------------------
+
+    def _run_pending(self) -> None:
+        while True:
+            req = self.pending.get()
+            if req.ctx.gone():  # pending.ctx.Err() != nil: skipped, never answered
+                req.skipped = True
+                req.done.set()
+                continue
+            try:
+                self._schedule(req)
+            except Exception as e:  # noqa: BLE001 - one bad request must not stop the scheduler
+                log(f"scheduler error: {e!r}")
+                req.error = ApiError(500, str(e))
+                req.done.set()
+
+    def _schedule(self, req: LlmRequest) -> None:
+        while True:
+            with self.cond:
+                r = self.loaded.get(req.model.name)
+                victim = None
+                if r is not None:
+                    if r.num_ctx == req.num_ctx:
+                        self._use_loaded(r, req)
+                        req.runner = r
+                        req.done.set()
+                        return
+                    victim = r  # other options: reload
+                elif len(self.loaded) >= self.cfg.max_loaded:
+                    victim = self._runner_to_unload()
+            while self._active("stuck-eviction"):  # #17408: blocked for good, silently
+                time.sleep(POLL)
+            if victim is None:
+                self._load(req)
+                return
+            with self.cond:
+                if self.loaded.get(victim.model.name) is not victim:
+                    continue
+                self._deadlines.pop(victim, None)
+                victim.session_ns = 0
+                if victim.ref_count <= 0:
+                    self._completed.put(("expired", victim))
+                seen = self.unloads
+                while self.unloads == seen:  # until the unload happens: busy victims are waited for
+                    self.cond.wait()
+
+    def _runner_to_unload(self) -> Runner:
+        """findRunnerToUnload: by keep-alive, then blob path; the first idle one, else the first."""
+        runners = sorted(self.loaded.values(), key=lambda r: (r.session_ns, r.model.blob))
+        return next((r for r in runners if r.ref_count <= 0), runners[0])
+
+    def _use_loaded(self, r: Runner, req: LlmRequest) -> None:
+        r.ref_count += 1
+        self._deadlines.pop(r, None)
+        if req.session_ns is not None:
+            r.session_ns = req.session_ns
+        self.cond.notify_all()
+
+    def _load(self, req: LlmRequest) -> None:
+        """Start a child and wait until it is ready, logging what Ollama logs around a load."""
+        cfg, m = self.cfg, req.model
+        with self.cond:
+            self.loading = m
+        port = next(self._ports)
+        np_ = cfg.num_parallel
+        cmd = (
+            f"{LLAMA_SERVER} --model {m.blob} --port {port} --host 127.0.0.1 --no-webui --offline"
+            f" -c {req.num_ctx * np_} -np {np_}"
+        )
+        slog("INFO", "llama_server.go:433", "starting llama-server", cmd=cmd)
+        slog("INFO", "sched.go:613", "system memory", total="15.5 GiB", free="12.1 GiB", free_swap="0 B")
+        slog("INFO", "llama_server.go:1048", "loading model via llama-server", model=m.blob)
+        start = time.monotonic()
+        slog("INFO", "llama_server.go:1295", "waiting for llama-server to start responding")
+        slog(
+            "INFO",
+            "llama_server.go:1350",
+            "waiting for llama-server to become available",
+            status="llm server loading model",
+        )
+        progress = 0.0
+        last = last_activity = start
+        error: tuple[str, ApiError] | None = None
+        while True:
+            now = time.monotonic()
+            if not self._active("stall-load"):
+                progress += now - last
+                last_activity = now
+            last = now
+            if progress >= cfg.load_seconds:
+                break
+            if req.ctx.gone():
+                slog(
+                    "WARN",
+                    "llama_server.go:1301",
+                    "client connection closed before llama-server finished loading, aborting load",
+                )
+                msg = "timed out waiting for llama-server to start: context canceled"
+                error = (msg, ApiError(499, "request canceled"))
+                break
+            if (now - last_activity) * NS >= cfg.load_timeout_ns:
+                msg = "timed out waiting for llama-server to start - "
+                error = (msg, ApiError(500, msg))
+                break
+            time.sleep(min(0.05, max(0.001, cfg.load_seconds - progress)))
+        if error is not None:
+            slog("INFO", "sched.go:641", "Load failed", model=m.blob, error=error[0])
+            with self.cond:
+                self.loading = None
+                self.cond.notify_all()
+            req.error = error[1]
+            req.done.set()
+            return
+        slog("INFO", "llama_server.go:1362", f"llama-server started in {time.monotonic() - start:0.2f} seconds")
+        session = cfg.keep_alive_ns if req.session_ns is None else req.session_ns
+        r = Runner(m, req.num_ctx, session, np_, port)
+        with self.cond:
+            self.loaded[m.name] = r
+            self.loading = None
+            slog("INFO", "sched.go:728", "loaded runners", count=len(self.loaded))
+            r.ref_count += 1
+            self.cond.notify_all()
+        # the goroutine that holds the runner until it answers waits once more (quickly)
+        slog("INFO", "llama_server.go:1295", "waiting for llama-server to start responding")
+        slog("INFO", "llama_server.go:1362", f"llama-server started in {time.monotonic() - start:0.2f} seconds")
+        req.runner = r
+        req.done.set()
+
+    # -- the completion loop (processCompleted) and the expiry timers ----------
+
+    def _run_completed(self) -> None:
+        while True:
+            kind, r = self._completed.get()
+            with self.cond:
+                if kind == "finished":
+                    self._on_finished(r)
+                else:
+                    self._on_expired(r)
+
+    def _on_finished(self, r: Runner) -> None:
+        if self.loaded.get(r.model.name) is not r:
+            return
+        r.ref_count -= 1
+        if r.ref_count > 0:
+            return
+        if r.session_ns <= 0:
+            self._deadlines.pop(r, None)
+            self._completed.put(("expired", r))
+            return
+        r.expires_ns = time.time_ns() + r.session_ns
+        if r.session_ns < FOREVER_NS:
+            self._deadlines[r] = time.monotonic() + r.session_ns / NS
+        self.cond.notify_all()
+
+    def _on_expired(self, r: Runner) -> None:
+        if r.ref_count > 0:  # busy again: try again shortly, as the Go loop does
+            threading.Timer(0.01, self._completed.put, args=(("expired", r),)).start()
+            return
+        if self.loaded.get(r.model.name) is not r:
+            return
+        if self._active("stuck-child"):
+            log(f"stuck-child: unloading {r.model.name} waits for a child that never exits (scheduler held)")
+            while True:  # runner.unload() -> Close() waits for the child, with the locks held
+                time.sleep(3600)
+        del self.loaded[r.model.name]
+        self._deadlines.pop(r, None)
+        self.unloads += 1
+        self.cond.notify_all()
+
+    def _run_reaper(self) -> None:
+        with self.cond:
+            while True:
+                now = time.monotonic()
+                for r, due in list(self._deadlines.items()):
+                    if due <= now:
+                        del self._deadlines[r]
+                        self._completed.put(("expired", r))
+                nxt = min(self._deadlines.values(), default=None)
+                self.cond.wait(None if nxt is None else max(0.0, nxt - now))
+
+
+# --------------------------------------------------------------------------
+# API payloads
 # --------------------------------------------------------------------------
 
 
@@ -316,112 +1119,6 @@ def go_time(ns: int, local: bool = False) -> str:
     sign = "+" if total > 0 else "-"
     total = abs(total)
     return out + f"{sign}{total // 3600:02d}:{total % 3600 // 60:02d}"
-
-
-class ApiError(Exception):
-    """An error answered as ``{"error": message}`` with an HTTP status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-_MODEL_RE = re.compile(r"(?:(?:registry\.ollama\.ai/)?library/)?standin(?::latest)?", re.IGNORECASE)
-
-
-class ModelState:
-    """Whether the one model is loaded, and until when (what /api/ps shows)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._expires_ns: int | None = None
-        self.modified_ns = time.time_ns()
-
-    def loaded(self) -> int | None:
-        """Expiry time in ns if loaded now, else None."""
-        with self._lock:
-            if self._expires_ns is not None and self._expires_ns <= time.time_ns():
-                self._expires_ns = None
-            return self._expires_ns
-
-    def load(self) -> int:
-        """Load the model (slowly the first time); return load duration in ns."""
-        start = time.monotonic_ns()
-        if self.loaded() is None:
-            time.sleep(LOAD_DELAY)
-        with self._lock:
-            if self._expires_ns is None:
-                self._expires_ns = time.time_ns() + 60 * 1_000_000_000
-        return max(1, time.monotonic_ns() - start)
-
-    def keep(self, keep_alive_ns: int) -> None:
-        """Set the expiry after a request, as the scheduler does (0 = unload)."""
-        with self._lock:
-            if keep_alive_ns == -1:  # parse_keep_alive's "forever"
-                self._expires_ns = time.time_ns() + FOREVER_NS
-            elif keep_alive_ns <= 0:
-                self._expires_ns = None
-            else:
-                self._expires_ns = time.time_ns() + keep_alive_ns
-
-    def unload(self) -> None:
-        """Drop the model, as keep_alive=0 with an empty prompt does."""
-        with self._lock:
-            self._expires_ns = None
-
-
-def model_entry() -> dict[str, Any]:
-    """The fields /api/tags and /api/ps share for standin:latest."""
-    return {
-        "name": MODEL_NAME,
-        "model": MODEL_NAME,
-        "size": MODEL_SIZE,
-        "digest": MODEL_DIGEST,
-        "details": dict(MODEL_DETAILS),
-    }
-
-
-_DURATION_RE = re.compile(r"([0-9]*\.?[0-9]+)(ns|us|µs|ms|s|m|h)")
-_UNIT_NS = {"ns": 1, "us": 1e3, "µs": 1e3, "ms": 1e6, "s": 1e9, "m": 60e9, "h": 3600e9}
-
-
-def parse_keep_alive(value: Any) -> int:
-    """Parse keep_alive like api.Duration: seconds or a Go duration string.
-
-    Returns ns; -1 means forever (any negative value), 0 means unload now.
-    """
-    if value is None:
-        return int(DEFAULT_KEEP_ALIVE * 1e9)
-    if isinstance(value, bool):
-        raise ApiError(400, "json: cannot unmarshal bool into Go struct field .keep_alive")
-    if isinstance(value, (int, float)):
-        return -1 if value < 0 else int(value * 1e9)
-    if isinstance(value, str):
-        text = value.strip()
-        neg = text.startswith("-")
-        body = text.lstrip("+-")
-        if body == "0":
-            return 0
-        total = 0.0
-        pos = 0
-        for m in _DURATION_RE.finditer(body):
-            if m.start() != pos:
-                break
-            total += float(m.group(1)) * _UNIT_NS[m.group(2)]
-            pos = m.end()
-        if not body or pos != len(body):
-            raise ApiError(400, f'time: invalid duration "{value}"')
-        return -1 if neg else int(total)
-    raise ApiError(400, "json: cannot unmarshal keep_alive")
-
-
-def _check_model(name: Any) -> str:
-    """Resolve the requested model; unknown names are a 404 like Ollama's."""
-    if not isinstance(name, str) or not _MODEL_RE.fullmatch(name):
-        shown = name if isinstance(name, str) else ""
-        raise ApiError(404, f"model '{shown}' not found")
-    return name
 
 
 def _field(body: dict[str, Any], key: str, kind: type, go_type: str) -> Any:
@@ -525,58 +1222,122 @@ def _ndjson(objs: Iterator[dict[str, Any]]) -> Iterator[bytes]:
         yield json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
-class Api:
-    """The Ollama endpoints the stand-in implements, over one fake model."""
+def parse_keep_alive(value: Any) -> int | None:
+    """Parse keep_alive like api.Duration: seconds or a Go duration string.
 
-    def __init__(self) -> None:
-        self.model = ModelState()
+    Returns ns, or None when the request carries none; negative means forever
+    (FOREVER_NS), 0 means unload when idle.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ApiError(400, "json: cannot unmarshal bool into Go struct field .keep_alive")
+    if isinstance(value, (int, float)):
+        return FOREVER_NS if value < 0 else min(int(value * NS), FOREVER_NS)
+    if isinstance(value, str):
+        try:
+            ns = go_parse_duration(value)
+        except ValueError as e:
+            raise ApiError(400, str(e)) from None
+        return FOREVER_NS if ns < 0 else ns
+    raise ApiError(400, "json: cannot unmarshal keep_alive")
+
+
+def _num_ctx(body: dict[str, Any], default: int) -> int:
+    """options.num_ctx, or the server's default; another value than the loaded one forces a reload."""
+    options = _field(body, "options", dict, "map[string]interface {}") or {}
+    raw = options.get("num_ctx")
+    if raw is None:
+        return default
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+        raise ApiError(400, f'option "num_ctx" must be of type integer, got {_json_kind(raw)}')
+    return int(raw)
+
+
+class Api:
+    """The Ollama endpoints the stand-in implements, over the scheduler and its fake children."""
+
+    def __init__(self, cfg: Config, modes: ModeFile, started_ns: int | None = None) -> None:
+        self.cfg = cfg
+        self.modes = modes
+        self.sched = Scheduler(cfg, modes.active)
+        self.started_ns = time.time_ns() if started_ns is None else started_ns
 
     # -- read-only endpoints ------------------------------------------------
 
-    def root(self, _body: bytes) -> Reply:
+    def root(self, _body: bytes, _ctx: RequestCtx) -> Reply:
         """GET / : the liveness text every Ollama answers."""
         return text_reply(200, "Ollama is running")
 
-    def version(self, _body: bytes) -> Reply:
+    def version(self, _body: bytes, _ctx: RequestCtx) -> Reply:
         """GET /api/version."""
         return json_reply(200, {"version": VERSION})
 
-    def tags(self, _body: bytes) -> Reply:
-        """GET /api/tags: the one installed model."""
-        entry = model_entry()
-        entry["modified_at"] = go_time(self.model.modified_ns, local=True)
+    def tags(self, _body: bytes, _ctx: RequestCtx) -> Reply:
+        """GET /api/tags: the installed models, newest first."""
         order = ["name", "model", "modified_at", "size", "digest", "details"]
-        return json_reply(200, {"models": [{k: entry[k] for k in order}]})
+        out = []
+        for m in sorted(MODELS.values(), key=lambda m: m.age_s):
+            entry = m.entry()
+            entry["modified_at"] = go_time(self.started_ns - m.age_s * NS, local=True)
+            out.append({k: entry[k] for k in order})
+        return json_reply(200, {"models": out})
 
-    def ps(self, _body: bytes) -> Reply:
-        """GET /api/ps: the model, once a request has loaded it."""
-        expires = self.model.loaded()
-        if expires is None:
-            return json_reply(200, {"models": []})
-        entry = model_entry()
-        entry["expires_at"] = go_time(expires, local=True)
-        entry["size_vram"] = 0
-        entry["context_length"] = CONTEXT_LENGTH
-        return json_reply(200, {"models": [entry]})
+    def ps(self, _body: bytes, _ctx: RequestCtx) -> Reply:
+        """GET /api/ps: the loaded models, longest time to expiry first; no in-use or queue field."""
+        rows = []
+        for r, expires in self.sched.loaded_models():
+            entry = r.model.entry()
+            entry["expires_at"] = go_time(expires, local=True)
+            entry["size_vram"] = 0
+            entry["context_length"] = r.num_ctx
+            rows.append((expires // NS, entry))
+        rows.sort(key=lambda row: -row[0])
+        return json_reply(200, {"models": [entry for _, entry in rows]})
 
     # -- model endpoints ----------------------------------------------------
 
-    def generate(self, raw: bytes) -> Reply:
+    def generate(self, raw: bytes, ctx: RequestCtx) -> Reply:
         """POST /api/generate."""
-        return self._complete(raw, chat=False)
+        return self._complete(raw, ctx, chat=False)
 
-    def chat(self, raw: bytes) -> Reply:
+    def chat(self, raw: bytes, ctx: RequestCtx) -> Reply:
         """POST /api/chat."""
-        return self._complete(raw, chat=True)
+        return self._complete(raw, ctx, chat=True)
 
-    def _complete(self, raw: bytes, chat: bool) -> Reply:
+    def _runner(self, model: ModelInfo, body: dict[str, Any], ctx: RequestCtx) -> Runner:
+        """Schedule a runner for this request; it is released after the request's gin line."""
+        runner = self.sched.get_runner(
+            model, _num_ctx(body, self.cfg.num_ctx), parse_keep_alive(body.get("keep_alive")), ctx
+        )
+        ctx.on_done.append(lambda: self.sched.finished(runner))
+        return runner
+
+    def _token(self, ctx: RequestCtx) -> None:
+        """Wait for the next token: STANDIN_TOKEN_SECONDS, or forever while the child is stuck."""
+        end = time.monotonic() + self.cfg.token_seconds
+        while True:
+            if self.modes.active("stuck-inference") or self.modes.active("stuck-child"):
+                time.sleep(POLL)
+                end = time.monotonic() + self.cfg.token_seconds
+            else:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return
+                time.sleep(min(left, POLL))
+            if ctx.gone():
+                raise ClientGone
+
+    def _complete(self, raw: bytes, ctx: RequestCtx, chat: bool) -> Reply:
         t0 = time.monotonic_ns()
         body = decode_body(raw, "api.ChatRequest" if chat else "api.GenerateRequest")
-        name = _check_model(body.get("model"))
+        model = resolve_model(body.get("model"))
+        name = body["model"]
         stream = _field(body, "stream", bool, "bool")
         stream = True if stream is None else stream
         keep_alive = parse_keep_alive(body.get("keep_alive"))
         n, limited = _num_predict(body)
+        _num_ctx(body, self.cfg.num_ctx)  # validated before anything is scheduled
         if chat:
             messages = _field(body, "messages", list, "[]api.Message") or []
             texts = []
@@ -604,38 +1365,38 @@ class Api:
         def base() -> dict[str, Any]:
             return {"model": name, "created_at": go_time(time.time_ns())}
 
-        if empty and keep_alive == 0:
-            self.model.unload()
+        def bare(reason: str) -> Reply:
             done = base()
             if chat:
                 done["message"] = {"role": "assistant", "content": ""}
             else:
                 done["response"] = ""
-            done.update(done=True, done_reason="unload")
+            done.update(done=True, done_reason=reason)
             return json_reply(200, done)
 
-        load_ns = self.model.load()
-        if empty:
-            self.model.keep(keep_alive)
-            done = base()
-            if chat:
-                done["message"] = {"role": "assistant", "content": ""}
-            else:
-                done["response"] = ""
-            done.update(done=True, done_reason="load")
-            return json_reply(200, done)
+        if empty and keep_alive == 0:
+            self.sched.expire_runner(model)
+            return bare("unload")
+
+        runner = self._runner(model, body, ctx)
+        load_ns = max(1, time.monotonic_ns() - t0)
+        if empty:  # the direct path: no slot, answered as soon as the model is loaded
+            return bare("load")
 
         prompt_ids = _token_ids(prompt)
         words = _words(prompt, n)
         reason = "length" if limited else "stop"
 
         def tokens() -> Iterator[str]:
-            for w in words:
-                time.sleep(TOKEN_DELAY)
-                yield w
+            runner.slots.acquire(ctx)
+            try:
+                for w in words:
+                    self._token(ctx)
+                    yield w
+            finally:
+                runner.slots.release()
 
         def final(text: str, eval_ns: int) -> dict[str, Any]:
-            self.model.keep(keep_alive)
             done = base()
             if chat:
                 done["message"] = {"role": "assistant", "content": text}
@@ -669,7 +1430,16 @@ class Api:
 
         return Reply(200, NDJSON_TYPE, stream=_ndjson(objects()))
 
-    def embed(self, raw: bytes) -> Reply:
+    def _embed_inputs(self, runner: Runner, count: int, ctx: RequestCtx) -> None:
+        """An embedding takes a slot like a generation, one token time per input."""
+        runner.slots.acquire(ctx)
+        try:
+            for _ in range(count):
+                self._token(ctx)
+        finally:
+            runner.slots.release()
+
+    def embed(self, raw: bytes, ctx: RequestCtx) -> Reply:
         """POST /api/embed: one normalised vector per input string."""
         t0 = time.monotonic_ns()
         body = decode_body(raw, "api.EmbedRequest")
@@ -684,12 +1454,13 @@ class Api:
             inputs = []
         else:
             raise ApiError(400, "invalid input type")
-        name = _check_model(body.get("model"))
-        keep_alive = parse_keep_alive(body.get("keep_alive"))
-        load_ns = self.model.load()
-        self.model.keep(keep_alive)
+        model = resolve_model(body.get("model"))
+        name = body["model"]
+        runner = self._runner(model, body, ctx)
+        load_ns = max(1, time.monotonic_ns() - t0)
         if not inputs:
             return json_reply(200, {"model": name, "embeddings": []})
+        self._embed_inputs(runner, len(inputs), ctx)
         count = sum(len(_token_ids(x)) for x in inputs)
         out: dict[str, Any] = {"model": name, "embeddings": [embedding(x) for x in inputs]}
         out["total_duration"] = max(1, time.monotonic_ns() - t0)
@@ -697,13 +1468,14 @@ class Api:
         out["prompt_eval_count"] = count
         return json_reply(200, out)
 
-    def embeddings(self, raw: bytes) -> Reply:
+    def embeddings(self, raw: bytes, ctx: RequestCtx) -> Reply:
         """POST /api/embeddings: the legacy single-prompt endpoint."""
         body = decode_body(raw, "api.EmbeddingRequest")
-        _check_model(body.get("model"))
+        model = resolve_model(body.get("model"))
         prompt = _field(body, "prompt", str, "string") or ""
-        self.model.load()
-        self.model.keep(parse_keep_alive(body.get("keep_alive")))
+        runner = self._runner(model, body, ctx)
+        if prompt:
+            self._embed_inputs(runner, 1, ctx)
         return json_reply(200, {"embedding": embedding(prompt) if prompt else []})
 
 
@@ -744,14 +1516,41 @@ class StandinServer(ThreadingHTTPServer):
     block_on_close = False
     request_queue_size = 128
 
-    def __init__(self, sock: socket.socket, mode_file: str) -> None:
+    def __init__(self, sock: socket.socket, modes: ModeFile, cfg: Config) -> None:
         addr = sock.getsockname()
         socketserver.BaseServer.__init__(self, addr, StandinHandler)
         self.socket = sock
         self.server_name = str(addr[0])
         self.server_port = int(addr[1])
-        self.mode_file = mode_file
-        self.api = Api()
+        self.modes = modes
+        self.api = Api(cfg, modes)
+        self._conns: set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Track open connections, so a stop can close them all as http.Server.Close does."""
+        with self._conns_lock:
+            self._conns.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._conns_lock:
+            self._conns.discard(request)
+        super().shutdown_request(request)
+
+    def close_all(self) -> None:
+        """srvr.Close(): stop listening and cut every connection."""
+        try:
+            self.socket.close()
+        except OSError:
+            pass
+        with self._conns_lock:
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """One log line instead of a traceback: clients hang up mid-answer all the time."""
@@ -780,8 +1579,11 @@ class StandinHandler(BaseHTTPRequestHandler):
     # -- plumbing -----------------------------------------------------------
 
     def handle_one_request(self) -> None:
-        """Like the base class, but every method goes through _dispatch."""
+        """Like the base class, but every method goes through _dispatch, and completes with a gin line."""
         self._mode_label = "ok"
+        self._status: int | None = None
+        self._gin = False
+        ctx = RequestCtx(self.connection)
         try:
             self.raw_requestline = self.rfile.readline(65537)
             if len(self.raw_requestline) > 65536:
@@ -793,10 +1595,31 @@ class StandinHandler(BaseHTTPRequestHandler):
                 return
             if not self.parse_request():
                 return
-            self._dispatch()
+            self._gin = True  # from here on the request reaches gin, which logs it when it completes
+            self._t0 = time.monotonic_ns()
+            self._dispatch(ctx)
             self.wfile.flush()
+        except ClientGone:
+            self.close_connection = True
+        except Abandoned:
+            self.close_connection = True
+            self._gin = False
         except (TimeoutError, ConnectionError):
             self.close_connection = True
+        finally:
+            if self._gin:
+                self._gin_line()
+            for done in ctx.on_done:
+                done()
+
+    def _gin_line(self) -> None:
+        """The access line, when the request completes: its status, or 500 for a client that left first."""
+        host = str(self.client_address[0])
+        ip = _go_parse_ip(host)
+        parts = urlsplit(self.path)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        latency = time.monotonic_ns() - self._t0
+        gin(self._status or 500, latency, ip if ip is not None else host, self.command, path)
 
     def handle_expect_100(self) -> bool:
         """Defer ``100 Continue`` until the body is read (never in silent mode)."""
@@ -804,6 +1627,7 @@ class StandinHandler(BaseHTTPRequestHandler):
 
     def send_response(self, code: int, message: str | None = None) -> None:
         """Status line and Date, without Python's Server header (Go sends none)."""
+        self._status = code
         self.log_request(code)
         self.send_response_only(code, message)
         self.send_header("Date", self.date_time_string())
@@ -851,11 +1675,9 @@ class StandinHandler(BaseHTTPRequestHandler):
 
     # -- behaviour ----------------------------------------------------------
 
-    def _dispatch(self) -> None:
-        modes = read_modes(self.server.mode_file)
-        for name in _process_modes:
-            modes.values.setdefault(name, None)
-        self._mode_label = modes.label(REQUEST_MODES)
+    def _dispatch(self, ctx: RequestCtx) -> None:
+        modes = self.server.modes.current()
+        self._mode_label = modes.label(LATCHABLE_MODES)
         path = urlsplit(self.path).path
         if "silent" in modes:
             self._log("-", "silent: request read, never answering")
@@ -881,7 +1703,7 @@ class StandinHandler(BaseHTTPRequestHandler):
 
         raw = self._read_body() if self.command == "POST" else b""
         try:
-            reply = getattr(self.server.api, name)(raw)
+            reply = getattr(self.server.api, name)(raw, ctx)
         except ApiError as e:
             reply = json_reply(e.status, {"error": e.message})
         self._deliver(reply, modes)
@@ -895,11 +1717,23 @@ class StandinHandler(BaseHTTPRequestHandler):
                 self.close_connection = True
 
     def _deliver(self, reply: Reply, modes: Modes) -> None:
+        try:
+            self._send(reply, modes)
+        finally:
+            close = getattr(reply.stream, "close", None)
+            if close is not None:
+                close()  # ends the generator, so it gives back its slot
+
+    def _send(self, reply: Reply, modes: Modes) -> None:
         if "trickle" in modes:
             self._trickle(reply)
             return
         head = self.command == "HEAD"
         chunked = reply.stream is not None and not head
+        first = b""
+        if chunked:
+            assert reply.stream is not None
+            first = next(reply.stream, b"")  # headers go out with the first chunk, as in gin
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
         for k, v in reply.headers:
@@ -921,7 +1755,7 @@ class StandinHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
             return
         assert reply.stream is not None
-        for data in reply.stream:
+        for data in _prepend(first, reply.stream):
             if self.request_version == "HTTP/1.1":
                 self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
             else:
@@ -936,6 +1770,7 @@ class StandinHandler(BaseHTTPRequestHandler):
         The real body comes first, then spaces; the connection is never
         closed by us, so a client waiting for the end of the body waits forever.
         """
+        self._gin = False  # never completes
         body = reply.all_bytes()
         self.close_connection = True
         self.send_response(reply.status)
@@ -964,6 +1799,7 @@ class StandinHandler(BaseHTTPRequestHandler):
         closes its end the thread ends quietly, so abandoned probes do not
         pile up threads; the client never sees an answer either way.
         """
+        self._gin = False  # never completes
         self.close_connection = True
         sock = self.connection
         poller = select.poll()
@@ -977,6 +1813,13 @@ class StandinHandler(BaseHTTPRequestHandler):
                 return
             if not data:
                 return
+
+
+def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    """The first chunk (already taken to decide the headers), then the rest."""
+    if first:
+        yield first
+    yield from rest
 
 
 # --------------------------------------------------------------------------
@@ -1023,10 +1866,8 @@ def bind_socket(spec: HostSpec) -> socket.socket:
     raise err or OSError("no address to listen on")
 
 
-# Wedges that live only as long as this process, like a real Ollama wedge that
-# a restart clears: SIGUSR1 hangs generate, SIGUSR2 makes every request hang.
-_process_modes: set[str] = set()
 _WEDGE_SIGNALS = {signal.SIGUSR1: "hang-generate", signal.SIGUSR2: "silent"}
+_server: StandinServer | None = None
 
 
 def _on_wedge_signal(signum: int, _frame: Any) -> None:
@@ -1036,7 +1877,21 @@ def _on_wedge_signal(signum: int, _frame: Any) -> None:
 
 
 def _on_sigterm(signum: int, _frame: Any) -> None:
-    """Exit at once: hung handler threads must not delay a stop."""
+    """Exit at once (hung handler threads must not delay a stop), unless a child is stuck in D state.
+
+    Ollama's stop closes the listener and every connection, then kills and
+    waits for each child; a child in the GPU driver never exits, so neither
+    does the server, until SIGKILL.
+    """
+    server = _server
+    if server is not None and server.modes.active("stuck-child") and server.api.sched.loaded:
+        log(
+            f"received {signal.Signals(signum).name}: closing the listener; a child is stuck in D state,"
+            " so the unload never returns and only SIGKILL ends this process"
+        )
+        server.close_all()
+        while True:
+            time.sleep(3600)
     log(f"received {signal.Signals(signum).name}, exiting")
     os._exit(0)
 
@@ -1046,6 +1901,8 @@ USAGE = "usage: ollama serve  (ollamactl test stand-in for the Ollama server)"
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``ollama serve``; returns the exit status."""
+    global _server
+    started_ns = time.time_ns()
     args = sys.argv[1:] if argv is None else argv
     if args not in ([], ["serve"]):
         sys.stderr.write(f"Error: unknown arguments {args!r}\n{USAGE}\n")
@@ -1054,6 +1911,8 @@ def main(argv: list[str] | None = None) -> int:
     mode_file = os.environ.get("OLLAMA_STANDIN_MODE_FILE") or DEFAULT_MODE_FILE
     modes = read_modes(mode_file)
     log(f"ollama {VERSION} stand-in, pid {os.getpid()}, modes: {modes.label()} (from {mode_file})")
+    cfg = Config.from_env(os.environ)
+    log(f"scheduler: {cfg.describe()}")
 
     signal.signal(signal.SIGINT, _on_sigterm)
     for sig in _WEDGE_SIGNALS:
@@ -1079,9 +1938,14 @@ def main(argv: list[str] | None = None) -> int:
         reason = e.strerror or str(e)
         log(f"Error: listen tcp {spec.hostport}: bind: {reason.lower()}")
         return 1
-    server = StandinServer(sock, mode_file)
-    bound = sock.getsockname()
-    log(f"Listening on {join_host_port(str(bound[0]), str(bound[1]))} (version {VERSION})")
+    mode_state = ModeFile(mode_file, started_ns)
+    mode_state.current()
+    mode_state.watch()
+    server = StandinServer(sock, mode_state, cfg)
+    _server = server
+    bound = join_host_port(*(str(x) for x in sock.getsockname()[:2]))
+    log(f"Listening on {bound} (version {VERSION})")
+    slog("INFO", "routes.go:2008", f"Listening on {bound} (version {VERSION})")
     try:
         server.serve_forever(poll_interval=0.5)
     finally:
