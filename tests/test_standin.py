@@ -9,6 +9,7 @@ OLLAMACTL_STANDIN_PYTHON to run the stand-in under another interpreter.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.client
 import importlib.util
@@ -275,6 +276,60 @@ def eventually(check: Callable[[], bool], timeout: float = 2.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "condition never held"
         time.sleep(0.02)
+
+
+def runner_ports(s: Standin) -> list[int]:
+    """The ``--port`` of every "starting llama-server" line logged so far, oldest first."""
+    return [int(p) for p in re.findall(r'msg="starting llama-server" cmd="[^"\n]* --port (\d+) ', s.log())]
+
+
+def runner_get(port: int, path: str, timeout: float = 1.0) -> tuple[int, object]:
+    """GET from a runner child's port: (status, decoded JSON body)."""
+    status, body = get(f"http://127.0.0.1:{port}{path}", timeout=timeout)
+    return status, json.loads(body)
+
+
+def runner_hangs(port: int, path: str, timeout: float = 0.4) -> bool:
+    """True if the runner accepts a GET for ``path`` but sends no answer within ``timeout``."""
+    try:
+        get(f"http://127.0.0.1:{port}{path}", timeout=timeout)
+    except (TimeoutError, urllib.error.URLError) as e:
+        return isinstance(getattr(e, "reason", e), TimeoutError)
+    return False
+
+
+def slots(port: int, timeout: float = 1.0) -> list[dict[str, object]]:
+    """The runner's /slots array."""
+    status, body = runner_get(port, "/slots", timeout)
+    assert status == 200 and isinstance(body, list)
+    return body
+
+
+def next_token(slot: dict[str, object]) -> dict[str, object]:
+    """A slot's ``next_token`` (llama.cpp sends it as a one-element array)."""
+    value = slot["next_token"]
+    assert isinstance(value, list) and len(value) == 1
+    return value[0]
+
+
+def listening_ports(pid: int) -> set[int]:
+    """TCP ports process ``pid`` listens on, from its socket fds and /proc/net/tcp{,6}."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            m = re.fullmatch(r"socket:\[(\d+)\]", os.readlink(fd))
+        except OSError:
+            continue
+        if m:
+            inodes.add(m.group(1))
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                cols = line.split()
+                if cols[3] == "0A" and cols[9] in inodes:  # TCP_LISTEN
+                    ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 # ---------------------------------------------------------------------------
@@ -842,6 +897,7 @@ def test_max_loaded_models_evicts(launch: Launcher) -> None:
     s = launch(env={"OLLAMA_MAX_LOADED_MODELS": "2"})
     assert call(s.url, gen(MODEL, prompt="", n=None, keep_alive="10m"))[0] == 200
     assert call(s.url, gen(MODEL2, prompt="", n=None, keep_alive="1m"))[0] == 200
+    eventually(lambda: settled(s.url, MODEL2))  # idle: its finish is processed just after the answer
     assert call(s.url, gen("standin3", prompt="", n=None))[0] == 200
     eventually(lambda: set(ps(s.url)) == {MODEL, "standin3:latest"})
 
@@ -911,20 +967,117 @@ def test_gin_line_written_only_when_a_request_completes(launch: Launcher) -> Non
 
 
 # ---------------------------------------------------------------------------
+# The runner children's own ports (llama-server's /health and /slots)
+# ---------------------------------------------------------------------------
+
+RUNNER_404 = {"error": {"code": 404, "message": "File Not Found", "type": "not_found_error"}}
+RUNNER_LOADING = {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}
+
+
+def test_runner_port_is_logged_and_answers_health_and_slots(launch: Launcher) -> None:
+    """The load's --port is a real listening socket of the process: /health, /slots, 404 JSON otherwise."""
+    s = launch(env={"OLLAMA_NUM_PARALLEL": "2", "STANDIN_LOAD_SECONDS": "0.5"})
+    loading = Call(s.url, gen(n=3))
+    loading.start()
+    s.wait_log("starting llama-server")
+    [port] = runner_ports(s)
+    assert port in listening_ports(s.proc.pid)
+    assert runner_get(port, "/health") == (503, RUNNER_LOADING)  # llama-server's middleware during a load
+    loading.join(5)
+    assert loading.status == 200
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+        assert (r.status, r.headers["Content-Type"]) == (200, "application/json; charset=utf-8")
+        assert r.read() == b'{"status":"ok"}'
+    used, fresh = slots(port)
+    assert (used["id"], used["n_ctx"], used["is_processing"]) == (0, 4096, False)
+    assert isinstance(used["id_task"], int) and used["id_task"] >= 0
+    assert next_token(used) == {"has_next_token": False, "has_new_line": False, "n_remain": 0, "n_decoded": 3}
+    assert fresh == {"id": 1, "n_ctx": 4096, "speculative": False, "is_processing": False}  # never ran a task
+    assert runner_get(port, "/completion") == (404, RUNNER_404)
+    assert runner_get(port, "/api/version") == (404, RUNNER_404)
+    assert runner_ports(s) == [port]  # the loaded model is reused: no new child
+
+    s.proc.terminate()
+    s.proc.wait(timeout=2)
+    assert not can_connect(port)
+
+
+def test_runner_slots_show_a_busy_slot_decoding(launch: Launcher) -> None:
+    """While a slow generation runs and another waits in the FIFO, /slots answers at once, n_decoded rising."""
+    s = launch(env={"STANDIN_TOKEN_SECONDS": "0.05"})
+    assert call(s.url, gen())[0] == 200
+    [port] = runner_ports(s)
+    busy = Call(s.url, gen(n=20))  # 1 s in the slot
+    busy.start()
+    time.sleep(0.1)
+    queued = Call(s.url, gen(prompt="queued", n=2))
+    queued.start()
+    time.sleep(0.15)
+    seen = []
+    for _ in range(2):
+        t0 = time.monotonic()
+        [slot] = slots(port)
+        assert time.monotonic() - t0 < 0.3
+        seen.append(slot)
+        time.sleep(0.2)
+    assert [x["is_processing"] for x in seen] == [True, True]
+    assert seen[0]["id_task"] == seen[1]["id_task"]
+    first, second = (next_token(x) for x in seen)
+    assert 1 <= first["n_decoded"] < second["n_decoded"] < 20
+    assert first["has_next_token"] and second["n_remain"] == 20 - second["n_decoded"]
+    assert queued.ended == 0.0  # still waiting for the slot
+    busy.join(5)
+    queued.join(5)
+    assert (busy.status, queued.status) == (200, 200)
+    [slot] = slots(port)
+    assert slot["is_processing"] is False
+    assert slot["id_task"] > seen[0]["id_task"]  # the queued request's task
+    assert next_token(slot)["n_decoded"] == 2  # counted afresh for each task
+
+
+def test_runner_port_closes_on_unload_eviction_and_failed_load(launch: Launcher) -> None:
+    """Each load gets its own port; eviction, keep_alive 0 and a failed load close it."""
+    s = launch(env={"OLLAMA_MAX_LOADED_MODELS": "1", "OLLAMA_LOAD_TIMEOUT": "300ms"})
+    assert call(s.url, gen(MODEL, prompt="", n=None))[0] == 200
+    [first] = runner_ports(s)
+    assert can_connect(first)
+    assert call(s.url, gen(MODEL2, prompt="", n=None))[0] == 200  # evicts MODEL
+    [_, second] = runner_ports(s)
+    assert second != first
+    assert not can_connect(first)
+    assert listening_ports(s.proc.pid) == {s.port, second}
+    assert runner_get(second, "/health") == (200, {"status": "ok"})
+    assert json.loads(call(s.url, gen(MODEL2, prompt="", n=None, keep_alive=0))[1])["done_reason"] == "unload"
+    eventually(lambda: not can_connect(second))
+    s.set_mode("stall-load")
+    time.sleep(0.3)
+    assert call(s.url, gen(MODEL))[0] == 500
+    assert len(runner_ports(s)) == 3
+    assert listening_ports(s.proc.pid) == {s.port}
+
+
+# ---------------------------------------------------------------------------
 # Faithful wedges
 # ---------------------------------------------------------------------------
 
 
 def test_stuck_inference(launch: Launcher) -> None:
-    """#15950: tokens stop, queued requests never finish; load-only, version and ps still answer."""
+    """#15950: tokens stop, queued requests never finish; load-only, version and ps still answer.
+
+    The runner's /health still answers (its HTTP thread), its /slots does not (the main loop).
+    """
     s = launch(env={"STANDIN_TOKEN_SECONDS": "0.05"})
     assert call(s.url, gen())[0] == 200
+    [port] = runner_ports(s)
     reader = StreamReader(s.port, gen(n=40))  # 2 s when healthy
     reader.start()
     reader.wait_chunks(2)
     s.set_mode("stuck-inference")
     time.sleep(0.4)
     seen = len(reader.times)
+    assert runner_hangs(port, "/slots")
+    assert runner_get(port, "/health", timeout=0.5) == (200, {"status": "ok"})
     assert call(s.url, gen(prompt="queued"), timeout=0.6)[0] == 0
     assert len(reader.times) == seen  # no token for 0.6 s
     status, body = call(s.url, gen(prompt="", n=None), timeout=0.5)
@@ -934,21 +1087,29 @@ def test_stuck_inference(launch: Launcher) -> None:
     assert not reader.done
     assert sum(" | 200 | " in ln for ln in s.gin_lines("/api/generate")) == 2  # warm-up and load-only
     s.set_mode("ok")  # the plain form lasts while it is in the file
+    [slot] = slots(port, timeout=1.5)  # the main loop is back
+    assert slot["is_processing"] is True
     reader.join(5)
     assert reader.done
+    assert next_token(slots(port)[0])["n_decoded"] == 40
 
 
 def test_once_wedge_lasts_until_the_process_exits(launch: Launcher) -> None:
     """NAME=once latches in the running process; a process started after the write ignores it."""
     s = launch(env={"STANDIN_TOKEN_SECONDS": "0.02"})
     assert call(s.url, gen())[0] == 200
+    [port] = runner_ports(s)
     s.set_mode("stuck-inference=once")
     s.wait_log("stuck-inference=once: latched")
     s.set_mode("ok")
     time.sleep(0.3)
     assert call(s.url, gen(), timeout=0.5)[0] == 0
+    assert runner_hangs(port, "/slots")
+    assert runner_get(port, "/health")[0] == 200
     fresh = launch("stuck-inference=once", env={"STANDIN_TOKEN_SECONDS": "0.02"})
     assert call(fresh.url, gen(), timeout=2)[0] == 200
+    [fresh_port] = runner_ports(fresh)
+    assert next_token(slots(fresh_port)[0])["n_decoded"] == 1
 
 
 def test_stuck_eviction(launch: Launcher) -> None:
@@ -980,11 +1141,16 @@ def test_stuck_child_outlives_sigterm(launch: Launcher) -> None:
     """D state: generation hangs, an unload holds the scheduler, SIGTERM only closes the port; SIGKILL ends it."""
     s = launch(env={"STANDIN_TOKEN_SECONDS": "0.02"})
     assert call(s.url, gen())[0] == 200
+    [port] = runner_ports(s)
     s.set_mode("stuck-child")
     time.sleep(0.3)
     assert call(s.url, gen(), timeout=0.5)[0] == 0
+    assert runner_hangs(port, "/slots", timeout=0.3)
+    assert runner_get(port, "/health", timeout=0.5)[0] == 200
     assert json.loads(call(s.url, gen(prompt="", n=None, keep_alive=0), timeout=0.5)[1])["done_reason"] == "unload"
     s.wait_log("stuck-child: unloading")
+    assert runner_hangs(port, "/health", timeout=0.3)  # killed in D state: the port stays bound, nothing answers
+    assert port in listening_ports(s.proc.pid)
     with pytest.raises((TimeoutError, urllib.error.URLError)):
         get(s.url + "/api/ps", timeout=0.5)  # waits for the unload, which waits for the child
     assert get(s.url + "/api/version", timeout=0.5)[0] == 200

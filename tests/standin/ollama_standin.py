@@ -11,7 +11,8 @@ tested without a GPU or a real model.  What it models, with the source it is
 read from, is in /work/shared/OLLAMA.md (ollama v0.33.0-rc2: server/sched.go,
 llm/llama_server.go, server/routes.go).
 
-Scheduler (one fake llama-server "child" per loaded model, no real process):
+Scheduler (one fake llama-server "child" per loaded model, no real process,
+but a real port, see "Runner children" below):
   - A request for a loaded model takes the fast path: it never queues for the
     scheduler, then waits for one of the model's OLLAMA_NUM_PARALLEL slots in
     strict FIFO order, without bound (MAX_QUEUE does not apply).  Tokens are
@@ -39,6 +40,42 @@ Scheduler (one fake llama-server "child" per loaded model, no real process):
   - /api/ps waits while a load is in progress (STANDIN_PS_BLOCKS_DURING_LOAD,
     as since v0.32.4, #17376: it takes each runner's lock) and while an unload
     waits for a stuck child.
+Runner children (llama-server, tools/server/server-context.cpp and server.cpp):
+  - Each load binds a real listening socket on 127.0.0.1, port 0 (the kernel
+    picks it), and logs it in the load's first line, as Ollama does:
+      time=... level=INFO source=llama_server.go:433 msg="starting llama-server"
+      cmd="/usr/local/lib/ollama/llama-server --model BLOB --port N --host 127.0.0.1 --no-webui --offline -c CTX -np P"
+    The port is closed when the model is unloaded (expiry, keep_alive 0,
+    eviction, reload with another num_ctx), when its load fails, and when the
+    process exits.  A reload gets a new port.
+  - Its HTTP thread answers (Content-Type application/json; charset=utf-8):
+      any path during the load  503 {"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}
+      GET /health               200 {"status":"ok"}, also while inference is stuck
+      GET /slots                200, a JSON array, one object per slot (-np), made
+                                by the main loop, so it hangs while the loop is stuck
+      GET /slots?fail_on_no_slot=1   503 {"error":{"code":503,"message":"no slot available",
+                                "type":"unavailable_error"}} when every slot is busy
+      anything else             404 {"error":{"code":404,"message":"File Not Found","type":"not_found_error"}}
+    One slot, as server_slot::to_json(only_metrics) writes it:
+      {"id":0,"n_ctx":4096,"speculative":false,"is_processing":true,"id_task":7,
+       "n_prompt_tokens":12,"n_prompt_tokens_processed":2,"n_prompt_tokens_cache":0,
+       "params":{"n_predict":40,"stream":true},
+       "next_token":[{"has_next_token":true,"has_new_line":false,"n_remain":30,"n_decoded":10}]}
+    next_token is a ONE-ELEMENT ARRAY (nlohmann's res["next_token"] = {{...}});
+    a slot that never ran a task has only id, n_ctx, speculative and
+    is_processing; after a task the fields stay, with is_processing false and
+    has_next_token false.  id_task comes from the child's task counter, which
+    /slots queries advance too.  n_decoded counts the tokens of the slot's
+    current (or last) task, from 0 for each task; n_remain is n_predict minus
+    n_decoded, or -1 without num_predict.  Embeddings hold a slot with
+    n_decoded 0.
+  - The main loop decodes one token per busy slot every STANDIN_TOKEN_SECONDS
+    and answers /slots between tokens.  It stops while stuck-inference or
+    stuck-child holds: no tokens, no /slots answer (the request hangs until
+    the client leaves), /health still 200.  A stuck-child unload kills the
+    child, which stays in D state: its port stays bound but answers nothing.
+  - silent, hang-generate, trickle and SIGUSR1/2 wedge the server, not the
+    children: their ports keep answering.
 Models: standin:latest (as before), standin2:latest, standin3:latest,
 standin4:latest, all listed by /api/tags, so that eviction is observable.
 
@@ -88,6 +125,7 @@ Faithful wedges (the file is also re-read every 0.2 s):
                         the load-only generate of a loaded model, /,
                         /api/version, /api/tags and /api/ps still answer.  A
                         client that gives up frees its slot (a 500 gin line).
+                        Each child's /health answers, its /slots hangs.
   stuck-eviction        the scheduler is stuck on an eviction (#17408): every
                         request that needs a load hangs silently (no log line,
                         no error; the pending channel fills, then 503s);
@@ -95,7 +133,8 @@ Faithful wedges (the file is also re-read every 0.2 s):
   stuck-child           a child stuck in the GPU driver (D state, #2029):
                         inference is stuck as in stuck-inference; an unload
                         (expiry, eviction, keep_alive 0) never finishes and
-                        holds the scheduler (/api/ps and every generate block);
+                        holds the scheduler (/api/ps and every generate block),
+                        and leaves that child's port bound but silent;
                         SIGTERM with a model loaded closes the listener and
                         hangs, so a stop takes TimeoutStopSec and only SIGKILL
                         ends the process.
@@ -118,6 +157,7 @@ log lines to stdout and stderr.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -790,15 +830,402 @@ class FifoSemaphore:
             return len(self._waiters)
 
 
+# --------------------------------------------------------------------------
+# The runner child: a fake llama-server with a real HTTP port (tools/server)
+# --------------------------------------------------------------------------
+
+LLAMA_JSON_TYPE = "application/json; charset=utf-8"
+
+
+def _compact(obj: Any) -> bytes:
+    """nlohmann::json::dump(): no spaces."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def llama_error(code: int, message: str, kind: str) -> bytes:
+    """res_error(format_error_response(...)): the body llama-server sends with an error status."""
+    return _compact({"error": {"code": code, "message": message, "type": kind}})
+
+
+def wait_for_peer_close(sock: socket.socket) -> None:
+    """Never answer: read and drop whatever the peer sends until it closes its end."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLHUP | select.POLLERR)
+    while True:
+        if not poller.poll(1000):
+            continue
+        try:
+            data = sock.recv(65536)
+        except OSError:
+            return
+        if not data:
+            return
+
+
+@dataclass(eq=False)
+class SlotTask:
+    """One completion (or embedding) task for a slot: server_task, as the main loop sees it."""
+
+    id: int
+    n_steps: int  # tokens to decode (or inputs to embed)
+    n_predict: int  # the request's limit, -1 without one
+    n_prompt: int
+    embedding: bool
+    produced: int = 0
+    cancelled: bool = False
+    finished: bool = False
+
+
+@dataclass
+class SlotState:
+    """server_slot: what /slots shows for one of the child's -np slots."""
+
+    id: int
+    n_ctx: int
+    task: SlotTask | None = None
+    task_prev: SlotTask | None = None
+    n_decoded: int = 0
+    n_remain: int = -1
+    has_next_token: bool = True
+    due: float = 0.0  # when the main loop decodes this slot's next token
+
+    def to_json(self) -> dict[str, Any]:
+        """server_slot::to_json(only_metrics=true), as GET /slots sends it (tools/server/server-context.cpp)."""
+        out: dict[str, Any] = {"id": self.id, "n_ctx": self.n_ctx, "speculative": False}
+        out["is_processing"] = self.task is not None
+        ptask = self.task or self.task_prev
+        if ptask is not None:  # a slot that never ran a task has neither id_task nor next_token
+            out["id_task"] = ptask.id
+            out["n_prompt_tokens"] = ptask.n_prompt + self.n_decoded
+            out["n_prompt_tokens_processed"] = ptask.n_prompt
+            out["n_prompt_tokens_cache"] = 0
+            out["params"] = {"n_predict": ptask.n_predict, "stream": True}
+            # nlohmann's res["next_token"] = {{...}} makes a one-element array, not an object
+            out["next_token"] = [
+                {
+                    "has_next_token": self.has_next_token,
+                    "has_new_line": False,
+                    "n_remain": self.n_remain,
+                    "n_decoded": self.n_decoded,
+                }
+            ]
+        return out
+
+
+@dataclass(eq=False)
+class SlotsQuery:
+    """A GET /slots waiting for the main loop (a SERVER_TASK_TYPE_METRICS task)."""
+
+    id: int
+    result: tuple[list[dict[str, Any]], int] | None = None  # (slots, idle slots)
+
+
+class Child:
+    """One loaded model's llama-server child: a real listening port, an HTTP thread, and a main loop.
+
+    There is no process.  The port is bound on 127.0.0.1 (port 0, so the
+    kernel picks it) when the load starts, and that port goes into the
+    "starting llama-server" line's ``--port``.  The HTTP side answers
+    ``/health`` itself (503 "Loading model" during the load, then 200
+    ``{"status":"ok"}`` always, also while inference is stuck).  ``/slots``
+    and every token of every generation go through the main loop, which
+    stops dead while ``stuck()`` holds (stuck-inference, stuck-child): then
+    ``/slots`` hangs until its client gives up, like the real one that waits
+    for a metrics task the loop never takes.  close() (unload, eviction,
+    failed load) closes the port and every connection; hold() is a child
+    killed in D state: the port stays bound but nothing answers again.
+    """
+
+    def __init__(self, n_ctx: int, num_parallel: int, token_seconds: float, stuck: Callable[[], bool]) -> None:
+        self.token_seconds = token_seconds
+        self._stuck = stuck
+        self.cond = threading.Condition()
+        self.slots = [SlotState(i, n_ctx) for i in range(num_parallel)]
+        self.state = "loading"  # -> ready -> closed; or -> held (killed, stuck in the driver)
+        self._incoming: deque[SlotTask] = deque()
+        self._queries: list[SlotsQuery] = []
+        self._next_id = 0
+        self._conns: set[socket.socket] = set()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            self.sock.bind(("127.0.0.1", 0))
+            self.sock.listen(128)
+        except OSError:
+            self.sock.close()
+            raise
+        self.port = int(self.sock.getsockname()[1])
+        threading.Thread(target=self._accept_loop, name=f"runner-{self.port}-http", daemon=True).start()
+        threading.Thread(target=self._main_loop, name=f"runner-{self.port}-main", daemon=True).start()
+
+    # -- life cycle -------------------------------------------------------------
+
+    def ready(self) -> None:
+        """The model is loaded: /health says ok, the main loop runs."""
+        with self.cond:
+            if self.state == "loading":
+                self.state = "ready"
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        """The child exited: its port and connections are closed."""
+        with self.cond:
+            if self.state == "closed":
+                return
+            self.state = "closed"
+            conns = list(self._conns)
+            self.cond.notify_all()
+        for s in [self.sock, *conns]:
+            try:
+                s.shutdown(socket.SHUT_RDWR)  # wakes the accept() and recv() blocked on it
+            except OSError:
+                pass
+        self.sock.close()
+
+    def hold(self) -> None:
+        """SIGKILLed while stuck in the GPU driver: the port stays bound, nothing answers any more."""
+        with self.cond:
+            if self.state != "closed":
+                self.state = "held"
+            self.cond.notify_all()
+
+    def _new_id(self) -> int:
+        """server_queue::get_new_id(): completions and /slots queries share one counter."""
+        self._next_id += 1
+        return self._next_id - 1
+
+    # -- the request side ---------------------------------------------------------
+
+    def run(
+        self, n_steps: int, n_predict: int, n_prompt: int, ctx: RequestCtx, embedding: bool = False
+    ) -> Iterator[None]:
+        """Post a task and yield once per token the main loop decodes for it.
+
+        Raises ClientGone when the client leaves (the task is cancelled and
+        its slot freed by the main loop, once the loop runs again).
+        """
+        if n_steps <= 0:
+            return
+        with self.cond:
+            task = SlotTask(self._new_id(), n_steps, n_predict, n_prompt, embedding)
+            self._incoming.append(task)
+            self.cond.notify_all()
+        seen = 0
+        try:
+            while seen < n_steps:
+                with self.cond:
+                    while task.produced == seen:
+                        if self.state == "closed":
+                            raise ClientGone
+                        self.cond.wait(POLL)
+                        if ctx.gone():
+                            raise ClientGone
+                    got = task.produced
+                for _ in range(got - seen):
+                    yield None
+                seen = got
+        finally:
+            if not task.finished:
+                with self.cond:
+                    task.cancelled = True
+                    self.cond.notify_all()
+
+    def query_slots(self, ctx: RequestCtx) -> tuple[list[dict[str, Any]], int] | None:
+        """GET /slots: (slots, idle count) from the main loop, or None if the client left first."""
+        with self.cond:
+            query = SlotsQuery(self._new_id())
+            self._queries.append(query)
+            self.cond.notify_all()
+            while query.result is None:
+                if self.state == "closed":
+                    return None
+                self.cond.wait(POLL)
+                if query.result is None and ctx.gone():
+                    if query in self._queries:
+                        self._queries.remove(query)
+                    return None
+            return query.result
+
+    # -- the main loop (server_queue::start_loop: tasks, then update_slots) -----
+
+    def _main_loop(self) -> None:
+        was_stuck = False
+        with self.cond:
+            while self.state != "closed":
+                if self.state != "ready" or self._stuck():
+                    was_stuck = was_stuck or self.state == "ready"
+                    self.cond.wait(POLL)
+                    continue
+                now = time.monotonic()
+                if was_stuck:  # the next token takes a whole token time after the loop comes back
+                    was_stuck = False
+                    for slot in self.slots:
+                        slot.due = now + self.token_seconds
+                self._step(now)
+                dues = [slot.due for slot in self.slots if slot.task is not None]
+                wait = min([POLL] + [due - now for due in dues])
+                self.cond.wait(max(wait, 0.0))
+
+    def _step(self, now: float) -> None:
+        """One pass of the loop: cancels, new tasks, /slots answers, then one token per due slot."""
+        for slot in self.slots:
+            if slot.task is not None and slot.task.cancelled:
+                self._release(slot)
+        while self._incoming:
+            slot = next((s for s in self.slots if s.task is None), None)
+            if slot is None:
+                break  # deferred until a slot is released
+            task = self._incoming.popleft()
+            if task.cancelled:
+                continue
+            slot.task = task
+            slot.n_decoded = 0
+            slot.n_remain = task.n_predict
+            slot.has_next_token = True
+            slot.due = now + self.token_seconds
+        if self._queries:
+            idle = sum(s.task is None for s in self.slots)
+            snapshot = [s.to_json() for s in self.slots]
+            for query in self._queries:
+                query.result = (snapshot, idle)
+            self._queries.clear()
+        for slot in self.slots:
+            task = slot.task
+            if task is None or slot.due > now:
+                continue
+            task.produced += 1
+            if not task.embedding:
+                slot.n_decoded += 1
+                if task.n_predict >= 0:
+                    slot.n_remain = task.n_predict - slot.n_decoded
+            slot.due = now + self.token_seconds
+            if task.produced >= task.n_steps:
+                slot.has_next_token = False
+                task.finished = True
+                self._release(slot)
+        self.cond.notify_all()
+
+    def _release(self, slot: SlotState) -> None:
+        slot.task_prev, slot.task = slot.task, None
+
+    # -- the HTTP thread ----------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                conn, addr = self.sock.accept()
+            except OSError:
+                return  # closed
+            with self.cond:
+                if self.state == "closed":
+                    conn.close()
+                    return
+                self._conns.add(conn)
+            threading.Thread(target=self._serve, args=(conn, addr), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, addr: Any) -> None:
+        try:
+            ChildHandler(conn, addr, self)  # type: ignore[arg-type]
+        except Exception as e:  # noqa: BLE001 - one broken connection must not stop the child
+            if self.state != "closed":
+                log(f"runner 127.0.0.1:{self.port}: connection from {addr} ended: {e!r}")
+        finally:
+            with self.cond:
+                self._conns.discard(conn)
+            try:
+                conn.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            conn.close()
+
+
+class ChildHandler(BaseHTTPRequestHandler):
+    """llama-server's HTTP side: /health, /slots (through the main loop), 404 for the rest."""
+
+    protocol_version = "HTTP/1.1"
+    timeout = 5  # cpp-httplib's keep-alive timeout
+    server: Child  # type: ignore[assignment]
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        """Every method goes through _route."""
+        self._route()
+
+    do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_GET  # noqa: N815
+
+    def _route(self) -> None:
+        child = self.server
+        parts = urlsplit(self.path)
+        if self.command not in ("GET", "HEAD"):
+            self._drain_body()
+        if child.state in ("held", "closed"):
+            self.close_connection = True
+            wait_for_peer_close(self.connection)
+            return
+        if child.state == "loading":  # middleware_server_state
+            self._send(503, llama_error(503, "Loading model", "unavailable_error"))
+            return
+        get = self.command in ("GET", "HEAD")
+        if parts.path == "/health" and get:
+            self._send(200, _compact({"status": "ok"}))
+            return
+        if parts.path == "/slots" and get:
+            result = child.query_slots(RequestCtx(self.connection))
+            if result is None:  # the client gave up waiting for the main loop
+                self.close_connection = True
+                self._log("-", "client left before the main loop answered")
+                return
+            slots, idle = result
+            fail = any(k == "fail_on_no_slot" and v for k, v in _query_pairs(parts.query))
+            if fail and idle == 0:
+                self._send(503, llama_error(503, "no slot available", "unavailable_error"))
+                return
+            self._send(200, _compact(slots))
+            return
+        self._send(404, llama_error(404, "File Not Found", "not_found_error"))
+
+    def _drain_body(self) -> None:
+        length = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding") or not (length or "0").isdigit():
+            self.close_connection = True
+            return
+        if int(length or 0):
+            self.rfile.read(int(length or 0))
+
+    def _send(self, status: int, body: bytes) -> None:
+        self.send_response_only(status)
+        self.send_header("Access-Control-Allow-Origin", self.headers.get("Origin", ""))
+        self.send_header("Content-Type", LLAMA_JSON_TYPE)
+        self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self._log(str(status))
+
+    def _log(self, status: str, note: str = "") -> None:
+        extra = f" ({note})" if note else ""
+        log(f"runner 127.0.0.1:{self.server.port}: {self.command} {self.path} {status}{extra}")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Malformed requests and the like, in the stand-in's format."""
+        log(f"runner 127.0.0.1:{self.server.port}: " + format % args)
+
+
+def _query_pairs(query: str) -> list[tuple[str, str]]:
+    """key=value pairs of a query string (values undecoded: only emptiness matters here)."""
+    return [(k, v) for k, _, v in (p.partition("=") for p in query.split("&") if p)]
+
+
 class Runner:
     """A loaded model (runnerRef): its child's slots, in-flight count, keep-alive and expiry."""
 
-    def __init__(self, model: ModelInfo, num_ctx: int, session_ns: int, num_parallel: int, port: int) -> None:
+    def __init__(self, model: ModelInfo, num_ctx: int, session_ns: int, num_parallel: int, child: Child) -> None:
         self.model = model
         self.num_ctx = num_ctx
         self.session_ns = session_ns
-        self.slots = FifoSemaphore(num_parallel)
-        self.port = port
+        self.slots = FifoSemaphore(num_parallel)  # Ollama's semaphore, in front of the child's own slots
+        self.child = child
+        self.port = child.port
         self.ref_count = 0
         self.expires_ns = 0  # Go's zero time until the first request finishes
 
@@ -866,7 +1293,6 @@ class Scheduler:
         self.pending = PendingChannel(cfg.max_queue)
         self._deadlines: dict[Runner, float] = {}
         self._completed: queue.SimpleQueue[tuple[str, Runner]] = queue.SimpleQueue()
-        self._ports = iter(range(40000 + os.getpid() % 10000, 65535))
         for target in (self._run_pending, self._run_completed, self._run_reaper):
             threading.Thread(target=target, name=target.__name__, daemon=True).start()
 
@@ -963,6 +1389,10 @@ class Scheduler:
                 while self.unloads == seen:  # until the unload happens: busy victims are waited for
                     self.cond.wait()
 
+    def _inference_stuck(self) -> bool:
+        """The children's main loops are stuck (stuck-inference, stuck-child)."""
+        return self._active("stuck-inference") or self._active("stuck-child")
+
     def _runner_to_unload(self) -> Runner:
         """findRunnerToUnload: by keep-alive, then blob path; the first idle one, else the first."""
         runners = sorted(self.loaded.values(), key=lambda r: (r.session_ns, r.model.blob))
@@ -980,8 +1410,18 @@ class Scheduler:
         cfg, m = self.cfg, req.model
         with self.cond:
             self.loading = m
-        port = next(self._ports)
         np_ = cfg.num_parallel
+        try:
+            child = Child(req.num_ctx, np_, cfg.token_seconds, self._inference_stuck)
+        except OSError as e:
+            slog("INFO", "sched.go:641", "Load failed", model=m.blob, error=f"failed to start llama-server: {e}")
+            with self.cond:
+                self.loading = None
+                self.cond.notify_all()
+            req.error = ApiError(500, f"failed to start llama-server: {e}")
+            req.done.set()
+            return
+        port = child.port
         cmd = (
             f"{LLAMA_SERVER} --model {m.blob} --port {port} --host 127.0.0.1 --no-webui --offline"
             f" -c {req.num_ctx * np_} -np {np_}"
@@ -1023,6 +1463,7 @@ class Scheduler:
                 break
             time.sleep(min(0.05, max(0.001, cfg.load_seconds - progress)))
         if error is not None:
+            child.close()
             slog("INFO", "sched.go:641", "Load failed", model=m.blob, error=error[0])
             with self.cond:
                 self.loading = None
@@ -1032,7 +1473,8 @@ class Scheduler:
             return
         slog("INFO", "llama_server.go:1362", f"llama-server started in {time.monotonic() - start:0.2f} seconds")
         session = cfg.keep_alive_ns if req.session_ns is None else req.session_ns
-        r = Runner(m, req.num_ctx, session, np_, port)
+        child.ready()
+        r = Runner(m, req.num_ctx, session, np_, child)
         with self.cond:
             self.loaded[m.name] = r
             self.loading = None
@@ -1079,9 +1521,11 @@ class Scheduler:
             return
         if self._active("stuck-child"):
             log(f"stuck-child: unloading {r.model.name} waits for a child that never exits (scheduler held)")
+            r.child.hold()  # killed, but stuck in the driver: its port stays bound and silent
             while True:  # runner.unload() -> Close() waits for the child, with the locks held
                 time.sleep(3600)
         del self.loaded[r.model.name]
+        r.child.close()
         self._deadlines.pop(r, None)
         self.unloads += 1
         self.cond.notify_all()
@@ -1313,21 +1757,6 @@ class Api:
         ctx.on_done.append(lambda: self.sched.finished(runner))
         return runner
 
-    def _token(self, ctx: RequestCtx) -> None:
-        """Wait for the next token: STANDIN_TOKEN_SECONDS, or forever while the child is stuck."""
-        end = time.monotonic() + self.cfg.token_seconds
-        while True:
-            if self.modes.active("stuck-inference") or self.modes.active("stuck-child"):
-                time.sleep(POLL)
-                end = time.monotonic() + self.cfg.token_seconds
-            else:
-                left = end - time.monotonic()
-                if left <= 0:
-                    return
-                time.sleep(min(left, POLL))
-            if ctx.gone():
-                raise ClientGone
-
     def _complete(self, raw: bytes, ctx: RequestCtx, chat: bool) -> Reply:
         t0 = time.monotonic_ns()
         body = decode_body(raw, "api.ChatRequest" if chat else "api.GenerateRequest")
@@ -1390,9 +1819,10 @@ class Api:
         def tokens() -> Iterator[str]:
             runner.slots.acquire(ctx)
             try:
-                for w in words:
-                    self._token(ctx)
-                    yield w
+                steps = runner.child.run(len(words), n if limited else -1, len(prompt_ids), ctx)
+                with contextlib.closing(steps):
+                    for i, _ in enumerate(steps):
+                        yield words[i]
             finally:
                 runner.slots.release()
 
@@ -1431,11 +1861,12 @@ class Api:
         return Reply(200, NDJSON_TYPE, stream=_ndjson(objects()))
 
     def _embed_inputs(self, runner: Runner, count: int, ctx: RequestCtx) -> None:
-        """An embedding takes a slot like a generation, one token time per input."""
+        """An embedding takes a slot like a generation, one token time per input (n_decoded stays 0)."""
         runner.slots.acquire(ctx)
         try:
-            for _ in range(count):
-                self._token(ctx)
+            with contextlib.closing(runner.child.run(count, -1, count, ctx, embedding=True)) as steps:
+                for _ in steps:
+                    pass
         finally:
             runner.slots.release()
 
@@ -1801,18 +2232,7 @@ class StandinHandler(BaseHTTPRequestHandler):
         """
         self._gin = False  # never completes
         self.close_connection = True
-        sock = self.connection
-        poller = select.poll()
-        poller.register(sock, select.POLLIN | select.POLLHUP | select.POLLERR)
-        while True:
-            if not poller.poll(1000):
-                continue
-            try:
-                data = sock.recv(65536)
-            except OSError:
-                return
-            if not data:
-                return
+        wait_for_peer_close(self.connection)
 
 
 def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
