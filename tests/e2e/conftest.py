@@ -23,6 +23,8 @@ TIMINGS: list[str] = []  # recovery figures, printed at the end of the run
 MATRIX: list[tuple[str, str, str, str, str, str]] = []
 #: Free-form lines from the package tests (sizes, lintian, install/upgrade/purge evidence).
 PACKAGE_REPORT: list[str] = []
+#: (suite, attack, actor, target, defended "yes"/"no", evidence) rows from tests/e2e/test_attacks.py.
+ATTACKS: list[tuple[str, str, str, str, str, str]] = []
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -40,6 +42,25 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("package")
         for line in PACKAGE_REPORT:
             terminalreporter.write_line(line)
+    if ATTACKS:
+        _attacks_table(terminalreporter)
+
+
+def _attacks_table(terminalreporter) -> None:
+    """One table per release: every attack tried, by whom, against what, and whether it was defended."""
+    terminalreporter.section("attacks")
+    head = ("attack", "actor", "target", "defended", "evidence")
+    for suite in sorted({r[0] for r in ATTACKS}):
+        rows = [r[1:] for r in ATTACKS if r[0] == suite]
+        defended = sum(r[3] == "yes" for r in rows)
+        attacks = len({r[0] for r in rows})
+        terminalreporter.write_line(
+            f"{suite}: {attacks} attacks, {len(rows)} checks, {defended} defended, {len(rows) - defended} not defended"
+        )
+        widths = [min(80, max(len(str(r[i])) for r in [head, *rows])) for i in range(len(head) - 1)]
+        for row in [head, *rows]:
+            cells = [str(v)[:80].ljust(w) for v, w in zip(row[:-1], widths, strict=True)]
+            terminalreporter.write_line("  " + "  ".join(cells) + "  " + str(row[-1]))
 
 
 def pytest_collection_modifyitems(items):
