@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TIME",
         help="when the wedge was seen (epoch seconds or ISO 8601); skip the restart if the unit started since",
     )
+    p.add_argument(
+        "--start",
+        action="store_true",
+        help="also start the unit if it is stopped (RestartUnit; without it a stopped unit is refused, exit 14, "
+        "and the restart is TryRestartUnit, which never starts a stopped unit); needs a grant of restart",
+    )
     p.set_defaults(handler=_cmd_restart)
 
     p = add_command(
@@ -128,12 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         common,
         "probe",
-        help="check whether Ollama is healthy, wedged, deep-wedged, down or starting",
-        description="Probe Ollama: GET /api/version, and with --deep a one-token POST /api/generate on the "
-        "configured model. Exits 0 when healthy, else with the outcome's code.",
+        help="judge Ollama: healthy, busy, loading, starting, stopped, failed, down, wedged or deep-wedged",
+        description="Judge whether Ollama makes progress: GET /api/version, and with --deep GET /api/ps and each "
+        "llama-server runner's /slots (read-only: no prompt, no load, no keep-alive), with the journal's access "
+        "log as evidence of completed requests. A suspected wedge is sampled again until it is confirmed or "
+        "cleared (seconds). -v prints the one line of evidence that decided it. Exits 0 when healthy, else "
+        "with the outcome's code.",
     )
-    p.add_argument("--deep", action="store_true", help="also run the deep probe (needs a model)")
-    p.add_argument("--model", metavar="NAME", help="model for the deep probe (default: the config's model)")
+    p.add_argument("--deep", action="store_true", help="also check the runners' inference loops")
+    p.add_argument("--model", metavar="NAME", help="deep-probe only while this model is loaded (default: any)")
     p.set_defaults(handler=_cmd_probe)
 
     p = add_command(
@@ -141,12 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
         common,
         "watch",
         help="probe Ollama in a loop and restart it when it wedges (the watchdog service)",
-        description="Probe every watch_period seconds (deep probe every watch_deep_every-th period when a "
-        "model is set); after watch_failure_threshold failures outside the startup grace, restart through "
-        "the coalesced, budgeted path. Logs every decision (to the journal when run by systemd). "
-        "Runs until SIGTERM.",
+        description="Sample Ollama every watch_period seconds (the runners' /slots and the journal too, every "
+        "watch_deep_every-th period) and restart only a confirmed wedge (see probe) through the coalesced, "
+        "budgeted path; busy, loading and starting never count, and a stopped or failed unit is never started. "
+        "Logs every decision with its evidence (to the journal when run by systemd). Runs until SIGTERM.",
     )
-    p.add_argument("--model", metavar="NAME", help="model for deep probes (default: the config's model)")
+    p.add_argument("--model", metavar="NAME", help="deep-probe only while this model is loaded (default: any)")
     p.set_defaults(handler=_cmd_watch)
 
     from ollamactl import admin_cli  # policy and doctor: the admin-facing commands
@@ -205,7 +214,7 @@ def controller(args: argparse.Namespace) -> Controller:
 
 
 def _cmd_restart(args: argparse.Namespace, as_json: bool) -> int:
-    result = controller(args).restart(args.reason, wait=not args.no_wait, observed_at=args.since)
+    result = controller(args).restart(args.reason, wait=not args.no_wait, observed_at=args.since, start=args.start)
     emit(result.to_dict(), as_json, _restart_text)
     return 0
 
@@ -218,7 +227,8 @@ def _cmd_status(args: argparse.Namespace, as_json: bool) -> int:
 
 def _cmd_probe(args: argparse.Namespace, as_json: bool) -> int:
     report = controller(args).probe(deep=args.deep)
-    emit(report.to_dict(), as_json, _probe_text)
+    verbose = getattr(args, "verbose", False)
+    emit(report.to_dict(), as_json, lambda p: _probe_text(p, verbose))
     return report.exit_code
 
 
@@ -321,9 +331,15 @@ def _status_text(s: dict[str, Any]) -> str:
     return f"{s['unit']}: {s['active_state']} ({s['sub_state']}){since}{pid}{restarts}\nAPI {s['url']}: {api}"
 
 
-def _probe_text(p: dict[str, Any]) -> str:
-    timing = f"liveness {p['liveness_seconds']:.3f}s"
+def _probe_text(p: dict[str, Any], verbose: bool = False) -> str:
+    timing = [f"liveness {p['liveness_seconds']:.3f}s"] if p["liveness_seconds"] is not None else []
     if p["deep_seconds"] is not None:
-        timing += f", deep {p['deep_seconds']:.3f}s"
-    detail = f": {p['detail']}" if p["detail"] else ""
-    return f"{p['outcome']} ({timing}){detail}"
+        timing.append(f"deep {p['deep_seconds']:.3f}s")
+    if p["samples"] > 1:
+        timing.append(f"{p['samples']} samples")
+    text = p["outcome"] + (f" ({', '.join(timing)})" if timing else "")
+    if verbose and p["evidence"]:
+        text += f"\nevidence: {p['evidence']}"
+    elif p["outcome"] in ("stopped", "failed") and p["evidence"]:
+        text += f": {p['evidence']}"  # what to do about it
+    return text

@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, get_type_hints
+from typing import Any, get_type_hints
 
 from ollamactl.errors import ConfigError
 from ollamactl.probe import DEFAULT_URL, parse_url, url_from_ollama_host
@@ -51,6 +51,19 @@ def _check_path(v: str) -> str:
     return v
 
 
+def _check_deep_probe(v: str) -> str:
+    v = v.strip().lower()
+    if v in ("token", "load"):
+        raise ValueError(
+            f'"{v}" was removed: it sent generate requests, which queue behind users\' work and reset the '
+            'model\'s keep-alive ("load" also reloads a model loaded with other options); use "slots" (the '
+            'runner\'s /slots, read-only) or "off"'
+        )
+    if v not in ("slots", "off"):
+        raise ValueError(f'must be "slots" or "off" (got {v!r})')
+    return v
+
+
 def _key(default: Any, help: str, check: Callable[[Any], Any] | None = None, **limits: float) -> Any:
     return field(default=default, metadata={"help": help, "check": check, "limits": limits})
 
@@ -71,16 +84,24 @@ class Config:
     restart_backoff: float = _key(
         10.0, "restart budget: seconds between restarts, doubled for each one in the window", ge=0, le=3600
     )
-    model: str | None = _key(None, "model for deep probes (POST /api/generate); none: liveness only")
-    deep_probe: Literal["token", "load"] = _key("token", "deep probe: generate one token, or only load the model")
-    probe_timeout: float = _key(2.0, "seconds a liveness probe (GET /api/version) may take", gt=0, le=3600)
-    deep_timeout: float = _key(30.0, "seconds a deep probe may take", gt=0, le=3600)
+    model: str | None = _key(None, "deep-probe only while this model is loaded (as /api/ps names it); none: any")
+    deep_probe: str = _key(
+        "slots", 'deep probe: "slots" (each runner\'s /slots, read-only) or "off" (liveness only)', _check_deep_probe
+    )
+    probe_timeout: float = _key(1.0, "seconds a liveness probe (GET /api/version) may take", gt=0, le=3600)
+    deep_timeout: float = _key(1.0, "seconds GET /api/ps and each runner's /slots and /health may take", gt=0, le=3600)
+    deep_confirm: float = _key(
+        8.0, "seconds a runner's /slots must stay silent, with no request completing, to be deep-wedged", ge=1, le=3600
+    )
+    load_timeout: float = _key(
+        300.0, "seconds a model load may show no sign of life (OLLAMA_LOAD_TIMEOUT) before it is stuck", gt=0, le=86400
+    )
     watch_period: float = _key(1.0, "watch: seconds between probes", gt=0, le=3600)
     watch_failure_threshold: int = _key(3, "watch: consecutive failed probes before a restart", ge=1, le=100)
     watch_startup_grace: float = _key(
         10.0, "watch: seconds after a (re)start in which failures do not count", ge=0, le=86400
     )
-    watch_deep_every: int = _key(10, "watch: run the deep probe every k-th period (needs model)", ge=1, le=10000)
+    watch_deep_every: int = _key(1, "watch: run the deep probe every k-th period", ge=1, le=10000)
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def as_dict(self) -> dict[str, Any]:

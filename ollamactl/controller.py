@@ -3,7 +3,8 @@
 ``AsyncController`` is the implementation; ``Controller`` runs it on a private
 event loop for synchronous callers (the way httpx and ollama-python pair their
 clients).  Settings come from ``load_config``; systemd is reached only through
-``SystemdBus``; Ollama only through ``probe``.
+``SystemdBus``; Ollama only through ``probe`` (HTTP) and ``journal`` (its
+log); what the evidence means is decided in ``verdict``.
 """
 
 from __future__ import annotations
@@ -19,24 +20,24 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ollamactl import probe
+from ollamactl import probe, sockets
 from ollamactl._log import audit, log
 from ollamactl.budget import Budget
 from ollamactl.config import Config, load_config
 from ollamactl.errors import (
-    EXIT_DEEP_WEDGED,
-    EXIT_NOT_ANSWERING,
-    EXIT_STARTING,
-    EXIT_WEDGED,
     BudgetExhausted,
     OllamactlError,
     RestartFailed,
     TimedOut,
+    UnitFailed,
+    UnitStopped,
     UsageError,
 )
+from ollamactl.journal import JournalFacts, JournalReader
 from ollamactl.nss import current_user
 from ollamactl.runtime import MAX_HISTORY, Restart, RuntimeDir, State
 from ollamactl.systemd import SystemdBus, UnitState
+from ollamactl.verdict import HEALTHY, Judge, Limits, Sample, Verdict
 
 if TYPE_CHECKING:
     from ollamactl.models import ProbeReport, RestartResult, Status
@@ -90,6 +91,9 @@ class AsyncController:
         self.config: Config = config or load_config(settings, config_file=config_file)
         self.plain_results = plain_results  # results as Draft, not pydantic models (see Draft)
         self._bus: SystemdBus | None = None
+        self._journal: JournalReader | None = None  # kept between probes: it reads on from its cursor
+        # Root acts by hand as the admin: the shared history, which any member can forge, is advisory for it.
+        self._admin = os.geteuid() == 0
 
     def _finish(self, model: str, draft: Draft) -> Any:
         if self.plain_results:
@@ -131,6 +135,7 @@ class AsyncController:
         timeout: float | None = None,
         observed_at: float | None = None,
         unattended: Unattended | None = None,
+        start: bool = False,
     ) -> RestartResult:
         """Restart the unit; with ``wait`` return only once the API answers again.
 
@@ -141,8 +146,14 @@ class AsyncController:
         ``unattended`` is for the watchdog (see Unattended): its own budget, and
         a bounded wait for the lock.
 
-        Raises PermissionDenied, UnitNotFound, UnitMasked, BusUnavailable,
-        BudgetExhausted, RestartFailed, TimedOut or RuntimeDirError (all OllamactlError).
+        Nobody fights the admin: a unit that is stopped raises UnitStopped, a
+        failed one UnitFailed, and the restart is systemd's TryRestartUnit,
+        which never starts a unit that stopped after our look.  ``start``:
+        start a stopped unit too (RestartUnit; the polkit grant must allow it).
+
+        Raises PermissionDenied, UnitNotFound, UnitMasked, UnitStopped, UnitFailed,
+        BusUnavailable, BudgetExhausted, RestartFailed, TimedOut or RuntimeDirError
+        (all OllamactlError).
         """
         cfg = self.config
         clock = _Deadline(cfg.timeout if timeout is None else _check_timeout(timeout))
@@ -150,7 +161,7 @@ class AsyncController:
         audit_fields = dict(unit=cfg.unit, reason=reason, observed_at=observed_at, **who)
         log("INFO", "restart requested", **audit_fields)
         try:
-            result = await self._restart(reason, wait, observed_at, clock, unattended)
+            result = await self._restart(reason, wait, observed_at, clock, unattended, start)
         except OllamactlError as err:
             audit(f"restart of {cfg.unit} not done: {err.message}", outcome=err.kind, **audit_fields)
             raise
@@ -164,7 +175,13 @@ class AsyncController:
         return result
 
     async def _restart(
-        self, reason: str | None, wait: bool, observed_at: float | None, clock: _Deadline, unattended: Unattended | None
+        self,
+        reason: str | None,
+        wait: bool,
+        observed_at: float | None,
+        clock: _Deadline,
+        unattended: Unattended | None,
+        start: bool,
     ) -> RestartResult:
         unit = self.config.unit
         runtime = self.runtime
@@ -177,6 +194,8 @@ class AsyncController:
             async with self._locked(runtime, clock, unattended):
                 before = await bus.unit_state(unit, timeout=clock.left())
                 before.check_loadable()
+                if not start:
+                    refuse_if_down(before)
                 result.unit = before.name
                 if observed_at is not None and before.started_since(observed_at):
                     log("INFO", "already restarted since the wedge was seen; skipping", unit=before.name)
@@ -186,7 +205,7 @@ class AsyncController:
                     history = self._check_budget(runtime, before.name, unattended)
                     await bus.subscribe()
                     started = time.monotonic()
-                    result.job = await bus.restart_unit(before.name)
+                    result.job = await bus.restart_unit(before.name, start=start)
                     self._record(runtime, history, before.name, reason, unattended)
                     result.old_invocation_id = before.invocation_id
                     log("INFO", "restart job queued", unit=before.name, job=result.job)
@@ -196,6 +215,8 @@ class AsyncController:
                     result.job_result = await bus.wait_job(result.job, clock.left())
                     result.job_seconds = round(time.monotonic() - started, 4)
                     after = await bus.unit_state(before.name, timeout=clock.left())
+                    if not start and after.active_state == "inactive":  # stopped between our look and the job
+                        raise _stopped(after, "was stopped before the restart job ran; TryRestartUnit left it stopped")
                     if result.job_result != "done":
                         raise _restart_failed(
                             after, f"the restart job ended with '{result.job_result}'", result.job_result
@@ -234,7 +255,8 @@ class AsyncController:
         """Raise BudgetExhausted unless the budget allows a restart now; return the shared history read.
 
         Call under the lock, and pass the returned history to ``_record``.
-        The budget is judged on the shared history, or for the watchdog on its own.
+        The budget is judged on the shared history, or for the watchdog on its own;
+        root, acting by hand, is only warned (members can forge that history).
         """
         cfg = self.config
         state = runtime.read_state()
@@ -245,6 +267,14 @@ class AsyncController:
         if allowed > now:
             recent = sum(1 for t in history if t > now - budget.window)
             at = time.strftime("%H:%M:%S", time.localtime(allowed))
+            if self._admin and unattended is None:
+                log(
+                    "WARNING",
+                    f"the shared history lists {recent} restart(s) of {unit} in the last {budget.window:g}s; any "
+                    "member can write it, so it does not bind root: restarting",
+                    unit=unit,
+                )
+                return state
             raise BudgetExhausted(
                 f"not restarting {unit}: {recent} restart(s) in the last {budget.window:g}s; the next is allowed "
                 f"at {at} (in {allowed - now:.0f}s); an admin can change max_restarts/restart_window/"
@@ -326,64 +356,140 @@ class AsyncController:
                   api_error=api_error, **fields),
         )  # fmt: skip
 
-    async def probe(self, deep: bool = False) -> ProbeReport:
-        """Classify Ollama's health; never restarts.
+    async def probe(self, deep: bool = False, *, judge: Judge | None = None) -> ProbeReport:
+        """Classify Ollama with the shared verdict (see ollamactl.verdict); never restarts.
 
-        deep: also POST /api/generate on the configured model, which sees the
-        wedges that leave /api/version answering.  A failing probe is checked
-        against the unit: while it (re)starts, or within watch_startup_grace
-        of a start, the outcome is "starting", not a wedge.
+        deep: also read each llama-server runner's /slots (read-only: no
+        prompt, no load, no keep-alive), which answers only while its inference
+        loop runs, so it sees the wedges that leave /api/version answering.
+        Without ``judge``: a fresh verdict, sampled until it is decided (a
+        suspected wedge confirmed or cleared), which takes a few seconds at most
+        (about deep_confirm for a silent runner).  With ``judge`` (the
+        watchdog's): one sample, judged with the streaks that judge keeps.
+        The report's ``evidence`` says in one line what decided the outcome.
         """
         cfg = self.config
-        if deep and not cfg.model:
-            raise UsageError("a deep probe needs a model: pass --model NAME or set model in the config", key="model")
         endpoint = probe.parse_url(cfg.url)
-        live = await probe.liveness(endpoint, cfg.probe_timeout)
-        result = live
-        deep_result = None
-        if deep and live.outcome == probe.HEALTHY:
-            deep_result = await probe.deep(endpoint, cfg.model or "", cfg.deep_probe, cfg.deep_timeout)
-            result = deep_result
-        report = Draft(
-            outcome=result.outcome,
-            healthy=result.outcome == probe.HEALTHY,
-            exit_code=_PROBE_EXIT[result.outcome],
-            url=endpoint.url,
-            liveness_seconds=round(live.seconds, 4),
-            deep_seconds=round(deep_result.seconds, 4) if deep_result else None,
-            model=cfg.model if deep else None,
-            detail=result.detail,
-            api_version=live.api_version,
-            unit=None,
-            active_state=None,
-            sub_state=None,
-            started_at=None,
+        deep = deep and cfg.deep_probe != "off"
+        once = judge is not None
+        judge = judge or Judge(Limits.from_config(cfg))
+        give_up = (
+            time.monotonic()
+            + cfg.deep_confirm
+            + cfg.watch_failure_threshold
+            * (cfg.watch_period + max(cfg.probe_timeout, cfg.deep_timeout) + cfg.http_timeout)
         )
-        if not report.healthy:
-            async with self._systemd() as bus:
-                state = await bus.unit_state(cfg.unit)
-            report.unit, report.active_state, report.sub_state = state.name, state.active_state, state.sub_state
-            report.started_at = state.started_at
-            if starting(state, cfg.watch_startup_grace):
-                report.outcome, report.exit_code = probe.STARTING, _PROBE_EXIT[probe.STARTING]
-        return self._finish("ProbeReport", report)
+        samples = 0
+        async with self._systemd() as bus:
+            while True:
+                sample = await self._sample(bus, endpoint, deep)
+                verdict = judge.observe(sample)
+                samples += 1
+                if once or not verdict.pending or time.monotonic() >= give_up:
+                    break
+                await asyncio.sleep(cfg.watch_period)
+        return self._finish("ProbeReport", _report(verdict, sample, endpoint, cfg.model if deep else None, samples))
+
+    async def _sample(self, bus: SystemdBus, endpoint: probe.Endpoint, deep: bool) -> Sample:
+        """One round of evidence: the unit, then (if it is active) the probes, then the journal."""
+        cfg = self.config
+        at = time.time()
+        state = await bus.unit_state(cfg.unit)
+        if state.active_state != "active":
+            return Sample(at, state)
+        reader = self._journal or JournalReader(state.name, timeout=cfg.http_timeout)
+        self._journal = reader
+        if deep and reader.facts.invocation_id != state.invocation_id:
+            await reader.update(state.invocation_id)  # a new invocation: its runners' ports come from here
+        ports = _runner_ports(reader.facts, endpoint) if deep else []
+        live, ps, *runners = await asyncio.gather(
+            probe.liveness(endpoint, cfg.probe_timeout),
+            probe.loaded_models(endpoint, cfg.deep_timeout) if deep else _nothing(),
+            *(probe.runner(port, cfg.deep_timeout) for port in ports),
+        )
+        facts = None
+        if deep or live.outcome != probe.HEALTHY:  # completions up to now, and loads
+            facts = await reader.update(state.invocation_id)
+        note = ""
+        if deep and cfg.model and ps is not None and ps.status == probe.OK:
+            wanted = _model_name(cfg.model)
+            if all(_model_name(m.name) != wanted for m in ps.models):
+                note, runners = f"model {cfg.model} is not loaded: nothing to deep-probe", []
+        if deep and not ports and not note:
+            note = "no runner found to deep-probe"
+            if facts is not None and not facts.readable:
+                note += f" ({facts.problem})"
+        return Sample(at, state, live, ps, tuple(runners), facts, deep, note, time.time())
 
 
-def starting(state: UnitState, grace: float) -> bool:
-    """Is the unit in a stop/start transition, or within ``grace`` seconds of its last start?"""
-    if state.active_state in ("activating", "deactivating", "reloading") or state.sub_state == "auto-restart":
-        return True
-    started = state.started_at
-    return state.active_state == "active" and started is not None and time.time() - started < grace
+async def _nothing() -> None:
+    return None
 
 
-_PROBE_EXIT = {
-    probe.HEALTHY: 0,
-    probe.DOWN: EXIT_NOT_ANSWERING,
-    probe.WEDGED: EXIT_WEDGED,
-    probe.DEEP_WEDGED: EXIT_DEEP_WEDGED,
-    probe.STARTING: EXIT_STARTING,
-}
+def _model_name(name: str) -> str:
+    """A model name as /api/ps shows it: "llama3" is "llama3:latest"."""
+    name = name.strip().lower()
+    return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
+
+
+def _runner_ports(facts: JournalFacts, endpoint: probe.Endpoint) -> list[int]:
+    """The llama-server ports to ask: from the journal, else the kernel's list of listening sockets."""
+    if facts.readable or facts.entries:  # the journal (even if its last read failed): it names them exactly
+        return sorted(facts.runners)
+    return sockets.runner_ports(endpoint.port)
+
+
+def _report(verdict: Verdict, s: Sample, endpoint: probe.Endpoint, model: str | None, samples: int) -> Draft:
+    """The ProbeReport fields of a verdict and the last sample it was made from."""
+    live, unit = s.live, s.unit
+    deep_seconds = [r.seconds for r in s.runners] + ([s.ps.seconds] if s.ps is not None else [])
+    return Draft(
+        outcome=verdict.outcome,
+        healthy=verdict.outcome == HEALTHY,
+        exit_code=verdict.exit_code,
+        evidence=verdict.evidence,
+        confirmed=verdict.confirmed,
+        since=verdict.since,
+        samples=samples,
+        url=endpoint.url,
+        liveness_seconds=round(live.seconds, 4) if live else None,
+        deep_seconds=round(max(deep_seconds), 4) if deep_seconds else None,
+        model=model,
+        detail=live.detail if live else "",
+        api_version=live.api_version if live else None,
+        unit=unit.name,
+        active_state=unit.active_state,
+        sub_state=unit.sub_state,
+        result=unit.result,
+        started_at=unit.started_at,
+    )
+
+
+def refuse_if_down(state: UnitState) -> None:
+    """Raise UnitFailed / UnitStopped for a unit that is not ours to (re)start: an admin's stop, a failure."""
+    name = state.name
+    if state.active_state == "failed" or (state.active_state == "inactive" and state.result not in (None, "success")):
+        raise UnitFailed(
+            f"{name} failed (Result={state.result}); not restarting over a failure an admin should see; fix: "
+            f"sudo systemctl reset-failed {name} && sudo systemctl start {name} (see: journalctl -u {name} -n 50)",
+            unit=name,
+            result=state.result,
+            active_state=state.active_state,
+            sub_state=state.sub_state,
+        )
+    if state.active_state == "inactive":
+        raise _stopped(state, "is stopped (an admin stopped it?)")
+
+
+def _stopped(state: UnitState, what: str) -> UnitStopped:
+    name = state.name
+    return UnitStopped(
+        f"{name} {what}; start it with: sudo systemctl start {name} (or pass --start if your grant allows start)",
+        unit=name,
+        result=state.result,
+        active_state=state.active_state,
+        sub_state=state.sub_state,
+    )
 
 
 class Draft(SimpleNamespace):
@@ -422,9 +528,10 @@ class Controller:
         wait: bool = True,
         timeout: float | None = None,
         observed_at: float | None = None,
+        start: bool = False,
     ) -> RestartResult:
         """Restart the unit (see AsyncController.restart); with ``wait``, block until the API answers."""
-        return _run(self._actl().restart(reason, wait=wait, timeout=timeout, observed_at=observed_at))
+        return _run(self._actl().restart(reason, wait=wait, timeout=timeout, observed_at=observed_at, start=start))
 
     def status(self) -> Status:
         """The unit's state and whether Ollama's API answers."""

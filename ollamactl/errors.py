@@ -23,6 +23,10 @@ EXIT_NOT_ANSWERING = 10  # also the probe outcome "down"
 EXIT_WEDGED = 11
 EXIT_DEEP_WEDGED = 12
 EXIT_STARTING = 13
+EXIT_STOPPED = 14  # probe: stopped; restart: refused, the unit is stopped
+EXIT_BUSY = 15
+EXIT_LOADING = 16
+EXIT_FAILED = 17  # probe: failed; restart: refused, the unit failed
 EXIT_DOCTOR = 20
 EXIT_INTERRUPTED = 130
 
@@ -120,6 +124,20 @@ class RuntimeDirError(OllamactlError):
     kind = "runtime-dir"
 
 
+class UnitStopped(OllamactlError):
+    """The unit is inactive after a clean stop: an admin stopped it, so it is not ours to start."""
+
+    exit_code = EXIT_STOPPED
+    kind = "unit-stopped"
+
+
+class UnitFailed(OllamactlError):
+    """The unit failed (crash, start-limit-hit): a restart would hide why; an admin must look."""
+
+    exit_code = EXIT_FAILED
+    kind = "unit-failed"
+
+
 class ProbeConfigError(OllamactlError):
     """A deep probe cannot run as configured (e.g. the model is not installed)."""
 
@@ -146,10 +164,14 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EXIT_TIMEOUT, "timed out"),
     (EXIT_BUDGET, "restart budget used up; the message says when the next restart is allowed"),
     (EXIT_RUNTIME_DIR, "runtime directory /run/ollamactl missing or unsafe (not root:ollamactl 2770)"),
-    (EXIT_NOT_ANSWERING, "status/probe: Ollama down (refused) or the unit not active"),
-    (EXIT_WEDGED, "probe: wedged (accepts connections, no answer in time)"),
-    (EXIT_DEEP_WEDGED, "probe: deep-wedged (/api/version answers, generate does not)"),
+    (EXIT_NOT_ANSWERING, "status: unit not active or API not answering; probe: down (refused, unit active)"),
+    (EXIT_WEDGED, "probe: wedged (GET /api/version gets no answer, no request completes)"),
+    (EXIT_DEEP_WEDGED, "probe: deep-wedged (/api/version answers, the runner's inference loop does not)"),
     (EXIT_STARTING, "probe: starting (unit activating or within its startup grace)"),
+    (EXIT_STOPPED, "probe: stopped (an admin stopped the unit); restart: refused, start it or pass --start"),
+    (EXIT_BUSY, "probe: busy (slow, but requests make progress)"),
+    (EXIT_LOADING, "probe: loading (a model load is in progress, within load_timeout)"),
+    (EXIT_FAILED, "probe: failed (the unit failed); restart: refused, the message gives Result and the fix"),
     (EXIT_DOCTOR, "doctor: at least one check failed (each prints its fix)"),
     (EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),
 )

@@ -1,4 +1,4 @@
-"""systemd journal output without a new dependency: the native protocol.
+"""The systemd journal: our records out (native protocol), Ollama's lines in (journalctl).
 
 A record is one datagram to /run/systemd/journal/socket holding KEY=value
 lines (a value with a newline uses the length-prefixed form).  Where there
@@ -10,11 +10,16 @@ control characters first (``text.clean``): some come from outside, and
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
 import socket
 import struct
 import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from ollamactl.text import clean
@@ -91,3 +96,344 @@ class JournalSink:
     def __call__(self, message: Any) -> None:
         r = message.record
         self.journal.send_record(r["message"], r["level"].name, r["extra"], r["file"].path, r["line"], r["function"])
+
+
+# -- reading Ollama's journal ------------------------------------------------
+#
+# Evidence of progress: Ollama writes a gin access line when a request
+# *completes* (a hung one never appears), and slog lines around a model load
+# and the start of each llama-server runner (with its --port).  We read them
+# with journalctl (the journal's own reader; the file format is not ours to
+# parse), for the unit's current invocation only, incrementally by cursor, under
+# a deadline, and with the output capped.  Every message is hostile text: it is
+# parsed defensively and only cleaned, capped pieces of it are ever kept.
+
+JOURNALCTL = "journalctl"
+MAX_OUTPUT = 4 << 20  # bytes of journalctl output read per call; the rest is left for the next call
+MAX_LINE = 64 * 1024  # one JSON entry; journalctl prints fields over 4096 bytes as null anyway
+MAX_CURSOR = 512
+SEED_ENTRIES = 1000  # the newest entries read when an invocation is first seen
+SEED_EVENTS = 64  # the newest load/runner lines read then (journalctl --grep)
+BATCH = 2000  # entries per incremental read
+MAX_BATCHES = 5  # incremental reads per update before jumping to the tail
+MAX_RUNNERS = 8  # runner ports remembered per invocation
+MAX_FAILED_READS = 3  # reads in a row that may fail before the journal counts as unreadable
+#: Successful requests to these paths are progress: they ran inference (or an embedding) to the end.
+PROGRESS_PATHS = frozenset(
+    {
+        "/api/generate",
+        "/api/chat",
+        "/api/embed",
+        "/api/embeddings",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/responses",
+        "/v1/messages",
+    }
+)
+_EVENTS_RE = r'msg="(starting llama-server|loading model via llama-server|llama-server started in |Load failed)'
+_PORT_RE = re.compile(r"--port[ =]([0-9]{1,5})(?=[\s\"\\]|$)")
+_HEX32_RE = re.compile(r"[0-9a-f]{32}")
+_DENIED_HINTS = ("insufficient permissions", "not seeing messages from other users")
+
+
+@dataclass
+class JournalFacts:
+    """What the unit's journal says about the current invocation (times are journald's, epoch seconds)."""
+
+    invocation_id: str | None = None
+    readable: bool = False
+    problem: str = "not read yet"  # why the journal gives no evidence (one line), when not readable
+    entries: int = 0  # entries seen for this invocation
+    failed_reads: int = 0  # consecutive reads that failed after earlier ones worked (facts may be stale)
+    last_completion_at: float | None = None  # the latest successful inference request completed then
+    last_completion: str = ""  # e.g. 'POST "/api/chat" 200 in 1.234567s'
+    load_started_at: float | None = None  # a model load began then and has not ended (None: no open load)
+    load_activity_at: float | None = None  # the latest non-access-log line since that load began
+    runners: dict[int, float] = field(default_factory=dict)  # llama-server port -> when it was started
+
+    def completed_since(self, t: float) -> bool:
+        """Did a request complete (successfully, with inference) after wall-clock time ``t``?"""
+        return self.last_completion_at is not None and self.last_completion_at > t
+
+
+@dataclass
+class _Output:
+    stdout: bytes
+    stderr: str
+    returncode: int | None
+    truncated: bool  # MAX_OUTPUT reached: the process was stopped there
+
+
+Runner = Callable[[list[str], float], Awaitable[_Output]]
+
+
+async def run_journalctl(args: list[str], timeout: float) -> _Output:
+    """journalctl ``args`` with a deadline and capped output; TimeoutError if it takes too long."""
+    env = {**os.environ, "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": "", "SYSTEMD_LESS": "", "LC_ALL": "C.UTF-8"}
+    proc = await asyncio.create_subprocess_exec(
+        JOURNALCTL,
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        async with asyncio.timeout(timeout):
+            out = bytearray()
+            truncated = False
+            while chunk := await proc.stdout.read(64 * 1024):
+                out += chunk
+                if len(out) >= MAX_OUTPUT:
+                    truncated = True
+                    break
+            err = await proc.stderr.read(4096) if not truncated else b""
+            if truncated:
+                proc.kill()
+            returncode = await proc.wait()
+    finally:
+        if proc.returncode is None:  # timed out or cancelled: do not leave it behind
+            proc.kill()
+            await proc.wait()
+    return _Output(bytes(out), err.decode("utf-8", "replace"), None if truncated else returncode, truncated)
+
+
+class JournalReader:
+    """Incremental reader of one unit's journal, for its current invocation; see JournalFacts."""
+
+    def __init__(self, unit: str, *, timeout: float, run: Runner = run_journalctl) -> None:
+        self.unit = unit
+        self.timeout = timeout
+        self._run = run
+        self.facts = JournalFacts()
+        self._cursor: str | None = None
+
+    async def update(self, invocation_id: str | None) -> JournalFacts:
+        """Read what is new since the last call (or the newest entries, for a new invocation).
+
+        Never raises for what journalctl does: a problem (no permission, a
+        timeout, a missing journalctl) is reported in ``facts.problem``, and
+        the verdict then judges on the probes alone.
+        """
+        if invocation_id is None or not _HEX32_RE.fullmatch(invocation_id):
+            self.facts, self._cursor = JournalFacts(problem="the unit has no current invocation"), None
+            return self.facts
+        if invocation_id != self.facts.invocation_id:
+            self.facts, self._cursor = JournalFacts(invocation_id=invocation_id), None
+        deadline = time.monotonic() + self.timeout
+        try:
+            async with asyncio.timeout(self.timeout):
+                if self._cursor is None:
+                    await self._seed(invocation_id, deadline)
+                else:
+                    await self._follow(invocation_id, deadline)
+        except TimeoutError:
+            self._problem(f"journalctl did not finish within {self.timeout:g}s")
+        except OSError as exc:
+            self._problem(f"cannot run journalctl: {clean(exc.strerror or exc, 120)}")
+        return self.facts
+
+    def _matches(self, invocation_id: str) -> list[str]:
+        return [f"_SYSTEMD_UNIT={self.unit}", f"_SYSTEMD_INVOCATION_ID={invocation_id}"]
+
+    async def _query(
+        self, args: list[str], invocation_id: str, deadline: float, *, optional: bool = False
+    ) -> list[dict[str, Any]] | None:
+        """Entries journalctl gives for ``args`` and the invocation; None (and a problem, unless optional) if none."""
+        base = ["--no-pager", "--quiet", "--output=json", "--output-fields=MESSAGE"]
+        out = await self._run([*base, *args, *self._matches(invocation_id)], max(0.001, deadline - time.monotonic()))
+        stderr = out.stderr.strip()
+        if optional and (stderr or out.returncode not in (0, None)):
+            return None
+        if any(hint in stderr for hint in _DENIED_HINTS):
+            self._problem(
+                "journal not readable by this user (it needs group systemd-journal or adm, or root): "
+                + clean(stderr.splitlines()[0], 160)
+            )
+            return None
+        if out.returncode not in (0, None):
+            self._problem(
+                f"journalctl failed (exit {out.returncode}): {clean(stderr.splitlines()[0] if stderr else '', 160)}"
+            )
+            return None
+        return [e for e in (_entry(line) for line in out.stdout.split(b"\n")[: -1 if out.truncated else None]) if e]
+
+    async def _seed(self, invocation_id: str, deadline: float) -> None:
+        """The newest load/runner lines and the newest entries of the invocation."""
+        tail = await self._query(["--reverse", f"--lines={SEED_ENTRIES}"], invocation_id, deadline)
+        if tail is None:
+            return
+        events: list[dict[str, Any]] | None = []
+        if tail:
+            # Older load/runner lines: journalctl scans back for them, which takes long in a huge journal, so
+            # this gets half the time left and may fail (as may a journalctl built without PCRE2) harmlessly.
+            grep = ["--reverse", f"--lines={SEED_EVENTS}", f"--grep={_EVENTS_RE}"]
+            budget = (deadline - time.monotonic()) / 2
+            try:
+                async with asyncio.timeout(budget):
+                    events = await self._query(grep, invocation_id, time.monotonic() + budget, optional=True)
+            except TimeoutError:
+                events = None
+        if not tail:
+            self._problem(
+                f"no journal entries for invocation {invocation_id[:12]} of {self.unit} "
+                "(not readable by this user? it needs group systemd-journal or adm)"
+            )
+            return
+        seen = {e["cursor"] for e in tail}
+        merged = [e for e in events or () if e["cursor"] not in seen] + tail
+        self._apply(sorted(merged, key=lambda e: (e["at"], e["seq"])))
+        self._cursor = max(tail, key=lambda e: (e["at"], e["seq"]))["cursor"]
+
+    async def _follow(self, invocation_id: str, deadline: float) -> None:
+        for _ in range(MAX_BATCHES):
+            batch = await self._query([f"--after-cursor={self._cursor}", f"--lines={BATCH}"], invocation_id, deadline)
+            if batch is None:
+                return
+            if batch:
+                self._apply(batch)
+                self._cursor = batch[-1]["cursor"]
+            if len(batch) < BATCH:
+                return
+        self._cursor = None  # a burst larger than we read in one update: jump to the newest entries
+        await self._seed(invocation_id, deadline)
+
+    def _problem(self, text: str) -> None:
+        facts = self.facts
+        facts.problem = text
+        if facts.entries and facts.failed_reads < MAX_FAILED_READS:
+            facts.failed_reads += 1  # it worked before: keep what we know, and say it may be stale
+        else:
+            facts.readable = False
+        self._cursor = None  # read afresh next time (a cursor journald no longer knows fails forever)
+
+    def _apply(self, entries: list[dict[str, Any]]) -> None:
+        facts = self.facts
+        facts.readable, facts.problem, facts.failed_reads = True, "", 0
+        for e in entries:
+            facts.entries += 1
+            observe(facts, e["message"], e["at"])
+
+
+def observe(facts: JournalFacts, message: str, at: float) -> None:
+    """Update ``facts`` with one journal message logged at ``at`` (pure; the parser of hostile text)."""
+    gin = parse_gin(message)
+    if gin is not None:
+        status, latency, method, path = gin
+        if method == "POST" and path in PROGRESS_PATHS and 200 <= status < 300:
+            if facts.last_completion_at is None or at >= facts.last_completion_at:
+                facts.last_completion_at = at
+                facts.last_completion = clean(f"{method} {path} {status} in {latency}", 120)
+        return
+    if facts.load_started_at is not None:
+        facts.load_activity_at = at  # as Ollama's own stall timer: any output during a load is activity
+    msg = slog_message(message)
+    if msg is None:
+        return
+    if msg == "starting llama-server":
+        m = _PORT_RE.search(message)
+        port = int(m.group(1)) if m else 0
+        if 0 < port <= 65535:
+            facts.runners[port] = at
+            if len(facts.runners) > MAX_RUNNERS:
+                del facts.runners[min(facts.runners, key=facts.runners.__getitem__)]
+        msg = "loading model via llama-server"
+    if msg == "loading model via llama-server":
+        if facts.load_started_at is None:
+            facts.load_started_at = at
+        facts.load_activity_at = at
+    elif msg.startswith("llama-server started in ") or msg == "Load failed":
+        facts.load_started_at = facts.load_activity_at = None
+
+
+def parse_gin(message: str) -> tuple[int, str, str, str] | None:
+    """(status, latency, method, path) of a gin access line, or None if it is not one.
+
+    ``[GIN] 2026/08/21 - 12:00:01 | 200 |     1.234567s |       127.0.0.1 | POST     "/api/generate"``:
+    five fields split on ``|`` and stripped; the path is Go-quoted and may carry a query.
+    """
+    if not message.startswith("[GIN] "):
+        return None
+    parts = [p.strip() for p in message.split("|", 4)]
+    if len(parts) != 5 or not (len(parts[1]) == 3 and parts[1].isascii() and parts[1].isdigit()):
+        return None
+    method, _, quoted = parts[4].partition(" ")
+    path = _go_unquote(quoted.strip())
+    if path is None or not method.isascii() or not method.isalpha():
+        return None
+    return int(parts[1]), clean(parts[2], 32), method, path.split("?", 1)[0]
+
+
+def slog_message(message: str) -> str | None:
+    """The ``msg`` of a slog text line (``time=... level=... msg="..." ...``), or None."""
+    if not message.startswith("time="):
+        return None
+    _, sep, rest = message.partition(" msg=")
+    if not sep:
+        return None
+    if rest.startswith('"'):
+        end = _quoted_end(rest)
+        return None if end < 0 else _go_unquote(rest[: end + 1])
+    return rest.split(" ", 1)[0]
+
+
+def _quoted_end(text: str) -> int:
+    """Index of the quote that closes the Go-quoted string at the start of ``text``; -1 if none."""
+    escaped = False
+    for i, ch in enumerate(text[1:], 1):
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == '"':
+            return i
+    return -1
+
+
+def _go_unquote(text: str) -> str | None:
+    """A Go-quoted (strconv.Quote) string's value; JSON covers what our messages use."""
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _entry(line: bytes) -> dict[str, Any] | None:
+    """One ``journalctl -o json`` line: cursor, seqnum, time and message, or None if unusable."""
+    if not line or len(line) > MAX_LINE:
+        return None
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    cursor, stamp, message = obj.get("__CURSOR"), obj.get("__REALTIME_TIMESTAMP"), obj.get("MESSAGE")
+    if not (isinstance(cursor, str) and 0 < len(cursor) <= MAX_CURSOR and cursor.isascii() and cursor.isprintable()):
+        return None
+    if cursor.startswith("-") or not (
+        isinstance(stamp, str) and stamp.isascii() and stamp.isdigit() and len(stamp) <= 19
+    ):
+        return None
+    if isinstance(message, list):  # journalctl shows a MESSAGE that is not valid UTF-8 as a byte array
+        message = bytes(b for b in message[:MAX_LINE] if isinstance(b, int) and 0 <= b < 256).decode("utf-8", "replace")
+    if not isinstance(message, str):
+        message = ""
+    seq = _seqnum(cursor)
+    return {"cursor": cursor, "seq": seq, "at": int(stamp) / 1e6, "message": message[:MAX_LINE]}
+
+
+def _seqnum(cursor: str) -> int:
+    for part in cursor.split(";"):
+        if part.startswith("i=") and len(part) <= 18:
+            try:
+                return int(part[2:], 16)
+            except ValueError:
+                return 0
+    return 0

@@ -62,13 +62,24 @@ class Status(_Result):
 
 
 class ProbeReport(_Result):
-    """What ``probe`` saw: outcome is healthy, wedged, deep-wedged, down or starting."""
+    """What ``probe`` saw, and the verdict on it (see ollamactl.verdict).
+
+    outcome: healthy, busy, loading, starting, stopped, failed, down, wedged or
+    deep-wedged; exit_code is its exit code.  evidence: one line saying what
+    decided it.  confirmed: a wedge's streak is complete (a restart is called
+    for); since: when that streak began (epoch seconds); samples: how many
+    rounds of probes the verdict took.
+    """
 
     outcome: str
     healthy: bool
     exit_code: int
+    evidence: str = ""
+    confirmed: bool = False
+    since: float | None = None
+    samples: int = 1
     url: str
-    liveness_seconds: float
+    liveness_seconds: float | None = None
     deep_seconds: float | None = None
     model: str | None = None
     detail: str = ""
@@ -76,4 +87,5 @@ class ProbeReport(_Result):
     unit: str | None = None
     active_state: str | None = None
     sub_state: str | None = None
+    result: str | None = None
     started_at: float | None = None

@@ -351,17 +351,32 @@ async def api_version(endpoint: Endpoint, timeout: float) -> str:
 
 
 # -- probes ----------------------------------------------------------------
+#
+# None of these disturbs Ollama: no prompt (nothing queues behind users), no
+# load, no eviction, no keep_alive.  /api/ps only reads the scheduler's table;
+# a runner's /slots and /health are read-only endpoints of llama-server.
 
 HEALTHY = "healthy"
 WEDGED = "wedged"  # accepts connections, no (complete) answer in time
-DEEP_WEDGED = "deep-wedged"  # /api/version answers, generate does not
 DOWN = "down"  # connection refused: nothing listens
-STARTING = "starting"  # down or wedged, but the unit is (re)starting: decided by the caller
+
+# How one request went (PsResult.status, RunnerResult.slots / .health).
+OK = "ok"
+TIMEOUT = "timeout"  # no complete answer within the deadline
+REFUSED = "refused"  # nothing listens
+LOADING = "loading"  # llama-server answers 503 while it loads its model
+UNSUPPORTED = "unsupported"  # 404/501: e.g. llama-server started with --no-slots
+BAD = "bad"  # an answer, but not a well-formed one
+
+MAX_MODELS = 32  # /api/ps rows we keep (OLLAMA_MAX_LOADED_MODELS is 3 per GPU)
+MAX_SLOTS = 64  # /slots entries we keep (-np is OLLAMA_NUM_PARALLEL)
+MAX_NAME = 200  # characters of a model name we keep
+RUNNER_HOST = "127.0.0.1"  # llama-server is started with --host 127.0.0.1 (llm/llama_server.go)
 
 
 @dataclass
 class ProbeResult:
-    """One probe's outcome and how long it took."""
+    """One liveness probe's outcome (HEALTHY, WEDGED or DOWN) and how long it took."""
 
     outcome: str
     seconds: float
@@ -381,37 +396,129 @@ async def liveness(endpoint: Endpoint, timeout: float) -> ProbeResult:
     return ProbeResult(HEALTHY, time.monotonic() - t0, api_version=version)
 
 
-async def deep(endpoint: Endpoint, model: str, mode: str, timeout: float) -> ProbeResult:
-    """POST /api/generate on ``model``: one token (mode "token") or only a load ("load").
+@dataclass(frozen=True)
+class Loaded:
+    """One model /api/ps lists as loaded."""
 
-    Raises ProbeConfigError when the model is not installed: a restart
-    cannot fix that, so it must not count as a wedge.
-    """
-    from ollamactl.errors import ProbeConfigError
+    name: str
+    size: int
+    size_vram: int
 
-    body: dict[str, Any] = {"model": model, "stream": False}
-    if mode == "token":
-        body.update(prompt="ok", options={"num_predict": 1})
-    else:
-        body["prompt"] = ""
+
+@dataclass(frozen=True)
+class PsResult:
+    """GET /api/ps: the loaded models, or why there is no list (it blocks during a load since v0.32.4)."""
+
+    status: str  # OK, TIMEOUT, REFUSED or BAD
+    seconds: float
+    models: tuple[Loaded, ...] = ()
+    detail: str = ""
+
+
+async def loaded_models(endpoint: Endpoint, timeout: float) -> PsResult:
+    """GET /api/ps under a deadline; never raises for what the server does."""
     t0 = time.monotonic()
     try:
-        resp = await request(endpoint, "POST", "/api/generate", timeout=timeout, body=body)
+        resp = await request(endpoint, "GET", "/api/ps", timeout=timeout)
     except TimeoutError:
-        return ProbeResult(DEEP_WEDGED, time.monotonic() - t0, f"POST /api/generate: no answer within {timeout:g}s")
+        return PsResult(TIMEOUT, time.monotonic() - t0, detail=f"GET /api/ps: no answer within {timeout:g}s")
     except HTTPError as exc:
-        return ProbeResult(DOWN if exc.refused else DEEP_WEDGED, time.monotonic() - t0, clean(exc, MAX_DETAIL))
+        return PsResult(REFUSED if exc.refused else BAD, time.monotonic() - t0, detail=clean(exc, MAX_DETAIL))
     seconds = time.monotonic() - t0
-    if resp.status == 404:
-        raise ProbeConfigError(
-            f"deep probe: model {model!r} is not installed; set model to one that `ollama list` shows",
-            key="model",
-        )
     try:
         data = resp.json() if resp.status == 200 else None
     except ValueError:
         data = None
-    if not (isinstance(data, dict) and data.get("done") is True):
-        detail = f"POST /api/generate answered HTTP {resp.status}: {resp.body[:200]!r}"
-        return ProbeResult(DEEP_WEDGED, seconds, clean(detail, MAX_DETAIL))
-    return ProbeResult(HEALTHY, seconds)
+    rows = data.get("models") if isinstance(data, dict) else None
+    if not isinstance(rows, list):
+        return PsResult(BAD, seconds, detail=f"GET /api/ps answered HTTP {resp.status} without a model list")
+    models = []
+    for row in rows[:MAX_MODELS]:
+        if isinstance(row, dict) and isinstance(row.get("name"), str):
+            models.append(Loaded(clean(row["name"], MAX_NAME), _count(row.get("size")), _count(row.get("size_vram"))))
+    return PsResult(OK, seconds, tuple(models))
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One llama-server slot: is it working on a request, and how many tokens has it made."""
+
+    id: int
+    is_processing: bool
+    n_decoded: int | None  # next_token.n_decoded: rising while it generates
+
+
+@dataclass(frozen=True)
+class RunnerResult:
+    """A runner's GET /slots (answered only by its inference loop) and GET /health (its HTTP thread)."""
+
+    port: int
+    slots_status: str  # OK, TIMEOUT, REFUSED, LOADING, UNSUPPORTED or BAD
+    health_status: str
+    seconds: float  # how long /slots took
+    slots: tuple[Slot, ...] = ()
+
+    @property
+    def alive(self) -> bool:
+        """Did anything on the port answer like a llama-server would?"""
+        return OK in (self.slots_status, self.health_status) or LOADING in (self.slots_status, self.health_status)
+
+
+async def runner(port: int, timeout: float) -> RunnerResult:
+    """GET /slots and GET /health of the llama-server on ``port``, concurrently, each under ``timeout``."""
+    endpoint = Endpoint("http", RUNNER_HOST, port)
+    t0 = time.monotonic()
+    (slots_status, data), (health_status, _) = await asyncio.gather(
+        _runner_get(endpoint, "/slots", timeout), _runner_get(endpoint, "/health", timeout)
+    )
+    seconds = time.monotonic() - t0
+    slots: list[Slot] = []
+    if slots_status == OK:
+        if not isinstance(data, list):
+            slots_status = BAD
+        else:
+            slots = [s for s in (_slot(item) for item in data[:MAX_SLOTS]) if s is not None]
+    return RunnerResult(port, slots_status, health_status, round(seconds, 4), tuple(slots))
+
+
+async def _runner_get(endpoint: Endpoint, path: str, timeout: float) -> tuple[str, Any]:
+    try:
+        resp = await request(endpoint, "GET", path, timeout=timeout)
+    except TimeoutError:
+        return TIMEOUT, None
+    except HTTPError as exc:
+        return (REFUSED if exc.refused else BAD), None
+    if resp.status == 503:  # llama-server while it loads the model: {"error": {"message": "Loading model"}}
+        return LOADING, None
+    if resp.status in (404, 501):  # no such endpoint, or "This server does not support slots endpoint"
+        return UNSUPPORTED, None
+    if resp.status != 200:
+        return BAD, None
+    try:
+        return OK, resp.json()
+    except ValueError:
+        return BAD, None
+
+
+def _slot(item: Any) -> Slot | None:
+    if not isinstance(item, dict):
+        return None
+    ident = item.get("id")
+    nxt = item.get("next_token")
+    # llama.cpp has sent next_token as an object and, in some versions, as a one-element list
+    if isinstance(nxt, list) and nxt:
+        nxt = nxt[0]
+    decoded = nxt.get("n_decoded") if isinstance(nxt, dict) else None
+    return Slot(
+        id=ident if _is_count(ident) else -1,
+        is_processing=item.get("is_processing") is True,
+        n_decoded=decoded if _is_count(decoded) else None,
+    )
+
+
+def _is_count(value: Any) -> bool:
+    return type(value) is int and 0 <= value < 1 << 63
+
+
+def _count(value: Any) -> int:
+    return value if _is_count(value) else 0

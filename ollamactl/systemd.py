@@ -63,6 +63,7 @@ class UnitState:
     inactive_exit_timestamp: float | None  # when the current (or last) start began
     n_restarts: int | None
     fragment_path: str | None
+    cpu_usage_nsec: int | None = None  # CPU time of the unit's processes (CPUAccounting=, on by default)
 
     @property
     def started_at(self) -> float | None:
@@ -268,10 +269,15 @@ class SystemdBus:
         await self.call(MANAGER_PATH, MANAGER, "Subscribe")
         self._subscribed = True
 
-    async def restart_unit(self, unit: str, *, try_restart: bool = False) -> str:
-        """Queue a (try-)restart job in mode "replace"; return the job's object path."""
-        member = "TryRestartUnit" if try_restart else "RestartUnit"
-        verb = "try-restart" if try_restart else "restart"
+    async def restart_unit(self, unit: str, *, start: bool = False) -> str:
+        """Queue a restart job in mode "replace"; return the job's object path.
+
+        TryRestartUnit by default: systemd restarts the unit only if it is
+        running, atomically, so a unit an admin stopped after our last look is
+        never started.  ``start``: RestartUnit, which also starts a stopped unit.
+        """
+        member = "RestartUnit" if start else "TryRestartUnit"
+        verb = "restart" if start else "try-restart"
         (job,) = await self.call(MANAGER_PATH, MANAGER, member, "ss", [unit, "replace"], unit=unit, verb=verb)
         return str(job)
 
@@ -306,6 +312,7 @@ class SystemdBus:
         ts = props.get("ActiveEnterTimestamp")
         started = props.get("InactiveExitTimestamp")
         result = props.get("Result")
+        cpu = props.get("CPUUsageNSec")
         return UnitState(
             name=clean(props.get("Id", unit), _NAME_LIMIT),
             load_state=clean(props.get("LoadState", ""), _NAME_LIMIT),
@@ -318,6 +325,7 @@ class SystemdBus:
             inactive_exit_timestamp=started / 1e6 if started else None,
             n_restarts=props.get("NRestarts"),
             fragment_path=clean(props.get("FragmentPath"), _PATH_LIMIT) if props.get("FragmentPath") else None,
+            cpu_usage_nsec=cpu if isinstance(cpu, int) and 0 <= cpu < (1 << 64) - 1 else None,  # 2^64-1: not counted
         )
 
     async def primary_name(self, unit: str, timeout: float | None = None) -> str:

@@ -1,13 +1,17 @@
-"""``ollamactl watch``: a probe loop that restarts a wedged Ollama, safely.
+"""``ollamactl watch``: a probe loop that restarts a wedged Ollama, and nothing else.
 
-Kubernetes-like: a liveness probe every ``watch_period``, a deep probe every
-``watch_deep_every``-th period when a model is configured, a failure
-threshold, and a startup grace after each (re)start during which failures do
-not count.  Restarts go through AsyncController.restart with ``observed_at``
-(the first failure of the streak), so they are coalesced with any app that
-saw the same wedge, and budgeted, so a wedge that survives restarts cannot
-loop.  Every decision is logged.  Under systemd it speaks sd_notify:
-READY=1, STATUS=, WATCHDOG=1 and STOPPING=1.
+Every ``watch_period`` it samples Ollama (liveness, and every
+``watch_deep_every``-th period the runners' /slots and the journal) and asks
+the shared verdict (ollamactl.verdict), which keeps the streaks: only a
+confirmed wedge (whole server silent, or an inference loop or load that makes
+no progress, with no request completing meanwhile) leads to a restart.  Busy,
+loading and starting never count; a unit an admin stopped, or one that failed,
+is logged once and waited on, never started.  Restarts go through
+AsyncController.restart with ``observed_at`` (when the streak began), so they
+are coalesced with any app that saw the same wedge, and budgeted, so a wedge
+that survives restarts cannot loop.  Every decision is logged with its
+evidence.  Under systemd it speaks sd_notify: READY=1, STATUS=, WATCHDOG=1
+and STOPPING=1.
 
 Members of the group can write the shared runtime directory, so the watchdog
 trusts nothing in it: its restart budget counts only its own restarts, it
@@ -23,11 +27,12 @@ import os
 import signal
 import socket
 import time
+from typing import Any
 
-from ollamactl import probe
 from ollamactl._log import log
 from ollamactl.controller import AsyncController, Unattended
-from ollamactl.errors import BudgetExhausted, OllamactlError
+from ollamactl.errors import BudgetExhausted, OllamactlError, UnitFailed, UnitStopped
+from ollamactl.verdict import BUSY, FAILED, HEALTHY, LOADING, RESTARTABLE, STARTING, STOPPED, Judge, Limits
 
 
 class Notifier:
@@ -60,10 +65,9 @@ class Watcher:
         self.cfg = actl.config
         self.notifier = notifier or Notifier()
         self.stop = asyncio.Event()
-        self.failures = {"live": 0, "deep": 0}
-        self.first_failure_at: float | None = None
+        self.judge = Judge(Limits.from_config(self.cfg))  # the verdict's streaks, kept across ticks
+        self.last: tuple[str, str] | None = None  # the last outcome and evidence logged
         self.hold_until = 0.0  # budget exhausted: no restart attempts before this (wall clock)
-        self.deep_pending = False  # a deep probe failed: confirm it every period
         self.heartbeat = time.monotonic()
         self.restarts = 0
         self.restarted_at: float | None = None  # monotonic time of our last restart, until healthy again
@@ -81,14 +85,17 @@ class Watcher:
             threshold=cfg.watch_failure_threshold,
             grace=cfg.watch_startup_grace,
             model=cfg.model,
+            deep_probe=cfg.deep_probe,
             deep_every=cfg.watch_deep_every,
+            deep_confirm=cfg.deep_confirm,
+            load_timeout=cfg.load_timeout,
         )
         pinger = asyncio.create_task(self._ping_watchdog())
         try:
             iteration = 0
             while not self.stop.is_set():
                 started = time.monotonic()
-                deep = bool(cfg.model) and (self.deep_pending or iteration % cfg.watch_deep_every == 0)
+                deep = self.judge.deep_pending or iteration % cfg.watch_deep_every == 0
                 await self._guarded_tick(deep)
                 if iteration == 0:
                     self.notifier.send(READY=1)
@@ -121,77 +128,69 @@ class Watcher:
             self.notifier.send(STATUS=f"tick failed ({type(exc).__name__}); still watching")
 
     async def tick(self, deep: bool) -> None:
-        """One probe and the decision that follows it."""
-        seen = time.time()
+        """One sample, the verdict on it, and what follows: nothing, a log line, or a restart."""
         try:
-            report = await self.actl.probe(deep=deep)
+            report = await self.actl.probe(deep=deep, judge=self.judge)
         except OllamactlError as err:  # e.g. the bus is down: say so, keep watching
             log("ERROR", f"probe failed to run: {err.message}", error=err.kind)
             self.notifier.send(STATUS=f"probe failed to run: {err.kind}")
             return
-        kind = "deep" if report.outcome == probe.DEEP_WEDGED else "live"
-        if report.outcome == probe.HEALTHY:
-            if any(self.failures.values()) or self.restarted_at is not None:
-                since = (
-                    ""
-                    if self.restarted_at is None
-                    else f" {time.monotonic() - self.restarted_at:.1f}s after the restart"
-                )
-                log("INFO", f"healthy again{since}", unit=self.cfg.unit, deep=deep)
+        outcome, evidence = report.outcome, report.evidence
+        changed = self.last is None or self.last[0] != outcome
+        self.notifier.send(STATUS=f"{outcome}: {evidence}"[:200])
+        if outcome in (STOPPED, FAILED):
+            if self.last != (outcome, evidence):  # once per state, not every period
+                log("WARNING", f"{outcome}: {evidence}; waiting, never restarting it", outcome=outcome)
+        elif outcome in RESTARTABLE and report.confirmed:
+            self.last = (outcome, evidence)
+            await self.recover(outcome, evidence, report.since)
+            return
+        elif outcome in RESTARTABLE:
+            log("WARNING", f"{outcome}, not confirmed yet: {evidence}", outcome=outcome)
+        elif outcome == HEALTHY:
+            if self.restarted_at is not None:
+                log("INFO", f"healthy again {time.monotonic() - self.restarted_at:.1f}s after the restart: {evidence}")
                 self.restarted_at = None
-            self.failures = {"live": 0, "deep": 0} if deep else {**self.failures, "live": 0}
-            self.deep_pending = self.deep_pending and not deep
-            if not self.failures["deep"]:
-                self.first_failure_at = None
-            log("DEBUG", "healthy", deep=deep, seconds=report.liveness_seconds)
-            self.notifier.send(STATUS=f"healthy ({'deep' if deep else 'liveness'} probe)")
-            return
-        if report.outcome == probe.STARTING:
-            log("INFO", "starting: failures do not count yet", state=f"{report.active_state}/{report.sub_state}")
-            self._reset_streak()
-            self.notifier.send(STATUS="ollama is starting")
-            return
-        self.failures[kind] += 1
-        self.deep_pending = self.deep_pending or kind == "deep"
-        if self.first_failure_at is None:
-            self.first_failure_at = seen
-        count, threshold = self.failures[kind], self.cfg.watch_failure_threshold
-        log("WARNING", f"probe: {report.outcome} ({count}/{threshold}): {report.detail}", outcome=report.outcome)
-        self.notifier.send(STATUS=f"{report.outcome} ({count}/{threshold})")
-        if count >= threshold:
-            await self.recover(report.outcome, count, report.detail)
+            elif changed and self.last is not None:
+                log("INFO", f"healthy: {evidence}", outcome=outcome)
+            else:
+                log("DEBUG", f"healthy: {evidence}", deep=deep)
+        elif changed and outcome in (BUSY, LOADING, STARTING):
+            log("INFO", f"{outcome} (no restart): {evidence}", outcome=outcome)
+        else:
+            log("DEBUG", f"{outcome}: {evidence}", outcome=outcome)
+        self.last = (outcome, evidence)
 
-    async def recover(self, outcome: str, count: int, detail: str) -> None:
-        """Ask for the coalesced, budgeted restart; log what happened."""
+    async def recover(self, outcome: str, evidence: str, since: float | None) -> None:
+        """Ask for the coalesced, budgeted restart of a confirmed wedge; log what happened."""
         now = time.time()
         if now < self.hold_until:
             log("DEBUG", "restart budget still exhausted", retry_in=round(self.hold_until - now, 1))
             return
-        reason = f"watch: {outcome} for {count} probes ({detail})"
+        reason = f"watch: {outcome}: {evidence}"
+        log("WARNING", f"restarting: {outcome}: {evidence}", outcome=outcome)
         try:
             # No waiting for readiness here: the loop's own probes (and the startup
             # grace) judge the new process, and a wedge that survives the restart
             # must not block the loop for the whole restart timeout.
-            result = await self.actl.restart(
-                reason, wait=False, observed_at=self.first_failure_at, unattended=self.unattended
-            )
+            result: Any = await self.actl.restart(reason, wait=False, observed_at=since, unattended=self.unattended)
         except BudgetExhausted as err:
             self.hold_until = time.time() + float(err.details.get("retry_after", self.cfg.watch_period))
             log("WARNING", err.message, outcome="budget-exhausted")
             self.notifier.send(STATUS=f"restart budget exhausted; next in {err.details.get('retry_after')}s")
             return
+        except (UnitStopped, UnitFailed) as err:  # the admin stopped it meanwhile: theirs, not ours
+            log("WARNING", f"not restarting: {err.message}", outcome=err.kind)
+            return
         except OllamactlError as err:
             log("ERROR", f"restart failed: {err.message}", outcome=err.kind)
             return
+        finally:
+            self.judge.reset()
         if result.action == "queued":
             self.restarts += 1
             self.restarted_at = time.monotonic()
         log("INFO", f"restart of {result.unit}: {result.action}", action=result.action, job=result.job)
-        self._reset_streak()
-
-    def _reset_streak(self) -> None:
-        """Forget the current run of failures (after a restart, or while the unit starts)."""
-        self.failures, self.first_failure_at, self.deep_pending = {"live": 0, "deep": 0}, None, False
 
     async def _ping_watchdog(self) -> None:
         """WATCHDOG=1 while the loop makes progress; a stuck loop lets systemd restart us."""

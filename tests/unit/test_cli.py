@@ -104,3 +104,33 @@ def test_errors_on_stderr_are_cleaned(capsys):
 
     assert _fail(OllamactlError("systemd said \x1b]0;owned\x07 \u202eno"), False) == 1
     assert capsys.readouterr().err == "ollamactl: systemd said \\x1b]0;owned\\x07 \\u202eno\n"
+
+
+def test_help_lists_the_new_exit_codes_and_the_start_flag():
+    out = run("restart", "--help").stdout
+    for code, word in ((14, "stopped"), (15, "busy"), (16, "loading"), (17, "failed")):
+        assert any(line.strip().startswith(f"{code} ") and word in line for line in out.splitlines()), code
+    assert "--start" in out and "TryRestartUnit" in out
+    assert build_parser().parse_args(["restart", "--start"]).start is True
+    assert build_parser().parse_args(["restart"]).start is False
+
+
+def _report(**fields):
+    base = dict(outcome="deep-wedged", evidence="GET /slots on runner :1 no answer", liveness_seconds=0.002,
+                deep_seconds=1.0, samples=9)  # fmt: skip
+    return {**base, **fields}
+
+
+def test_probe_text_prints_the_evidence_with_v():
+    from ollamactl.cli import _probe_text
+
+    assert _probe_text(_report()) == "deep-wedged (liveness 0.002s, deep 1.000s, 9 samples)"
+    assert _probe_text(_report(), verbose=True).splitlines()[1] == "evidence: GET /slots on runner :1 no answer"
+
+
+def test_probe_text_of_a_stopped_unit_says_what_to_do_even_without_v():
+    from ollamactl.cli import _probe_text
+
+    stopped = dict(outcome="stopped", evidence="start it with: sudo systemctl start x", samples=1)
+    text = _probe_text(_report(**stopped, liveness_seconds=None, deep_seconds=None))
+    assert text == "stopped: start it with: sudo systemctl start x"

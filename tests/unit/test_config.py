@@ -19,17 +19,39 @@ def test_defaults_without_any_source(tmp_path):
     assert (cfg.unit, cfg.url, cfg.group) == ("ollama.service", "http://127.0.0.1:11434", "ollamactl")
     assert (cfg.timeout, cfg.bus_timeout, cfg.http_timeout) == (90.0, 10.0, 5.0)
     assert (cfg.max_restarts, cfg.restart_window, cfg.restart_backoff) == (3, 600.0, 10.0)
-    assert cfg.model is None and cfg.deep_probe == "token"
+    assert cfg.model is None and cfg.deep_probe == "slots"
     assert set(cfg.sources.values()) == {"default"}
 
 
+def test_speed_defaults_meet_the_targets(tmp_path):
+    """Full wedge: 3 liveness probes of 1 s, 1 s apart; deep wedge: /slots silent 8 s; loads: 5 min."""
+    cfg = load(tmp_path)
+    assert (cfg.probe_timeout, cfg.watch_period, cfg.watch_failure_threshold) == (1.0, 1.0, 3)
+    assert (cfg.deep_timeout, cfg.deep_confirm, cfg.watch_deep_every, cfg.load_timeout) == (1.0, 8.0, 1, 300.0)
+
+
 def test_integer_and_choice_keys(tmp_path):
-    cfg = load(tmp_path, 'max_restarts = 5\ndeep_probe = "load"\nmodel = "llama3"\n')
-    assert (cfg.max_restarts, cfg.deep_probe, cfg.model) == (5, "load", "llama3")
+    cfg = load(tmp_path, 'max_restarts = 5\ndeep_probe = "off"\nmodel = "llama3"\n')
+    assert (cfg.max_restarts, cfg.deep_probe, cfg.model) == (5, "off", "llama3")
     with pytest.raises(ConfigError, match="deep_probe"):
         load(tmp_path, 'deep_probe = "fast"\n')
     with pytest.raises(ConfigError, match="max_restarts"):
         load(tmp_path, env={"OLLAMACTL_MAX_RESTARTS": "0"})
+
+
+@pytest.mark.parametrize("mode", ["token", "load"])
+def test_the_disturbing_deep_probes_are_refused_with_the_reason(tmp_path, mode):
+    """They queued behind users' requests and reset keep-alives; an old config says what to use instead."""
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, f'deep_probe = "{mode}"\n')
+    msg = info.value.message
+    assert "deep_probe" in msg and "removed" in msg and '"slots"' in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize(("key", "bad"), [("deep_confirm", 0.5), ("load_timeout", 0), ("deep_timeout", -1)])
+def test_new_limits_are_validated(tmp_path, key, bad):
+    with pytest.raises(ConfigError, match=key):
+        load(tmp_path, f"{key} = {bad}\n")
 
 
 def test_precedence_file_then_env_then_kwargs(tmp_path):

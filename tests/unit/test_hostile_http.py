@@ -375,18 +375,29 @@ def test_deeply_nested_json_in_api_version(body):
     assert "version" in result.detail
 
 
-def test_deeply_nested_json_in_api_generate():
-    body = b'{"done": true, "context": ' + DEEP + b"}"
-
+@pytest.mark.parametrize("body", [b'{"models": [{"name": "m", "x": ' + DEEP + b"}]}", DEEP], ids=["in-a-row", "top"])
+def test_deeply_nested_json_in_api_ps(body):
     async def handler(reader, writer):
         writer.write(answer(body, b"Content-Length: %d" % len(body)))
 
     async def go():
         async with Server(handler) as s:
-            return await probe.deep(s.endpoint, "m", "token", 5)
+            return await probe.loaded_models(s.endpoint, 5)
 
     result = asyncio.run(go())
-    assert result.outcome == probe.DEEP_WEDGED and result.detail.isprintable()
+    assert result.status == probe.BAD and result.models == () and result.detail.isprintable()
+
+
+def test_deeply_nested_json_in_a_runners_slots():
+    async def handler(reader, writer):
+        writer.write(answer(DEEP, b"Content-Length: %d" % len(DEEP)))
+
+    async def go():
+        async with Server(handler) as s:
+            return await probe.runner(s.endpoint.port, 5)
+
+    result = asyncio.run(go())
+    assert result.slots_status == probe.BAD and result.health_status == probe.BAD and result.slots == ()
 
 
 def test_escape_sequences_in_the_version_are_cleaned_in_the_probe_result():
@@ -421,19 +432,26 @@ def test_a_version_that_is_not_a_string_is_not_ollama():
     assert isinstance(result, probe.HTTPError) and "not Ollama" in str(result)
 
 
-def test_error_bodies_in_deep_probe_details_are_cleaned():
-    body = b'{"error": "\x1b]52;c;AAAA\x07 \xc2\x9b31m"}'
+def test_model_names_and_error_answers_of_api_ps_are_cleaned():
+    rows = [{"name": "\x1b]52;c;AAAA\x07m" + "x" * 5000, "size": "big", "size_vram": -1}, {"name": 7}, "junk"]
+    body = json.dumps({"models": rows}).encode()
 
-    async def handler(reader, writer):
-        writer.write(answer(body, status=b"500 Internal Server Error"))
+    async def ok(reader, writer):
+        writer.write(answer(body))
 
-    async def go():
+    async def error(reader, writer):
+        writer.write(answer(b'{"error": "\x1b]52;c;AAAA\x07 \xc2\x9b31m"}', status=b"500 Internal Server Error"))
+
+    async def go(handler):
         async with Server(handler) as s:
-            return await probe.deep(s.endpoint, "m", "token", 5)
+            return await probe.loaded_models(s.endpoint, 5)
 
-    result = asyncio.run(go())
-    assert result.outcome == probe.DEEP_WEDGED and "HTTP 500" in result.detail
-    assert result.detail.isprintable() and len(result.detail) <= probe.MAX_DETAIL + 3
+    result = asyncio.run(go(ok))
+    (model,) = result.models
+    assert model.name.isprintable() and len(model.name) <= probe.MAX_NAME + 3 and "\x1b" not in model.name
+    assert (model.size, model.size_vram) == (0, 0)
+    result = asyncio.run(go(error))
+    assert result.status == probe.BAD and "HTTP 500" in result.detail and result.detail.isprintable()
 
 
 # -- through the CLI: what reaches the terminal ------------------------------------
@@ -568,7 +586,7 @@ def test_unit_state_strings_from_the_bus_are_cleaned():
 def test_bus_error_messages_are_cleaned():
     from ollamactl.errors import OllamactlError
 
-    bus = _bus({"RestartUnit": ("org.freedesktop.systemd1.Weird", "no \x1b]52;c;AAAA\x07 way\n\u202e")})
+    bus = _bus({"TryRestartUnit": ("org.freedesktop.systemd1.Weird", "no \x1b]52;c;AAAA\x07 way\n\u202e")})
     with pytest.raises(OllamactlError) as info:
         asyncio.run(bus.restart_unit("ollama.service"))
     assert info.value.message.isprintable() and "no \\x1b]52;c;AAAA\\x07 way" in info.value.message

@@ -37,7 +37,31 @@ def test_the_packaged_rule_is_what_render_gives_for_the_default_grant():
     grant = policy.make_grant("ollamactl")
     assert text == policy.render(grant)
     assert policy.parse(text) == (grant, True)
-    assert grant.verbs == ("restart", "try-restart") and grant.unit == "ollama.service"
+    assert grant.verbs == ("try-restart",) and grant.unit == "ollama.service"
+
+
+def test_the_default_grant_is_try_restart_only_so_members_never_start_a_stopped_unit():
+    grant = policy.make_grant("ollamactl")
+    assert grant.verbs == (policy.TRY_RESTART,) and not grant.can_start
+    text = policy.render(grant)
+    assert 'var verbs = ["try-restart"];' in text
+    assert "// restart, start, stop, reload, kill, set-property, other units and unit files fall through" in text
+    assert "a unit that is stopped\n// (an admin stopped it) or failed stays as it is." in text
+    for verbs in (["restart"], ["start"], ["reload-or-restart"], ["restart", "try-restart"]):
+        wider = policy.make_grant("ollamactl", verbs=verbs)
+        assert wider.can_start and "start the unit if it is not running" in policy.render(wider)
+
+
+def test_the_commands_that_install_a_grant():
+    assert (
+        policy.install_command("ollamactl") == "sudo ollamactl policy install --group ollamactl --unit ollama.service"
+    )
+    assert policy.start_grant_command("ops", "other.service") == (
+        "sudo ollamactl policy install --group ops --unit other.service --verb restart --verb try-restart"
+    )
+    # what the admin gets from that command is what --start needs (RestartUnit: verb restart) and more
+    grant = policy.make_grant("ops", "other.service", ["restart", "try-restart"])
+    assert grant.can_start and policy.TRY_RESTART in grant.verbs and policy.RESTART in grant.verbs
 
 
 def test_rule_is_ecmascript5_and_names_only_the_granted_verbs():
@@ -83,7 +107,7 @@ def test_unit_names_are_mangled_like_systemctl_and_escaped_as_js_strings():
 
 def test_parse_notices_hand_edits_and_foreign_files():
     text = policy.render(policy.make_grant("ops"))
-    assert policy.parse(text.replace('"restart", "try-restart"]', '"restart", "stop"]'))[1] is False
+    assert policy.parse(text.replace('var verbs = ["try-restart"]', 'var verbs = ["try-restart", "start"]'))[1] is False
     assert policy.parse("polkit.addRule(function () {});\n") == (None, False)
 
 
@@ -106,7 +130,8 @@ def test_install_is_atomic_0644_and_never_overwrites_a_foreign_file(tmp_path):
     assert path.read_text() == policy.render(grant)
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temp file left
     scan = policy.scan([tmp_path])
-    assert [r.grant for r in scan.granting("ops", "other.service")] == [grant]
+    assert [r.grant for r in scan.granting("ops", "other.service", "restart")] == [grant]
+    assert scan.granting("ops", "other.service") == []  # try-restart, what ollamactl restart needs, is not granted
     foreign = tmp_path / "50-mine.rules"
     foreign.write_text("polkit.addRule(function () {});\n")
     with pytest.raises(policy.PolicyWriteError, match="not written by ollamactl"):
@@ -163,7 +188,7 @@ def test_doctor_on_polkit_0105_says_a_scoped_grant_is_impossible_and_prints_the_
     version, check = asyncio.run(doctor._polkit_version(OldPolkit(), doctor.default_config()))
     assert version == "0.105" and check.ok is False
     assert "a grant scoped to ollama.service is impossible here" in check.detail and ".pkla" in check.detail
-    assert "%ollamactl ALL=(root) NOPASSWD: /usr/bin/systemctl restart ollama.service" in check.fix
+    assert "%ollamactl ALL=(root) NOPASSWD: /usr/bin/systemctl try-restart ollama.service" in check.fix
 
 
 # -- aliases: polkit sees the primary name (systemd resolves the alias first) -------------
@@ -277,16 +302,19 @@ class FakeSystemd:
             return ["126"]
         assert member == "CheckAuthorization"
         self.asked = args[1][2]["unit"]
+        self.verb = args[1][2]["verb"]
         return [(True, False, {})]
 
 
-def _doctor_rule_check(monkeypatch, tmp_path, unit: str, rule_for: str | None, primary: dict[str, str]):
+def _doctor_rule_check(
+    monkeypatch, tmp_path, unit: str, rule_for: str | None, primary: dict[str, str], verbs: list[str] | None = None
+):
     import asyncio
 
     from ollamactl import doctor
 
     if rule_for:
-        (tmp_path / "50-x.rules").write_text(policy.render(policy.make_grant("ollamactl", rule_for)))
+        (tmp_path / "50-x.rules").write_text(policy.render(policy.make_grant("ollamactl", rule_for, verbs)))
     real_scan = policy.scan
     monkeypatch.setattr(policy, "scan", lambda dirs=None: real_scan([tmp_path]))
     fake = FakeSystemd(primary)
@@ -309,6 +337,7 @@ def test_doctor_checks_the_rule_against_the_primary_name_and_says_so(monkeypatch
     config = load_config({"unit": "ollama-alias.service"}, config_file=os.devnull, environ={})
     authorized, _ = asyncio.run(doctor._ask_polkit(fake, config, report, os.getuid()))
     assert authorized is True and fake.asked == "other.service"  # the name systemd would give polkit
+    assert fake.verb == "try-restart"  # what ollamactl restart asks for: TryRestartUnit
 
 
 def test_doctor_fails_a_rule_for_the_alias_name_with_the_fix_for_the_primary(monkeypatch, tmp_path):
@@ -323,6 +352,34 @@ def test_doctor_without_an_alias_is_unchanged(monkeypatch, tmp_path):
     report, checks, _ = _doctor_rule_check(monkeypatch, tmp_path, "ollama.service", "ollama.service", {})
     assert report.primary_unit == "ollama.service" and checks["rule"].ok is True
     assert "alias of" not in checks["rule"].detail
+
+
+def test_doctor_says_a_stopped_unit_stays_stopped_and_how_to_let_members_start_it(monkeypatch, tmp_path):
+    _, checks, _ = _doctor_rule_check(monkeypatch, tmp_path, "ollama.service", "ollama.service", {})
+    detail = checks["rule"].detail
+    assert "members of group ollamactl may try-restart ollama.service, and nothing else" in detail
+    assert "a stopped ollama.service stays stopped (only an admin starts it)" in detail
+    assert detail.endswith(
+        "ollamactl restart --start: sudo ollamactl policy install --group ollamactl --unit ollama.service "
+        "--verb restart --verb try-restart"
+    )
+
+
+def test_doctor_says_when_members_may_start_the_unit(monkeypatch, tmp_path):
+    verbs = ["restart", "try-restart"]
+    _, checks, _ = _doctor_rule_check(monkeypatch, tmp_path, "ollama.service", "ollama.service", {}, verbs)
+    assert checks["rule"].ok is True
+    assert checks["rule"].detail.endswith(
+        f"members may also start a stopped ollama.service (restart --start), by {tmp_path}/50-x.rules"
+    )
+
+
+def test_doctor_fails_a_rule_without_try_restart(monkeypatch, tmp_path):
+    """A grant of restart alone does not let ollamactl restart (TryRestartUnit) through."""
+    _, checks, _ = _doctor_rule_check(monkeypatch, tmp_path, "ollama.service", "ollama.service", {}, ["restart"])
+    rule = checks["rule"]
+    assert rule.ok is False and rule.detail == "no polkit rule grants try-restart of ollama.service to group ollamactl"
+    assert rule.fix == "sudo ollamactl policy install --group ollamactl --unit ollama.service"
 
 
 def test_doctor_wants_the_runtime_dir_2770(tmp_path):

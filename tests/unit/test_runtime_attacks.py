@@ -483,7 +483,7 @@ class FakeBus:
     async def subscribe(self) -> None:
         pass
 
-    async def restart_unit(self, name: str) -> str:
+    async def restart_unit(self, name: str, *, start: bool = False) -> str:
         self.restarted.append(name)
         return f"/org/freedesktop/systemd1/job/{len(self.restarted)}"
 
@@ -502,6 +502,7 @@ def actl(rd, monkeypatch):
     cfg = load_config({"runtime_dir": str(rd.path), "group": rd.group}, environ={}, config_file="/dev/null")
     ctl = AsyncController(config=cfg, plain_results=True)
     ctl._bus = FakeBus()
+    ctl._admin = False  # a member's process, unless a test says otherwise
     ctl.logged = logged
     return ctl
 
@@ -520,6 +521,18 @@ def test_a_forged_history_does_not_exhaust_the_watchdogs_budget(rd, actl):
     with pytest.raises(BudgetExhausted):  # its own restarts do count: 10 s of backoff
         asyncio.run(actl.restart("watch: again", wait=False, unattended=watchdog))
     assert actl._bus.restarted == [UNIT]
+
+
+def test_a_forged_history_does_not_stop_root(rd, actl):
+    now = time.time()
+    rd.state_path.write_bytes(state_bytes(*(entry(at=now - k, uid=0) for k in (1, 2, 3))))
+    with pytest.raises(BudgetExhausted):
+        asyncio.run(actl.restart("member", wait=False))
+    actl._admin = True  # root's CLI: the admin, acting by hand
+    result = asyncio.run(actl.restart("admin", wait=False))
+    assert result.action == "queued" and actl._bus.restarted == [UNIT]
+    assert any(level == "WARNING" and "does not bind root" in msg for level, msg in actl.logged)
+    assert len(rd.read_state().restarts) == 4  # and it is recorded for the members' budget
 
 
 def test_the_watchdog_restarts_without_the_lock_a_member_holds_forever(rd, actl):
@@ -542,8 +555,8 @@ def test_the_watchdog_recovers_through_everything_a_member_planted(rd, actl, tmp
     os.symlink(tmp_path / "nologin", rd.path / "restart.lock")
     actl.config = dataclasses.replace(actl.config, watch_failure_threshold=1)
 
-    async def wedged(deep=False):
-        return SimpleNamespace(outcome="wedged", detail="no answer", healthy=False, liveness_seconds=2.0)
+    async def wedged(deep=False, judge=None):
+        return SimpleNamespace(outcome="wedged", evidence="no answer", confirmed=True, since=now - 3, healthy=False)
 
     actl.probe = wedged
     watcher = Watcher(actl, Notifier(address=""))

@@ -1,0 +1,65 @@
+"""Listening TCP sockets, from the kernel's /proc/net/tcp and tcp6.
+
+Why: the deep probe asks each llama-server runner for its /slots, and the
+runners' ports are in Ollama's journal, which most users may not read.  The
+kernel lists every listening socket with its owner's uid to anyone, so the
+runners are the loopback listeners of the user that owns Ollama's own port.
+(Inside a user namespace, e.g. the watchdog's PrivateUsers=, foreign uids all
+read as the overflow uid; the watchdog reads the journal instead.)
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+PROC_NET = ("/proc/net/tcp", "/proc/net/tcp6")
+MAX_BYTES = 8 << 20  # ~50,000 sockets; a host with more still gets a bounded read
+MAX_PORTS = 16  # runner candidates we return (one per loaded model)
+_LISTEN = "0A"
+
+
+def listeners(paths: tuple[str, ...] = PROC_NET) -> list[tuple[str, int, int]]:
+    """(address, port, uid) of every listening TCP socket the kernel shows us; [] if it shows none."""
+    out = []
+    for path in paths:
+        try:
+            with open(path, "rb") as fh:
+                text = fh.read(MAX_BYTES).decode("ascii", "replace")
+        except OSError:
+            continue
+        for line in text.splitlines()[1:]:
+            parsed = _parse(line)
+            if parsed is not None:
+                out.append(parsed)
+    return out
+
+
+def _parse(line: str) -> tuple[str, int, int] | None:
+    fields = line.split()
+    if len(fields) < 8 or fields[3] != _LISTEN:
+        return None
+    addr, _, port_hex = fields[1].partition(":")
+    try:
+        port, uid = int(port_hex, 16), int(fields[7])
+        if len(addr) == 8:
+            ip = socket.inet_ntop(socket.AF_INET, struct.pack("=I", int(addr, 16)))
+        elif len(addr) == 32:
+            words = [struct.pack("=I", int(addr[i : i + 8], 16)) for i in range(0, 32, 8)]
+            ip = socket.inet_ntop(socket.AF_INET6, b"".join(words))
+        else:
+            return None
+    except (ValueError, OSError, struct.error):
+        return None
+    return ip, port, uid
+
+
+def runner_ports(api_port: int, found: list[tuple[str, int, int]] | None = None) -> list[int]:
+    """Ports on 127.0.0.1 listened on by the owner of Ollama's own port ``api_port`` (its runners)."""
+    socks = listeners() if found is None else found
+    owners = {uid for _, port, uid in socks if port == api_port}
+    if len(owners) != 1:  # nobody listens there, or we cannot tell whose it is
+        return []
+    (owner,) = owners
+    ports = sorted({port for ip, port, uid in socks if uid == owner and ip == "127.0.0.1" and port != api_port})
+    return ports[:MAX_PORTS]

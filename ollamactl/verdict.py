@@ -1,0 +1,407 @@
+"""The verdict: is Ollama making progress?  Pure logic over samples, no I/O.
+
+One rule decides every restart: restart only on evidence that Ollama makes
+no progress, never because it is slow, busy, loading, or stopped by an admin.
+A slow answer is not such evidence: on a real Ollama a request waits in an
+unbounded FIFO for a slot, and loads take minutes.  What is evidence:
+
+- the whole server silent: GET /api/version (answered by the HTTP server
+  alone) gets no answer, again and again, and no request completes meanwhile;
+- the inference loop stuck: a runner's GET /slots (llama-server answers it
+  only from its main loop) gets no answer for ``deep_confirm`` seconds while
+  /api/version answers and a model is loaded, no request completes meanwhile,
+  and the unit is not computing on several CPUs (a long prompt batch on a CPU);
+- a model load with no sign of life for longer than ``load_timeout`` (plus
+  the time Ollama needs to abort a stalled load itself).
+
+"Completes" means a successful inference request in Ollama's access log (the
+journal), which gin writes only when a request finishes.  ``Judge`` keeps the
+streaks across samples, so the watchdog, ``probe`` and the guard share one
+verdict; it reads time only from the samples, so tests inject their clocks.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ollamactl import probe
+from ollamactl.errors import (
+    EXIT_BUSY,
+    EXIT_DEEP_WEDGED,
+    EXIT_FAILED,
+    EXIT_LOADING,
+    EXIT_NOT_ANSWERING,
+    EXIT_STARTING,
+    EXIT_STOPPED,
+    EXIT_WEDGED,
+)
+
+if TYPE_CHECKING:
+    from ollamactl.journal import JournalFacts
+
+HEALTHY = "healthy"  # answers; idle, or progress seen
+BUSY = "busy"  # slow, but with evidence of progress
+LOADING = "loading"  # a model load is in progress, within load_timeout
+STARTING = "starting"  # the unit is starting or stopping, or within its startup grace
+STOPPED = "stopped"  # inactive after a clean stop: an admin's decision, never undone by us
+FAILED = "failed"  # the unit failed: an admin must look; never restarted by us
+DOWN = "down"  # refused while the unit is active
+WEDGED = "wedged"  # /api/version gets no answer
+DEEP_WEDGED = "deep-wedged"  # /api/version answers, inference (or a load) makes no progress
+
+OUTCOMES = (HEALTHY, BUSY, LOADING, STARTING, STOPPED, FAILED, DOWN, WEDGED, DEEP_WEDGED)
+EXIT_CODES = {
+    HEALTHY: 0,
+    DOWN: EXIT_NOT_ANSWERING,
+    WEDGED: EXIT_WEDGED,
+    DEEP_WEDGED: EXIT_DEEP_WEDGED,
+    STARTING: EXIT_STARTING,
+    STOPPED: EXIT_STOPPED,
+    BUSY: EXIT_BUSY,
+    LOADING: EXIT_LOADING,
+    FAILED: EXIT_FAILED,
+}
+#: Outcomes a restart can cure, once confirmed (see Verdict.restart).
+RESTARTABLE = frozenset({DOWN, WEDGED, DEEP_WEDGED})
+
+#: Seconds Ollama gets to abort a stalled load itself (OLLAMA_LOAD_TIMEOUT) before we call the load stuck.
+LOAD_GRACE = 15.0
+#: A unit computing on more CPUs than this while /slots is silent is busy (a long prompt batch on CPU), not stuck.
+CPU_BUSY = 1.5
+_TRANSITIONS = ("activating", "deactivating", "reloading", "maintenance", "refreshing")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The verdict's thresholds; ``from_config`` takes them from the settings."""
+
+    threshold: int = 3  # consecutive failing samples before a wedge is confirmed
+    deep_confirm: float = 8.0  # seconds a runner's /slots must stay silent
+    load_timeout: float = 300.0  # seconds a load may go without a sign of life
+    startup_grace: float = 10.0  # seconds after a start in which failures do not count
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Limits:
+        """The limits in a Config (or anything with the same attributes)."""
+        return cls(cfg.watch_failure_threshold, cfg.deep_confirm, cfg.load_timeout, cfg.watch_startup_grace)
+
+
+@dataclass(frozen=True)
+class UnitFacts:
+    """What the verdict needs of the unit's state (a systemd.UnitState has these attributes)."""
+
+    name: str
+    active_state: str
+    sub_state: str = ""
+    result: str | None = None
+    invocation_id: str | None = None
+    started_at: float | None = None
+    cpu_usage_nsec: int | None = None
+
+
+@dataclass
+class Sample:
+    """One round of evidence.  ``at``: wall clock when it began; ``done_at``: when it was complete."""
+
+    at: float
+    unit: Any  # UnitFacts or systemd.UnitState
+    live: probe.ProbeResult | None = None  # None: not probed (the unit is not active)
+    ps: probe.PsResult | None = None  # None: not asked
+    runners: tuple[probe.RunnerResult, ...] = ()
+    journal: JournalFacts | None = None
+    deep: bool = False
+    deep_note: str = ""  # why the runners were not probed, if they were not
+    done_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.done_at = self.done_at or self.at
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """An outcome and the one line of evidence that decided it.
+
+    ``confirmed``: for a restartable outcome, its streak is complete (the
+    watchdog restarts only then); ``pending``: a streak is under way and
+    another sample could confirm or clear it; ``since``: when the streak began.
+    """
+
+    outcome: str
+    evidence: str
+    confirmed: bool = False
+    pending: bool = False
+    since: float | None = None
+
+    @property
+    def restart(self) -> bool:
+        """Does this verdict call for a restart?"""
+        return self.confirmed and self.outcome in RESTARTABLE
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.outcome]
+
+
+@dataclass
+class _Streak:
+    start: float
+    count: int = 0
+    cpu: list[tuple[float, int]] = field(default_factory=list)  # (time, unit CPU ns) samples
+
+
+class Judge:
+    """Turns samples into verdicts, keeping the streaks between them (one per watcher or probe)."""
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self._invocation: str | None = None
+        self._live: _Streak | None = None
+        self._deep: _Streak | None = None
+        self._proven: set[int] = set()  # runner ports that answered like a llama-server this invocation
+        self._decoded: dict[tuple[int, int], int] = {}  # (port, slot) -> n_decoded last seen
+        self._load_seen: float | None = None  # first sign of a load the journal did not date
+
+    @property
+    def deep_pending(self) -> bool:
+        """Is a deep streak under way (so the next sample should be deep too)?"""
+        return self._deep is not None
+
+    def reset(self) -> None:
+        """Forget every streak (after a restart, or when the unit starts or stops)."""
+        self._live = self._deep = None
+        self._load_seen = None
+
+    def observe(self, s: Sample) -> Verdict:
+        """The verdict on one more sample."""
+        unit = s.unit
+        if unit.invocation_id != self._invocation:
+            self._invocation = unit.invocation_id
+            self._proven.clear()
+            self._decoded.clear()
+            self.reset()
+        verdict = self._unit_verdict(unit, s.at)
+        if verdict is not None:
+            self.reset()
+            return verdict
+        return self._live_verdict(s) or self._deep_verdict(s)
+
+    # -- the unit ----------------------------------------------------------------
+
+    def _unit_verdict(self, unit: Any, at: float) -> Verdict | None:
+        name, state, result = unit.name, unit.active_state, unit.result
+        if state == "failed" or (state == "inactive" and result not in (None, "", "success")):
+            return Verdict(
+                FAILED,
+                f"{name} failed (Result={result or '?'}); restarting would hide why. Fix: sudo systemctl "
+                f"reset-failed {name} && sudo systemctl start {name} (see: journalctl -u {name} -n 50)",
+            )
+        if state == "inactive":
+            return Verdict(
+                STOPPED,
+                f"{name} is stopped (inactive, Result={result or 'success'}): stopped cleanly, e.g. by an admin; "
+                f"ollamactl never starts it (to start it: sudo systemctl start {name})",
+            )
+        if state in _TRANSITIONS or unit.sub_state == "auto-restart" or state != "active":
+            return Verdict(STARTING, f"{name} is {state} ({unit.sub_state}): failures do not count yet")
+        return None
+
+    def _in_grace(self, s: Sample) -> bool:
+        started = s.unit.started_at
+        return started is not None and s.at - started < self.limits.startup_grace
+
+    # -- the whole server ------------------------------------------------------------
+
+    def _live_verdict(self, s: Sample) -> Verdict | None:
+        live = s.live
+        if live is None or live.outcome == probe.HEALTHY:
+            self._live = None
+            return None
+        if self._in_grace(s):
+            self.reset()
+            age = max(0.0, s.at - s.unit.started_at)
+            return Verdict(STARTING, f"{live.detail}, but {s.unit.name} started {age:.1f}s ago (startup grace)")
+        streak = self._live = self._live or _Streak(s.at)
+        streak.count += 1
+        outcome = DOWN if live.outcome == probe.DOWN else WEDGED
+        what = live.detail or f"GET /api/version: {live.outcome}"
+        if outcome == DOWN:
+            what += f" while {s.unit.name} is active"
+        progress = _progress(s.journal, streak.start)
+        if progress:
+            self._live = None
+            return Verdict(BUSY, f"{what}, but {progress}")
+        span = s.done_at - streak.start
+        confirmed = streak.count >= self.limits.threshold and not _stale(s.journal)
+        return Verdict(
+            outcome,
+            f"{what} ({_nth(streak.count)} time in {span:.1f}s){_no_progress(s.journal, streak.start)}",
+            confirmed=confirmed,
+            pending=not confirmed,
+            since=streak.start,
+        )
+
+    # -- inference and loads -----------------------------------------------------------
+
+    def _deep_verdict(self, s: Sample) -> Verdict:
+        version = f"GET /api/version answered in {s.live.seconds:.3f}s" if s.live else "not probed"
+        if s.live and s.live.api_version:
+            version += f" (Ollama {s.live.api_version})"
+        if not s.deep:  # a liveness-only sample: a deep streak under way is left as it is
+            return Verdict(HEALTHY, version)
+        lim = self.limits
+        journal = s.journal if s.journal is not None and s.journal.readable else None
+        for r in s.runners:
+            if r.alive:
+                self._proven.add(r.port)
+            elif r.slots_status == probe.REFUSED:
+                self._proven.discard(r.port)  # that runner is gone
+        ps = s.ps
+        no_model = ps is not None and ps.status == probe.OK and not ps.models
+        loaded = ", ".join(m.name for m in ps.models) if ps is not None and ps.models else ""
+
+        # a load in progress: fine until it shows no sign of life for load_timeout
+        stuck_load = ""
+        load = self._load(s, journal)
+        if load is not None:
+            began, activity, how = load
+            quiet = s.done_at - activity
+            if quiet <= lim.load_timeout + LOAD_GRACE:
+                self._deep = None
+                return Verdict(
+                    LOADING,
+                    f"a model load is in progress since {_clock(began)} ({s.done_at - began:.0f}s; {how}); {version}",
+                )
+            stuck_load = f"model load since {_clock(began)} shows no sign of life for {quiet:.0f}s ({how})"
+
+        silent = [
+            r
+            for r in s.runners
+            if r.slots_status == probe.TIMEOUT and (r.health_status == probe.OK or r.port in self._proven)
+        ]
+        if no_model:
+            silent = []  # their models are gone: nothing is stuck on them
+        if not silent and not stuck_load:
+            self._deep = None
+            return self._answering(s, version, loaded, no_model)
+        if self._in_grace(s):
+            self.reset()
+            age = max(0.0, s.at - s.unit.started_at)
+            return Verdict(STARTING, f"{s.unit.name} started {age:.1f}s ago (startup grace)")
+
+        streak = self._deep = self._deep or _Streak(s.at)
+        streak.count += 1
+        if s.unit.cpu_usage_nsec is not None:
+            streak.cpu.append((s.done_at, s.unit.cpu_usage_nsec))
+        span = s.done_at - streak.start
+        if silent:
+            r = silent[0]
+            health = "/health answers" if r.health_status == probe.OK else "/health does not answer either"
+            what = (
+                f"GET /slots on runner :{r.port} no answer in {r.seconds:.1f}s ({_nth(streak.count)} time in "
+                f"{span:.1f}s; {health}), /api/version answers"
+            )
+            if loaded:
+                what += f", loaded: {loaded}"
+        else:
+            what = f"{stuck_load} ({_nth(streak.count)} time in {span:.1f}s)"
+        progress = _progress(s.journal, streak.start)
+        if progress:
+            self._deep = None
+            return Verdict(BUSY, f"{what}, but {progress}")
+        cpus = self._cpus(streak, s.done_at)
+        if cpus is not None and cpus >= CPU_BUSY:
+            return Verdict(BUSY, f"{what}, but {s.unit.name} is computing ({cpus:.1f} CPUs over the silence)")
+        needed = lim.deep_confirm if silent else 0.0
+        confirmed = streak.count >= lim.threshold and span >= needed and not _stale(s.journal)
+        tail = _no_progress(s.journal, streak.start)
+        if not confirmed and silent:
+            tail += f"; deep-wedged after {lim.threshold} in {needed:g}s"
+        return Verdict(DEEP_WEDGED, what + tail, confirmed=confirmed, pending=not confirmed, since=streak.start)
+
+    def _load(self, s: Sample, journal: JournalFacts | None) -> tuple[float, float, str] | None:
+        """(began, last sign of life, how we know) of a load in progress, or None."""
+        if journal is not None and journal.load_started_at is not None:
+            self._load_seen = None
+            began = journal.load_started_at
+            return began, max(began, journal.load_activity_at or began), "journal: load started, not finished"
+        runner_loading = [r.port for r in s.runners if probe.LOADING in (r.slots_status, r.health_status)]
+        ps_blocked = s.ps is not None and s.ps.status == probe.TIMEOUT and journal is None
+        if not (runner_loading or ps_blocked):
+            self._load_seen = None
+            return None
+        if self._load_seen is None:
+            self._load_seen = s.at
+        how = f"runner :{runner_loading[0]} answers 503 loading" if runner_loading else "GET /api/ps blocks"
+        return self._load_seen, self._load_seen, how + " (first seen then)"
+
+    def _cpus(self, streak: _Streak, now: float) -> float | None:
+        """CPUs the unit used over the last deep_confirm seconds of the streak (None: unknown)."""
+        window = [(t, n) for t, n in streak.cpu if t >= now - self.limits.deep_confirm]
+        older = [(t, n) for t, n in streak.cpu if t < now - self.limits.deep_confirm]
+        points = older[-1:] + window
+        if len(points) < 2 or points[-1][0] <= points[0][0] or points[-1][1] < points[0][1]:
+            return None
+        return (points[-1][1] - points[0][1]) / 1e9 / (points[-1][0] - points[0][0])
+
+    def _answering(self, s: Sample, version: str, loaded: str, no_model: bool) -> Verdict:
+        if no_model:
+            return Verdict(HEALTHY, f"{version}; no model loaded: nothing to deep-probe")
+        parts = [version]
+        for r in s.runners:
+            if r.slots_status != probe.OK:
+                if r.slots_status != probe.REFUSED:
+                    parts.append(f"runner :{r.port} /slots {r.slots_status} (/health {r.health_status})")
+                continue
+            busy = [sl for sl in r.slots if sl.is_processing]
+            text = f"runner :{r.port} /slots answered in {r.seconds:.3f}s, {len(busy)} of {len(r.slots)} slots busy"
+            for sl in busy[:2]:
+                before = self._decoded.get((r.port, sl.id))
+                if sl.n_decoded is not None:
+                    text += f", slot {sl.id} n_decoded {'' if before is None else f'{before} -> '}{sl.n_decoded}"
+            parts.append(text)
+            for sl in r.slots:
+                if sl.n_decoded is not None:
+                    self._decoded[(r.port, sl.id)] = sl.n_decoded
+        if len(parts) == 1:
+            parts.append(s.deep_note or "no runner answered /slots")
+        outcome = HEALTHY
+        if s.ps is not None and s.ps.status == probe.TIMEOUT:
+            outcome = BUSY
+            parts.append(f"{s.ps.detail} outside a model load")
+        elif loaded:
+            parts.append(f"loaded: {loaded}")
+        return Verdict(outcome, "; ".join(parts))
+
+
+def _progress(journal: JournalFacts | None, since: float) -> str:
+    """Why the journal says Ollama made progress since ``since`` ("" if it does not say so)."""
+    if journal is not None and journal.readable and journal.completed_since(since):
+        at = journal.last_completion_at or since
+        return f"a request completed at {_clock(at)} ({journal.last_completion}; journal)"
+    return ""
+
+
+def _no_progress(journal: JournalFacts | None, since: float) -> str:
+    if journal is None:
+        return ""
+    if not journal.readable:
+        return f"; no journal evidence ({journal.problem})"
+    if _stale(journal):
+        return f"; no request completed since {_clock(since)} as far as the journal was read ({journal.problem})"
+    return f", no request completed since {_clock(since)} (journal)"
+
+
+def _stale(journal: JournalFacts | None) -> bool:
+    """Did the last journal read fail (so a completion since may be unseen)?  Then nothing is confirmed."""
+    return journal is not None and journal.readable and journal.failed_reads > 0
+
+
+def _clock(t: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(t))
+
+
+def _nth(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
