@@ -23,7 +23,10 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser, *, epilog: str) -> No
         parents=[common],
         help="show, render or install the polkit rule that grants restarts",
         description="The polkit rule that lets one group restart one unit. "
-        "show: the grant in force; render: print a rule; install: write it to /etc/polkit-1/rules.d (root).",
+        "show: the grant in force; render: print a rule; install: write it to /etc/polkit-1/rules.d (root). "
+        "The default grant is try-restart only: members restart the unit while it runs and can never start it "
+        "once an admin stopped it (not even with busctl). To let them start it too (ollamactl restart --start), "
+        "grant restart as well: sudo ollamactl policy install --group ollamactl --verb restart --verb try-restart.",
         epilog=epilog,
         formatter_class=raw,
     )
@@ -65,7 +68,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser, *, epilog: str) -> No
             action="append",
             choices=VERB_CHOICES,
             metavar="VERB",
-            help=f"a verb to grant, repeatable: {', '.join(VERB_CHOICES)} (default: restart and try-restart)",
+            help=f"a verb to grant, repeatable: {', '.join(VERB_CHOICES)} (default: try-restart only, which never "
+            "starts a stopped unit; restart, start and reload-or-restart also start it, e.g. for "
+            "ollamactl restart --start, which needs restart)",
         )
         r.add_argument(
             "--offline",
@@ -253,6 +258,8 @@ def _show_text(p: dict[str, Any]) -> str:
         lines.append(f"  group: {r['group']}")
         lines.append(f"  unit:  {r['unit']}")
         lines.append(f"  verbs: {', '.join(r['verbs'])} (nothing else: no stop, kill, set-property, unit files)")
+        if not set(r["verbs"]) & {"restart", "start", "reload-or-restart"}:
+            lines.append(f"  a stopped {r['unit']} stays stopped: members cannot start it (grant restart to allow it)")
         if r["group_members"] is None:
             lines.append(f"  members: none; group {r['group']} does not exist")
         else:

@@ -256,29 +256,39 @@ async def _polkit_version(bus: Any, config: Config) -> tuple[str | None, Check]:
 
 
 def _rule_check(config: Config, polkit_version: str | None, primary: str | None = None) -> Check:
-    """Is there a rule of ours granting restart of the unit, by the name polkit sees (``primary``)?"""
+    """Is there a rule of ours granting try-restart of the unit, by the name polkit sees (``primary``)?
+
+    try-restart is what ``ollamactl restart``, the watchdog and the guard use;
+    whether members may also start a stopped unit (verb restart, for
+    ``restart --start``) is said, not required.
+    """
     scan = policy.scan()
     unit = primary or config.unit
+    verb = policy.TRY_RESTART
     alias = f" ({config.unit} is an alias of {unit}: polkit checks the primary name)" if unit != config.unit else ""
-    granting = scan.granting(config.group, unit)
-    fix = f"sudo ollamactl policy install --group {config.group} --unit {unit}"
+    granting = scan.granting(config.group, unit, verb)
+    fix = policy.install_command(config.group, unit)
     if granting:
         rule = granting[0]
         if not rule.polkitd_can_read:
             return Check(
                 "rule",
                 False,
-                f"{rule.path} grants restart of {unit} to {config.group}, but polkitd cannot read it "
+                f"{rule.path} grants {verb} of {unit} to {config.group}, but polkitd cannot read it "
                 f"(mode {stat.S_IMODE(rule.mode):04o})",
                 f"sudo chmod 0644 {rule.path}",
             )
-        return Check("rule", True, f"{rule.path}: {rule.grant.describe() if rule.grant else ''}{alias}")
-    for_alias = scan.granting(config.group, config.unit) if alias else []
+        return Check(
+            "rule",
+            True,
+            f"{rule.path}: {rule.grant.describe() if rule.grant else ''}{alias}; " + _starts(scan, config, unit),
+        )
+    for_alias = scan.granting(config.group, config.unit, verb) if alias else []
     if for_alias:
         return Check(
             "rule",
             False,
-            f"{for_alias[0].path} grants restart of {config.unit} to {config.group}, but {config.unit} is an "
+            f"{for_alias[0].path} grants {verb} of {config.unit} to {config.group}, but {config.unit} is an "
             f"alias of {unit} and polkit checks the primary name, so it grants nothing",
             f"{fix} (and remove {for_alias[0].path})",
         )
@@ -303,11 +313,23 @@ def _rule_check(config: Config, polkit_version: str | None, primary: str | None 
         return Check(
             "rule",
             None,
-            f"no rule of ours granting restart of {unit} to {config.group} where you can look{alias}; "
+            f"no rule of ours granting {verb} of {unit} to {config.group} where you can look{alias}; "
             f"{dirs} can be read only by polkitd and root: run sudo ollamactl doctor",
             None,
         )
-    return Check("rule", False, f"no polkit rule grants restart of {unit} to group {config.group}{alias}", fix)
+    return Check("rule", False, f"no polkit rule grants {verb} of {unit} to group {config.group}{alias}", fix)
+
+
+def _starts(scan: policy.Scan, config: Config, unit: str) -> str:
+    """Whether members may also start the unit when it is stopped, and how an admin allows it."""
+    starting = [r for r in scan.ours if r.grant and r.pristine and r.grant.group == config.group
+                and r.grant.unit == unit and r.grant.can_start]  # fmt: skip
+    if starting:
+        return f"members may also start a stopped {unit} (restart --start), by {starting[0].path}"
+    return (
+        f"a stopped {unit} stays stopped (only an admin starts it); to let members start it with "
+        f"ollamactl restart --start: {policy.start_grant_command(config.group, unit)}"
+    )
 
 
 def _dpkg_ships(path: Path, info: Path = Path("/var/lib/dpkg/info/ollamactl.list")) -> bool:
@@ -370,7 +392,7 @@ async def _ask_polkit(bus: Any, config: Config, report: Report, uid: int) -> tup
         {"pid": Variant("u", pid), "start-time": Variant("t", start), "uid": Variant("i", uid)},
     ]
     unit = report.primary_unit or config.unit  # what systemd would put in the details
-    details = {"unit": unit, "verb": "restart"}
+    details = {"unit": unit, "verb": policy.TRY_RESTART}  # what ollamactl restart asks for (TryRestartUnit)
     try:
         (result,) = await bus.call(
             AUTHORITY_PATH,
@@ -380,7 +402,7 @@ async def _ask_polkit(bus: Any, config: Config, report: Report, uid: int) -> tup
             [subject, policy.ACTION, details, 0, ""],
             destination=POLKIT,
             unit=config.unit,
-            verb="ask polkit about restart of",
+            verb="ask polkit about try-restart of",
         )
     except OllamactlError as err:
         if err.details.get("bus_error") == "org.freedesktop.PolicyKit1.Error.NotAuthorized":
@@ -396,7 +418,7 @@ async def _ask_polkit(bus: Any, config: Config, report: Report, uid: int) -> tup
     authorized, challenge = bool(result[0]), bool(result[1])
     asked = "" if uid == os.getuid() else f" (asked about pid {pid})"
     if authorized:
-        return True, Check("polkit says", True, f"{report.user} may restart {config.unit}{asked}")
+        return True, Check("polkit says", True, f"{report.user} may try-restart {config.unit}{asked}")
     failed = {c.name for c in report.checks if c.ok is False}
     if "group" in failed:
         fix = f"sudo usermod -aG {config.group} {report.user}"
@@ -405,7 +427,7 @@ async def _ask_polkit(bus: Any, config: Config, report: Report, uid: int) -> tup
     else:
         fix = "journalctl -u polkit (polkitd logs rules it could not load)"
     why = " (it would ask for an admin password, which ollamactl never lets it do)" if challenge else ""
-    return False, Check("polkit says", False, f"{report.user} may NOT restart {config.unit}{why}{asked}", fix)
+    return False, Check("polkit says", False, f"{report.user} may NOT try-restart {config.unit}{why}{asked}", fix)
 
 
 def _runtime_dir_check(run_dir: Path, group: str) -> Check:

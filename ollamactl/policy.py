@@ -22,9 +22,19 @@ from ollamactl.units import check_group_name, check_unit_name, mangle_unit_name
 
 #: Verbs a rule may grant.  stop, kill, reload, set-property and the rest are never offered.
 VERBS = ("restart", "try-restart", "start", "reload-or-restart")
+#: The verbs that start a unit that is not running (systemd's restart of an inactive unit starts it).
+STARTING_VERBS = frozenset({"restart", "start", "reload-or-restart"})
+#: The verb of TryRestartUnit: ``ollamactl restart``, the watchdog and the guard use only this one.
+TRY_RESTART = "try-restart"
+#: The verb of RestartUnit: ``ollamactl restart --start`` needs it (it starts a stopped unit).
+RESTART = "restart"
 DEFAULT_GROUP = "ollamactl"
 DEFAULT_UNIT = "ollama.service"
-DEFAULT_VERBS = ("restart", "try-restart")
+#: The default grant: try-restart only.  systemd restarts the unit only if it is running (or starting);
+#: for a stopped or failed unit it does nothing.  So a member can never start a unit an
+#: admin stopped, even with busctl: polkit itself keeps "nobody fights the admin".  An admin who wants
+#: members to be able to start it adds the verb restart: see ``install_command``.
+DEFAULT_VERBS = (TRY_RESTART,)
 ACTION = "org.freedesktop.systemd1.manage-units"
 ETC_RULES = Path("/etc/polkit-1/rules.d")
 PACKAGED_RULES = Path("/usr/share/polkit-1/rules.d")
@@ -55,10 +65,27 @@ class Grant:
     unit: str
     verbs: tuple[str, ...]
 
+    @property
+    def can_start(self) -> bool:
+        """Does the grant let members start the unit when it is not running (an admin stopped it)?"""
+        return bool(STARTING_VERBS.intersection(self.verbs))
+
     def describe(self) -> str:
         """The grant in words, e.g. for ``policy show``."""
         verbs = " and ".join([", ".join(self.verbs[:-1]), self.verbs[-1]] if len(self.verbs) > 1 else self.verbs)
         return f"members of group {self.group} may {verbs} {self.unit}, and nothing else"
+
+
+def install_command(group: str, unit: str = DEFAULT_UNIT, verbs: Iterable[str] = DEFAULT_VERBS) -> str:
+    """The admin's command that installs the grant, e.g. for an error message or doctor's fix."""
+    verbs = tuple(verbs)
+    flags = "".join(f" --verb {v}" for v in verbs) if verbs != DEFAULT_VERBS else ""
+    return f"sudo ollamactl policy install --group {group} --unit {unit}{flags}"
+
+
+def start_grant_command(group: str, unit: str = DEFAULT_UNIT) -> str:
+    """The command that lets members start a stopped unit too (``ollamactl restart --start``, RestartUnit)."""
+    return install_command(group, unit, (RESTART, TRY_RESTART))
 
 
 def make_grant(group: str, unit: str = DEFAULT_UNIT, verbs: Iterable[str] | None = None) -> Grant:
@@ -97,7 +124,16 @@ def render(grant: Grant) -> str:
     # json.dumps of a str is a valid ES5 string literal (ASCII, escaped quotes and backslashes).
     group, unit = json.dumps(grant.group), json.dumps(grant.unit)
     verbs = ", ".join(json.dumps(v) for v in grant.verbs)
-    others = ", ".join(v for v in ("start", "stop", "reload", "kill", "set-property") if v not in grant.verbs)
+    others = ", ".join(
+        v for v in ("restart", "start", "stop", "reload", "kill", "set-property") if v not in grant.verbs
+    )
+    if grant.can_start:
+        starts = "// These verbs start the unit if it is not running, even if an admin stopped it.\n"
+    else:
+        starts = (
+            "// try-restart restarts the unit only while it runs: a unit that is stopped\n"
+            "// (an admin stopped it) or failed stays as it is.\n"
+        )
     return f"""\
 // ollamactl: {grant.describe()}.
 {MARKER}{meta}
@@ -108,7 +144,7 @@ def render(grant: Grant) -> str:
 // {others}, other units and unit files fall through
 // to the default policy (admin authentication). Written by `ollamactl policy
 // render`; ECMAScript 5 only, since polkitd runs rules in duktape or mozjs.
-polkit.addRule(function (action, subject) {{
+{starts}polkit.addRule(function (action, subject) {{
     if (action.id !== "{ACTION}") {{
         return polkit.Result.NOT_HANDLED;
     }}
@@ -166,7 +202,7 @@ class Scan:
     foreign: list[Path]
     unreadable_dirs: dict[Path, str]
 
-    def granting(self, group: str, unit: str, verb: str = "restart") -> list[RuleFile]:
+    def granting(self, group: str, unit: str, verb: str = TRY_RESTART) -> list[RuleFile]:
         """Our readable, unedited rules that let ``group`` use ``verb`` on ``unit``."""
         return [
             r
@@ -222,10 +258,7 @@ def install(grant: Grant, directory: Path = ETC_RULES, name: str | None = None) 
     if "/" in name or not name.endswith(".rules") or name.startswith("."):
         raise UsageError(f"--name: {name!r} must be a file name ending in .rules (no directory)", field="name")
     if os.geteuid() != 0:
-        raise NotRoot(
-            f"installing a polkit rule needs root: sudo ollamactl policy install --group {grant.group} "
-            f"--unit {grant.unit} " + " ".join(f"--verb {v}" for v in grant.verbs),
-        )
+        raise NotRoot(f"installing a polkit rule needs root: {install_command(grant.group, grant.unit, grant.verbs)}")
     target = directory / name
     try:
         with open(target, encoding="utf-8", errors="replace") as fh:
@@ -282,7 +315,8 @@ def polkit_version_supports_rules(version: str) -> bool:
     return len(nums) > 1 and nums[1] >= 106
 
 
+#: try-restart, like the polkit grant: members restart a running unit and never start a stopped one.
 SUDOERS_FALLBACK = (
-    "echo '%{group} ALL=(root) NOPASSWD: /usr/bin/systemctl restart {unit}' "
+    "echo '%{group} ALL=(root) NOPASSWD: /usr/bin/systemctl try-restart {unit}' "
     "| sudo tee /etc/sudoers.d/ollamactl && sudo chmod 0440 /etc/sudoers.d/ollamactl"
 )

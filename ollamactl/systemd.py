@@ -112,9 +112,16 @@ class DenialContext:
     def error(self, unit: str, verb: str, bus_error: str) -> PermissionDenied:
         user = current_user()
         if in_group(user, self.group):
+            from ollamactl import policy  # only on this error path: the CLI's hot path stays lean
+
+            fix = (
+                policy.start_grant_command(self.group, unit)
+                if verb in policy.STARTING_VERBS
+                else policy.install_command(self.group, unit)
+            )
             msg = (
                 f"not allowed to {verb} {unit}: you are in group {self.group}, but no polkit rule "
-                f"grants {verb} of {unit} to it; ask an admin to install ollamactl's rule for this unit"
+                f"grants {verb} of {unit} to it; an admin can grant it: {fix}"
             )
         else:
             msg = (

@@ -77,9 +77,9 @@ def man_page() -> str:
         ".SH DESCRIPTION",
         _roff(
             "ollamactl asks systemd over the system D-Bus to restart the unit that runs Ollama, and waits until "
-            "Ollama answers again. A polkit rule lets members of one group (ollamactl) use the restart and "
-            "try-restart verbs on that one unit, and nothing else. The global options may also be given after "
-            "the command."
+            "Ollama answers again. A polkit rule lets members of one group (ollamactl) use the try-restart verb "
+            "(restart only while it runs) on that one unit, and nothing else. The global options may also be "
+            "given after the command."
         ),
         ".SH GLOBAL OPTIONS",
     ]
@@ -129,7 +129,7 @@ def man_page() -> str:
         _roff("settings, every key shown commented out at its default"),
         ".TP",
         "\\fI/usr/share/polkit\\-1/rules.d/50\\-ollamactl.rules\\fR",
-        _roff("the packaged grant: group ollamactl may restart and try-restart ollama.service"),
+        _roff("the packaged grant: group ollamactl may try-restart ollama.service (never start it)"),
         ".TP",
         "\\fI/etc/polkit\\-1/rules.d/\\fR",
         _roff("where ollamactl policy install writes further grants"),

@@ -16,6 +16,9 @@ from tests.e2e.conftest import UNIT, Bed
 
 DOCTOR_FAILED, PERMISSION, USAGE = 20, 3, 2
 PACKAGED = "/usr/share/polkit-1/rules.d/50-ollamactl.rules"
+#: What an admin runs to let members start a stopped Ollama too (ollamactl restart --start: RestartUnit).
+START_GRANT = "sudo ollamactl policy install --group ollamactl --unit ollama.service --verb restart --verb try-restart"
+STOPPED = 14  # ollamactl restart of a unit an admin stopped
 BUSCTL = ["busctl", "--allow-interactive-authorization=no", "call", "org.freedesktop.systemd1",
           "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager"]  # fmt: skip
 
@@ -72,7 +75,10 @@ def test_doctor_tells_a_non_member_the_fix_and_the_fix_works(healthy: Bed):
 def test_doctor_as_root_reads_the_packaged_rule(healthy: Bed):
     rc, out, checks = doctor(healthy, "root")
     assert rc == 0, out
-    assert checks["rule"]["detail"].startswith(PACKAGED + ": members of group ollamactl may restart and try-restart")
+    detail = checks["rule"]["detail"]
+    assert detail.startswith(PACKAGED + ": members of group ollamactl may try-restart ollama.service, and nothing else")
+    assert "a stopped ollama.service stays stopped (only an admin starts it)" in detail
+    assert detail.endswith(START_GRANT)
     assert "root" in checks["polkit says"]["detail"]
 
 
@@ -146,6 +152,35 @@ def test_policy_install_for_another_group_and_unit_grants_exactly_that(healthy: 
         c.sh("rm -f /etc/polkit-1/rules.d/50-ollamactl-ops-*.rules; userdel -r carol; groupdel ops")
 
 
+def test_starting_a_stopped_ollama_needs_the_restart_grant_and_policy_install_gives_it(healthy: Bed):
+    """The default grant never starts a unit an admin stopped; the admin can widen it with policy install."""
+    c = healthy.c
+    c.run(["systemctl", "stop", UNIT], check=True)
+    try:
+        r = healthy.ollamactl("restart", user="alice")
+        assert r.returncode == STOPPED, (r.returncode, r.stdout, r.stderr)
+        assert f"sudo systemctl start {UNIT}" in r.stderr
+        r = healthy.ollamactl("restart", "--start", user="alice")
+        assert r.returncode == PERMISSION, (r.returncode, r.stdout, r.stderr)
+        assert "policy install" in r.stderr and "--verb restart" in r.stderr, r.stderr
+        r = c.run([*BUSCTL, "RestartUnit", "ss", UNIT, "replace"], user="alice")  # nor behind ollamactl's back
+        assert r.returncode != 0 and "Interactive authentication required" in r.stderr
+        assert healthy.prop("ActiveState") == "inactive"
+
+        run_fix(healthy, START_GRANT)
+        installed = "/etc/polkit-1/rules.d/50-ollamactl-ollamactl-ollama.service.rules"
+        _, _, checks = doctor(healthy, "root")  # (fails on "ollama": it is stopped)
+        assert checks["rule"]["ok"] is True and checks["rule"]["detail"].endswith(
+            f"members may also start a stopped {UNIT} (restart --start), by {installed}"
+        ), checks["rule"]
+        wait_for(lambda: healthy.ollamactl("restart", "--start", user="alice").returncode == 0, "--start not granted")
+        assert healthy.prop("ActiveState") == "active"
+        healthy.recover_api()
+    finally:
+        c.sh("rm -f /etc/polkit-1/rules.d/50-ollamactl-*.rules")
+        c.run(["systemctl", "start", UNIT], check=True)
+
+
 def test_policy_install_needs_root_and_writes_nothing_otherwise(healthy: Bed):
     rc, out = healthy.json("policy", "install", "--group", "ops", user="alice")
     assert rc == PERMISSION and out["error"] == "not-root"
@@ -172,10 +207,11 @@ def test_policy_show_describes_the_packaged_grant(bed: Bed):
     rc, out = bed.json("policy", "show", user="root")
     assert rc == 0
     (rule,) = [r for r in out["rules"] if r["path"] == PACKAGED]
-    assert (rule["group"], rule["unit"], rule["verbs"]) == ("ollamactl", UNIT, ["restart", "try-restart"])
+    assert (rule["group"], rule["unit"], rule["verbs"]) == ("ollamactl", UNIT, ["try-restart"])
     assert "alice" in rule["group_members"] and rule["edited"] is False and rule["polkitd_can_read"] is True
     text = bed.ollamactl("policy", "show", user="root").stdout
-    assert "group: ollamactl" in text and "unit:  ollama.service" in text and "verbs: restart, try-restart" in text
+    assert "group: ollamactl" in text and "unit:  ollama.service" in text and "verbs: try-restart (" in text
+    assert "a stopped ollama.service stays stopped: members cannot start it" in text
 
 
 def test_policy_show_as_a_user_shows_what_polkitd_lets_users_read(bed: Bed):
@@ -184,7 +220,7 @@ def test_policy_show_as_a_user_shows_what_polkitd_lets_users_read(bed: Bed):
     if bed.suite == "bookworm":  # polkitd 122 keeps /usr/share/polkit-1/rules.d at 0700
         assert r.stdout.startswith("polkitd lets only root read its rules here: sudo ollamactl policy show")
     else:
-        assert r.stdout.startswith(PACKAGED) and "verbs: restart, try-restart" in r.stdout
+        assert r.stdout.startswith(PACKAGED) and "verbs: try-restart (" in r.stdout
 
 
 def test_root_doctor_for_a_user_shows_polkits_own_verdict_on_their_process(healthy: Bed):
@@ -207,7 +243,7 @@ def test_root_doctor_for_a_user_shows_polkits_own_verdict_on_their_process(healt
     try:
         rc, out, checks = doctor(healthy, "root", "--user", "alice")
         assert rc == 0 and out["user"] == "alice" and out["authorized"] is True, out
-        assert checks["polkit says"]["detail"].startswith("alice may restart ollama.service (asked about pid ")
+        assert checks["polkit says"]["detail"].startswith("alice may try-restart ollama.service (asked about pid ")
         rc, out, checks = doctor(healthy, "root", "--user", "bob")
         assert rc == DOCTOR_FAILED and out["authorized"] is False
         assert checks["polkit says"]["ok"] is False and checks["polkit says"]["fix"] == "sudo usermod -aG ollamactl bob"

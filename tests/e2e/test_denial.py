@@ -1,11 +1,16 @@
 """The denial matrix: the packaged grant is exactly as narrow as the README claims.
 
-Each case makes one raw D-Bus call to systemd as a real user in a booted Debian 12 / 13
-container (with dbus-next directly, not through ollamactl, and without the
+The packaged grant is try-restart of ollama.service, nothing else.  Each case makes
+one raw D-Bus call to systemd as a real user in a booted Debian 12 / 13 container (with
+dbus-next directly, not through ollamactl, and without the
 allow-interactive-authorization flag, as ollamactl calls), then checks that systemd
 refused it and that nothing changed: unit states, invocation IDs, restart counters,
-unit-file states, and the case's own target.  The two allowed cases must restart
-ollama.service.  Every row lands in the "denial matrix" section of the test report.
+unit-file states, and the case's own target.  The one allowed case on a running unit
+(the member's TryRestartUnit) must restart ollama.service.  With ollama.service stopped
+(as an admin stops it), the member's RestartUnit and StartUnit are refused and the
+member's TryRestartUnit is accepted and does nothing: the unit stays stopped, which is
+polkit itself keeping members from starting a unit an admin stopped.  Every row lands
+in the "denial matrix" section of the test report.
 """
 
 from __future__ import annotations
@@ -83,18 +88,41 @@ class Case:
     signature: str
     body: list[Any]
     allowed: bool = False
-    tags: tuple[str, ...] = field(default=())
+    tags: tuple[str, ...] = field(default=())  # "needs-reload": a pending change; "stopped": ollama.service stopped
 
 
 def _transient_exec() -> dict[str, Any]:
     return {"v": ["a(sasb)", [["/bin/touch", ["/bin/touch", "/tmp/pwned"], False]]]}
 
 
+STOPPED = ("stopped",)
+
 CASES = [
-    Case("alice (member) restarts ollama.service", "alice", "RestartUnit", "ss", [UNIT, "replace"], allowed=True),
     Case(
         "alice (member) try-restarts ollama.service", "alice", "TryRestartUnit", "ss", [UNIT, "replace"], allowed=True
     ),
+    Case("alice (member) restarts ollama.service", "alice", "RestartUnit", "ss", [UNIT, "replace"]),
+    Case("alice EnqueueUnitJob restart ollama.service", "alice", "EnqueueUnitJob", "sss", [UNIT, "restart", "replace"]),
+    Case(
+        "alice try-restarts a stopped ollama.service: accepted, stays stopped",
+        "alice",
+        "TryRestartUnit",
+        "ss",
+        [UNIT, "replace"],
+        allowed=True,
+        tags=STOPPED,
+    ),
+    Case("alice restarts a stopped ollama.service", "alice", "RestartUnit", "ss", [UNIT, "replace"], tags=STOPPED),
+    Case("alice starts a stopped ollama.service", "alice", "StartUnit", "ss", [UNIT, "replace"], tags=STOPPED),
+    Case(
+        "alice reload-or-restarts a stopped ollama.service",
+        "alice",
+        "ReloadOrRestartUnit",
+        "ss",
+        [UNIT, "replace"],
+        tags=STOPPED,
+    ),
+    Case("bob restarts a stopped ollama.service", "bob", "RestartUnit", "ss", [UNIT, "replace"], tags=STOPPED),
     Case("bob (non-member) restarts ollama.service", "bob", "RestartUnit", "ss", [UNIT, "replace"]),
     Case("bob (non-member) try-restarts ollama.service", "bob", "TryRestartUnit", "ss", [UNIT, "replace"]),
     Case("alice stops ollama.service", "alice", "StopUnit", "ss", [UNIT, "replace"]),
@@ -218,6 +246,17 @@ def _call(bed: Bed, case: Case) -> dict[str, Any]:
     return json.loads(r.stdout)
 
 
+def _stop(bed: Bed) -> None:
+    """Stop ollama.service as an admin does; the case then runs against an inactive unit."""
+    bed.c.run(["systemctl", "stop", UNIT], check=True)
+    assert (bed.prop("ActiveState"), bed.prop("Result")) == ("inactive", "success")
+
+
+def _start_again(bed: Bed) -> None:
+    bed.c.run(["systemctl", "start", UNIT], check=True)
+    bed.recover_api()
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_denial_matrix(matrix_bed: Bed, case: Case):
     bed = matrix_bed
@@ -226,11 +265,13 @@ def test_denial_matrix(matrix_bed: Bed, case: Case):
         bed.recover()
     if "needs-reload" in case.tags:  # a pending change that a Reload would pick up
         bed.c.sh("echo '# touched' >> /etc/systemd/system/other.service", check=True)
+    if "stopped" in case.tags:
+        _stop(bed)
     try:
         before = _snapshot(bed)
         inv_before = bed.prop("InvocationID")
         reply = _call(bed, case)
-        if case.allowed:
+        if case.allowed and "stopped" not in case.tags:
             assert "error" not in reply, reply
             end = time.monotonic() + 30
             while bed.prop("InvocationID") == inv_before or bed.prop("ActiveState") != "active":
@@ -242,6 +283,21 @@ def test_denial_matrix(matrix_bed: Bed, case: Case):
         after = _snapshot(bed)
         changed = _diff(before, after)
         error = reply.get("error", "")
+        if case.allowed:  # try-restart of a stopped unit: systemd accepts it and does nothing
+            conftest.MATRIX.append(
+                (
+                    bed.suite,
+                    case.name,
+                    "allowed, no-op",
+                    "allowed, no-op" if not error else f"REFUSED: {reply}",
+                    error.rsplit(".", 1)[-1] if error else "-",
+                    "yes (stays stopped)" if not changed else "NO: " + "; ".join(changed[:3]),
+                )
+            )
+            assert not error, f"{case.name}: expected systemd to accept it, got {reply}"
+            assert not changed, f"{case.name} changed the system:\n" + "\n".join(changed)
+            assert bed.prop("ActiveState") == "inactive"
+            return
         denied = error in (
             "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired",
             "org.freedesktop.DBus.Error.AccessDenied",
@@ -261,6 +317,8 @@ def test_denial_matrix(matrix_bed: Bed, case: Case):
     finally:
         if "needs-reload" in case.tags:
             bed.c.sh("sed -i '/^# touched$/d' /etc/systemd/system/other.service && systemctl daemon-reload", check=True)
+        if "stopped" in case.tags:
+            _start_again(bed)
 
 
 CONTROLS = [c for c in CASES if c.member in ("SetUnitProperties", "StartTransientUnit", "Reload") and c.user == "alice"]
@@ -287,3 +345,19 @@ def test_the_matrix_would_notice_if_the_call_went_through(matrix_bed: Bed, case:
             check=True,
         )
         assert bed.prop("Description") != "pwned"
+
+
+def test_the_matrix_would_notice_if_a_stopped_ollama_was_started(matrix_bed: Bed):
+    """Root restarts the stopped unit (systemd never asks polkit about root): the snapshot must change."""
+    bed = matrix_bed
+    bed.c.run(["systemctl", "reset-failed", UNIT], check=True)
+    _stop(bed)
+    try:
+        before = _snapshot(bed)
+        r = bed.c.run([BUS_CALL, "RestartUnit", "ss", json.dumps([UNIT, "replace"])], timeout=60)
+        assert "error" not in json.loads(r.stdout), r.stdout
+        time.sleep(0.5)
+        assert _diff(before, _snapshot(bed)), "root's RestartUnit of the stopped unit changed nothing the snapshot sees"
+        assert bed.prop("ActiveState") in ("activating", "active")
+    finally:
+        _start_again(bed)

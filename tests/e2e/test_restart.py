@@ -91,7 +91,8 @@ def test_member_cannot_restart_another_unit_polkit_says_no(healthy: Bed):
     assert rc == PERMISSION and out["error"] == "permission-denied"
     # the refusal comes from polkit through systemd, not from a check of ours
     assert out["bus_error"] == "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired"
-    assert "no polkit rule grants restart of other.service" in out["message"]
+    assert "no polkit rule grants try-restart of other.service" in out["message"]
+    assert "sudo ollamactl policy install --group ollamactl --unit other.service" in out["message"]
     assert healthy.prop("InvocationID", unit="other.service") == before
 
 
