@@ -348,7 +348,7 @@ class AsyncController:
             state.check_loadable()
         fields = asdict(state)
         fields["unit"] = fields.pop("name")
-        del fields["inactive_exit_timestamp"]
+        del fields["inactive_exit_timestamp"], fields["cpu_usage_nsec"]  # internal evidence, not Status fields
         healthy = state.active_state == "active" and version is not None
         return self._finish(
             "Status",

@@ -556,17 +556,27 @@ def test_hang_generate_switched_at_run_time(launch: Launcher) -> None:
     assert s.proc.poll() is None  # same process: no restart was needed
 
 
-def test_sigusr1_wedges_generate_until_the_process_exits(launch: Launcher) -> None:
-    """SIGUSR1 is a wedge that only a restart clears: version answers, generate hangs."""
+def test_sigusr1_is_stuck_inference_until_the_process_exits(launch: Launcher) -> None:
+    """SIGUSR1 is the deep wedge, stuck-inference, that only a restart clears.
+
+    /api/version answers, the runner's /health answers, its /slots and generate hang.
+    """
     s = launch()
     c = s.client(timeout=1)
     assert c.generate(MODEL, "warm up", options={"num_predict": 1}).done
+    [port] = runner_ports(s)
+    assert slots(port)
     s.proc.send_signal(signal.SIGUSR1)
-    s.wait_log("received SIGUSR1")
+    s.wait_log("received SIGUSR1: stuck-inference until this process exits")
+    time.sleep(0.4)  # the mode is seen within 0.2 s
     assert json.loads(get(s.url + "/api/version", timeout=1)[1]) == {"version": "0.12.3"}
+    assert runner_get(port, "/health", timeout=0.5) == (200, {"status": "ok"})
+    assert runner_hangs(port, "/slots")
     with pytest.raises(httpx.TimeoutException):
         c.generate(MODEL, "hello")
     s.set_mode("ok")  # the mode file cannot clear a process wedge
+    time.sleep(0.4)
+    assert runner_hangs(port, "/slots")
     with pytest.raises(httpx.TimeoutException):
         c.generate(MODEL, "hello")
 

@@ -698,16 +698,16 @@ def test_squatted_port_hostile_server(arena: Site, squatter, mode: str):
     bound_rss = site.baseline_rss + MEM_SLACK
     for args, codes, bound in (
         (("status",), (0, 10), 10),
-        (("probe",), (0, 10, 11, 13), 8),
+        (("probe",), (0, 10, 11, 13, 14), 8),  # 14: stopped, which it is
         (("doctor",), (0, 20), 35),
     ):
         for extra in ((), ("--json",)):
             run = site.cli(*args, *extra, limit=45)
             a.command(f"root: ollamactl {' '.join(args + extra)}", run, codes, bound, max_rss=bound_rss)
-    if mode == "escapes":  # Ollama down and the port squatted: root restarts, and prints what answers
+    if mode == "escapes":  # Ollama stopped and the port squatted: root's restart refuses (exit 14), not fooled
         run = site.cli("restart", "--timeout", "15", limit=30)
-        note = f"; then 127.0.0.1:11434 is served by {_listener(site.bed)}"  # evidence: who answered root
-        a.command("root: ollamactl restart --timeout 15", run, codes=(0, 6, 7), bound=17, max_rss=bound_rss, note=note)
+        note = f"; 127.0.0.1:11434 is served by {_listener(site.bed)}"  # evidence: who answers there
+        a.command("root: ollamactl restart --timeout 15", run, codes=(14,), bound=17, max_rss=bound_rss, note=note)
     a.verdict()
 
 

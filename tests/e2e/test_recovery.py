@@ -14,14 +14,49 @@ import pytest
 from tests.e2e.conftest import UNIT, Bed
 from tests.e2e.test_restart import model_fields
 
-BUDGET, WEDGED, DEEP_WEDGED, DOWN, STARTING = 8, 11, 12, 10, 13
+BUDGET, WEDGED, DEEP_WEDGED, DOWN, STARTING, STOPPED = 8, 11, 12, 10, 13, 14
 
-WEDGE_SIGNAL = {"deep": "USR1", "full": "USR2"}  # stand-in: hang generate / hang everything, until it exits
+# The stand-in's process wedges, cleared by a restart like a real one:
+#   full  SIGUSR2, "silent": the whole server accepts and never answers (/api/version too);
+#   deep  SIGUSR1, "stuck-inference" (#15950): /api/version answers, each runner's /health
+#         answers, its /slots (the main loop) hangs, generate never finishes.
+WEDGE_SIGNAL = {"deep": "USR1", "full": "USR2"}
+MODEL = "standin"
+DEEP_CONFIRM = 8.0  # README: deep-wedged = /slots silent for deep_confirm (8 s) with no request completing
+# README: a probe by hand samples until its verdict is decided, at most deep_confirm
+# + watch_failure_threshold * (watch_period + max(probe_timeout, deep_timeout) + http_timeout)
+PROBE_BOUND = DEEP_CONFIRM + 3 * (1 + 1 + 5)
+PROBE_MARGIN = 5.0  # process start-up and a busy 2-core host
+
+
+def load_model(bed: Bed, model: str = MODEL) -> None:
+    """Load ``model`` with a real request (the deep probe never loads one); it then has a runner."""
+    code = (
+        "import json, urllib.request\n"
+        f"body = json.dumps({{'model': {model!r}, 'prompt': 'hi', 'stream': False}}).encode()\n"
+        "urllib.request.urlopen('http://127.0.0.1:11434/api/generate', body, timeout=30).read()\n"
+    )
+    r = bed.python(code, user="root")
+    assert r.returncode == 0, r.stderr
+    assert model + ":latest" in loaded(bed)
+
+
+def loaded(bed: Bed) -> list[str]:
+    """The models /api/ps lists."""
+    code = (
+        "import json, urllib.request\n"
+        "ps = json.load(urllib.request.urlopen('http://127.0.0.1:11434/api/ps', timeout=5))\n"
+        "print(json.dumps([m['name'] for m in ps['models']]))\n"
+    )
+    r = bed.python(code, user="root")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
 
 
 def wedge(bed: Bed, kind: str) -> float:
     """Wedge the running stand-in process (a restart clears it); return when."""
     bed.c.sh(f"kill -{WEDGE_SIGNAL[kind]} $(systemctl show -p MainPID --value {UNIT})", check=True)
+    time.sleep(0.3)  # the stand-in applies a wedge within 0.2 s
     return time.time()
 
 
@@ -29,36 +64,53 @@ def wedge(bed: Bed, kind: str) -> float:
     ("kind", "deep", "outcome", "code"),
     [
         (None, False, "healthy", 0),
-        (None, True, "healthy", 0),
+        (None, True, "healthy", 0),  # the runner answers /slots
         ("full", False, "wedged", WEDGED),
+        ("full", True, "wedged", WEDGED),
         ("deep", False, "healthy", 0),  # /api/version is static: a deep wedge fools the liveness probe...
-        ("deep", True, "deep-wedged", DEEP_WEDGED),  # ...the deep probe sees it
+        ("deep", True, "deep-wedged", DEEP_WEDGED),  # ...the runner's silent /slots does not
     ],
 )
 def test_probe_outcomes(healthy: Bed, kind, deep, outcome, code):
+    load_model(healthy)
     if kind:
         wedge(healthy, kind)
-    args = ["probe", "--model", "standin"] + (["--deep"] if deep else [])
+    args = ["probe", "--model", MODEL] + (["--deep"] if deep else [])
     t0 = time.monotonic()
-    rc, out = healthy.json(*args, env={"OLLAMACTL_WATCH_STARTUP_GRACE": "0"})
+    try:
+        rc, out = healthy.json(*args, env={"OLLAMACTL_WATCH_STARTUP_GRACE": "0"})
+    finally:
+        elapsed = time.monotonic() - t0
+        if kind:  # a process wedge outlives the test (the API may still answer): a restart clears it
+            healthy.recover()
     assert (rc, out["outcome"], out["exit_code"]) == (code, outcome, code), out
     assert sorted(out) == model_fields(healthy, "ProbeReport")
-    assert time.monotonic() - t0 < 2 + 30 + 5  # probe_timeout + deep_timeout bound it
+    assert out["evidence"], out  # every verdict names what decided it
+    assert elapsed < PROBE_BOUND + PROBE_MARGIN, (elapsed, out)
+    if outcome == "deep-wedged":
+        # confirmed from evidence of no progress over deep_confirm, never from one slow answer
+        assert out["confirmed"] and elapsed >= DEEP_CONFIRM - 1, (elapsed, out)
+    if kind:
+        report(healthy, f"probe{' --deep' if deep else ''} of a {kind} wedge", f"{outcome} in {elapsed:.1f}s")
 
 
-def test_probe_down_and_starting(healthy: Bed):
+def test_probe_stopped_and_starting(healthy: Bed):
     healthy.c.run(["systemctl", "stop", UNIT], check=True)
     rc, out = healthy.json("probe")
-    assert (rc, out["outcome"], out["active_state"]) == (DOWN, "down", "inactive")
+    assert (rc, out["outcome"], out["active_state"]) == (STOPPED, "stopped", "inactive"), out
     healthy.set_mode("slow-start=3")
     healthy.c.run(["systemctl", "start", UNIT], check=True)
     rc, out = healthy.json("probe")
     assert (rc, out["outcome"]) == (STARTING, "starting"), out
 
 
-def test_deep_probe_of_a_missing_model_is_a_config_error_not_a_wedge(healthy: Bed):
-    rc, out = healthy.json("probe", "--deep", "--model", "llama-not-pulled")
-    assert rc == 2 and out["error"] == "probe-config" and "ollama list" in out["message"]
+def test_deep_probe_of_a_model_that_is_not_loaded_loads_nothing_and_is_no_wedge(healthy: Bed):
+    load_model(healthy)
+    before = loaded(healthy)
+    rc, out = healthy.json("probe", "--deep", "--model", "standin2")  # installed, not loaded
+    assert (rc, out["outcome"]) == (0, "healthy"), out
+    assert "not loaded" in out["evidence"] + out["detail"], out
+    assert loaded(healthy) == before  # read-only: the probe neither loaded standin2 nor evicted standin
 
 
 def test_since_skips_when_the_unit_started_after_the_wedge(healthy: Bed):
@@ -72,6 +124,7 @@ def test_since_skips_when_the_unit_started_after_the_wedge(healthy: Bed):
 
 
 def test_100_concurrent_detectors_cause_exactly_one_restart(healthy: Bed):
+    load_model(healthy)
     seen = wedge(healthy, "deep")
     before = (healthy.prop("InvocationID"), healthy.prop("NRestarts"))
     t0 = time.monotonic()

@@ -13,7 +13,7 @@ import pytest
 
 from tests.e2e.conftest import UNIT, Bed
 
-PERMISSION, UNIT_CODE, BUS, RESTART_FAILED, USAGE, NOT_ANSWERING = 3, 4, 5, 6, 2, 10
+PERMISSION, UNIT_CODE, BUS, RESTART_FAILED, USAGE, NOT_ANSWERING, STOPPED = 3, 4, 5, 6, 2, 10, 14
 
 
 def test_member_restarts_ollama(healthy: Bed):
@@ -119,9 +119,14 @@ def test_start_that_fails_reports_the_units_result(healthy: Bed):
 
 
 def test_root_restart_of_a_unit_that_cannot_start(healthy: Bed):
+    # failing.service is not running: a try-restart would do nothing, so it is refused, not "restarted"
     r = healthy.ollamactl("--unit", "failing", "restart", "--json", user="root")
     out = json.loads(r.stdout)
-    assert r.returncode == RESTART_FAILED and out["unit"] == "failing.service" and out["result"] == "exit-code"
+    assert r.returncode == STOPPED and out["unit"] == "failing.service" and "--start" in out["message"], out
+    # --start asks for RestartUnit, which starts it: the start fails and the unit's Result is reported
+    r = healthy.ollamactl("--unit", "failing", "restart", "--start", "--json", user="root")
+    out = json.loads(r.stdout)
+    assert r.returncode == RESTART_FAILED and out["unit"] == "failing.service" and out["result"] == "exit-code", out
 
 
 def test_no_bus_gives_bus_unavailable_within_the_timeout(healthy: Bed):

@@ -15,7 +15,12 @@ import pytest
 
 from tests import testbed
 from tests.e2e.conftest import REPO, UNIT, Bed
-from tests.e2e.test_recovery import report
+from tests.e2e.test_recovery import DEEP_CONFIRM, load_model, report
+
+# README "Watchdog": with the shipped defaults a whole-server wedge is answered again in about 4 s, a
+# stuck inference loop in about 9 s, and an Ollama that also ignores SIGTERM adds TimeoutStopSec=10s.
+FULL_WEDGE_S, STUCK_INFERENCE_S, STOP_TIMEOUT_S = 4.0, 9.0, 10.0
+MARGIN_S = 3.0  # stated margin: a restart of the stand-in plus a busy 2-core host running other suites
 
 WATCHDOG = "ollamactl-watchdog.service"
 UNIT_DIR = "/usr/lib/systemd/system"
@@ -123,20 +128,23 @@ def test_full_wedge_is_detected_and_recovered(healthy: Bed, watched):
     since = watched()
     settle(healthy, 10)  # the shipped startup grace
     m = measure(healthy, "SIGUSR2", bound=30)
-    assert m["recover"] < 15, m
+    assert m["recover"] < FULL_WEDGE_S + MARGIN_S, m
     assert restarts(healthy, since) == 1
+    assert audits(healthy, since)[-1]["OLLAMACTL_REASON"].startswith("watch: wedged: ")
     report(healthy, "full wedge (shipped defaults)", f"detect {m['detect']:.1f}s", f"recover {m['recover']:.1f}s")
 
 
-def test_deep_wedge_is_seen_by_the_deep_probe(healthy: Bed, watched):
-    since = watched('model = "standin"\nwatch_deep_every = 2\ndeep_timeout = 2\nwatch_startup_grace = 2\n')
-    settle(healthy, 2)
-    m = measure(healthy, "SIGUSR1", bound=60)
+def test_stuck_inference_is_seen_by_the_deep_probe(healthy: Bed, watched):
+    since = watched()  # shipped defaults: /slots every period, deep_confirm 8 s
+    load_model(healthy)  # a runner to watch; the watchdog never loads one itself
+    settle(healthy, 10)
+    m = measure(healthy, "SIGUSR1", bound=60)  # stuck-inference: /api/version and /health answer, /slots hangs
+    assert DEEP_CONFIRM <= m["detect"], m  # confirmed over deep_confirm, not on one slow answer
+    assert m["recover"] < STUCK_INFERENCE_S + MARGIN_S, m
     assert restarts(healthy, since) == 1
     entries = audits(healthy, since)
-    assert "deep-wedged" in entries[-1]["OLLAMACTL_REASON"]
-    report(healthy, "deep wedge (deep probe every 2 s, 2 s timeout)", f"detect {m['detect']:.1f}s",
-           f"recover {m['recover']:.1f}s")  # fmt: skip
+    assert entries[-1]["OLLAMACTL_REASON"].startswith("watch: deep-wedged: "), entries[-1]
+    report(healthy, "stuck inference (shipped defaults)", f"detect {m['detect']:.1f}s", f"recover {m['recover']:.1f}s")
 
 
 def test_slow_start_is_waited_out_not_restarted_again(healthy: Bed, watched):
@@ -191,7 +199,7 @@ def test_ignored_sigterm_is_bounded_by_the_drop_in(healthy: Bed, watched):
     since = watched(mode="ignore-sigterm")
     settle(healthy, 10)
     m = measure(healthy, "SIGUSR2", bound=60)
-    assert m["recover"] < 25, m
+    assert m["recover"] < FULL_WEDGE_S + STOP_TIMEOUT_S + MARGIN_S, m
     assert restarts(healthy, since) == 1
     report(healthy, "SIGTERM ignored", f"detect {m['detect']:.1f}s", f"recover {m['recover']:.1f}s")
 

@@ -74,8 +74,8 @@ Runner children (llama-server, tools/server/server-context.cpp and server.cpp):
     stuck-child holds: no tokens, no /slots answer (the request hangs until
     the client leaves), /health still 200.  A stuck-child unload kills the
     child, which stays in D state: its port stays bound but answers nothing.
-  - silent, hang-generate, trickle and SIGUSR1/2 wedge the server, not the
-    children: their ports keep answering.
+  - silent, hang-generate, trickle and SIGUSR2 wedge the server, not the
+    children: their ports keep answering.  SIGUSR1 is stuck-inference.
 Models: standin:latest (as before), standin2:latest, standin3:latest,
 standin4:latest, all listed by /api/tags, so that eviction is observable.
 
@@ -146,8 +146,10 @@ Faithful wedges (the file is also re-read every 0.2 s):
                         started after the file was written ignores it, so a
                         restart clears the wedge like a real one.
 Process wedges (cleared by a restart, like a real wedge):
-  SIGUSR1               hang-generate until this process exits
-  SIGUSR2               silent until this process exits
+  SIGUSR1               stuck-inference until this process exits (the deep
+                        wedge: /api/version answers, each child's /health
+                        answers, its /slots hangs)
+  SIGUSR2               silent until this process exits (the whole server)
 If several request-time modes are set, silent wins over hang-generate, which
 wins over trickle for the endpoints it covers.
 
@@ -621,7 +623,7 @@ def slow_start_seconds(modes: Modes) -> float:
 
 
 # Wedges that live only as long as this process, like a real Ollama wedge that
-# a restart clears: SIGUSR1 hangs generate, SIGUSR2 makes every request hang.
+# a restart clears: SIGUSR1 is stuck-inference, SIGUSR2 makes every request hang.
 _process_modes: set[str] = set()
 
 
@@ -2286,7 +2288,7 @@ def bind_socket(spec: HostSpec) -> socket.socket:
     raise err or OSError("no address to listen on")
 
 
-_WEDGE_SIGNALS = {signal.SIGUSR1: "hang-generate", signal.SIGUSR2: "silent"}
+_WEDGE_SIGNALS = {signal.SIGUSR1: "stuck-inference", signal.SIGUSR2: "silent"}
 _server: StandinServer | None = None
 
 

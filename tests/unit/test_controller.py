@@ -191,3 +191,18 @@ def test_a_configured_model_that_is_not_loaded_is_not_deep_probed(probing):
     script["runner"] = probe.RunnerResult(40001, probe.TIMEOUT, probe.OK, 0.001)
     report = asyncio.run(ctl.probe(deep=True))
     assert report.outcome == "healthy" and "model llama3 is not loaded" in report.evidence
+
+
+def test_status_has_the_same_fields_plain_and_as_a_model(actl, monkeypatch):
+    """The CLI prints the plain result, the Python API returns the model: one set of fields for both."""
+    from ollamactl import models
+
+    async def live(endpoint, timeout):
+        return probe.ProbeResult(probe.HEALTHY, 0.01, api_version="0.12.3")
+
+    monkeypatch.setattr(probe, "liveness", live)
+    actl._bus = FakeBus(state())
+    plain = asyncio.run(actl.status())
+    fields = getattr(models.Status, "model_fields", None) or models.Status.__fields__
+    assert sorted(plain.to_dict()) == sorted(fields)
+    assert plain.healthy and plain.api_version == "0.12.3"
