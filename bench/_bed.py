@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from tests import debbuild, testbed
 
 
 @contextmanager
-def booted(suite: str) -> Iterator[testbed.Container]:
-    """Build (or reuse, by source hash) the .deb and boot a fresh ``suite`` container with it."""
-    deb = debbuild.build().deb
-    with testbed.boot(suite, deb=deb, log=lambda m: None) as c:
+def booted(suite: str, deb: str | Path | None = None) -> Iterator[testbed.Container]:
+    """Boot a fresh ``suite`` container with ``deb`` installed (default: build, or reuse by source hash)."""
+    package = Path(deb).resolve() if deb else debbuild.build().deb
+    with testbed.boot(suite, deb=package, log=lambda m: None) as c:
         yield c

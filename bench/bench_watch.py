@@ -1,13 +1,20 @@
-"""The watchdog's figures, with the shipped defaults, in one booted container.
+"""The watchdog's figures, shipped defaults plus a model, on each release: wedges found, and no harm done.
 
-    python3 -m bench.bench_watch [--suite bookworm|trixie] [--runs 5] [--soak 60]
+    python3 -m bench.bench_watch [--suite bookworm|trixie|all] [--runs 3] [--saturated 120] [--stream 180]
+                                 [--load 60] [--stop 60] [--soak 60] [--deb PATH] [--json FILE]
 
-Prints medians over ``--runs`` of:
-  - full wedge (every request hangs) -> /api/version answering again   goal <= 10 s (Kubernetes' defaults: >= 31 s)
-  - the same when the wedged process ignores SIGTERM                    goal <= 20 s
-  - restarts caused by 100 concurrent `ollamactl restart --since T`     goal exactly 1
-  - the watchdog's RSS and CPU over ``--soak`` seconds at a 1 s period  goal <= 30 MiB, <= 0.5 %
-Between runs the unit's startup grace (10 s) is let pass, so each run starts from a steady state.
+For each release, in one booted container with the .deb installed and the
+stand-in Ollama (its scheduler: slots, FIFO, load time, keep-alive), prints:
+  - per faithful wedge (stuck-inference, silent, stuck-eviction, stuck-child), idle (a model
+    loaded, no client) and under load (clients at 2 x NUM_PARALLEL): detection (wedge -> the
+    unit leaves "active") and recovery (wedge -> /api/version answering again), median and max
+    over ``--runs``, and the client requests the wedge and its restart killed
+    goals: a full wedge (silent) answered again <= 5 s, an idle deep wedge <= 15 s
+  - false restarts (goal 0) and failed client requests (goal 0) under a saturated load
+    (``--saturated`` s), one streamed generation of ``--stream`` s holding the only slot, two
+    model loads of ``--load`` s each under load, and ``systemctl stop`` held ``--stop`` s
+  - the watchdog's RSS and CPU over ``--soak`` s while idle (goals <= 30 MiB, <= 0.5 %)
+The cases are those of tests/e2e/test_harm.py (tests/e2e/harm_cases.py), run longer.
 """
 
 from __future__ import annotations
@@ -15,65 +22,21 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
-from pathlib import Path
+from typing import Any
 
 from bench._bed import booted
 from tests import testbed
-from tests.e2e.test_watch import MEASURE, UNIT, WATCHDOG, ensure_units
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.e2e import harm_cases as hc
 
 
-def settle(c: testbed.Container, grace: float = 10.5) -> None:
-    up = c.sh(
-        "echo $(cut -d' ' -f1 /proc/uptime) $(systemctl show -p ActiveEnterTimestampMonotonic --value ollama.service)",
-        check=True,
-    ).stdout.split()
-    age = float(up[0]) - int(up[1]) / 1e6
-    if age < grace:
-        time.sleep(grace - age)
-
-
-def fresh(c: testbed.Container, mode: str = "ok") -> None:
-    c.write_file("/etc/ollama-standin/mode", mode + "\n")
-    c.run(["systemctl", "stop", WATCHDOG], check=True)
-    c.run(["systemctl", "restart", UNIT], check=True)
-    c.run(["systemctl", "reset-failed", UNIT], check=True)
-    c.run(["rm", "-f", "/run/ollamactl/state.json"], check=True)
-    c.run(["systemctl", "start", WATCHDOG], check=True, timeout=60)
-    settle(c)
-
-
-def wedge_runs(c: testbed.Container, runs: int, mode: str) -> list[dict]:
-    out = []
-    for _ in range(runs):
-        fresh(c, mode)
-        r = c.run(["python3", "/root/measure.py", "SIGUSR2", "60"], timeout=120, check=True)
-        out.append(json.loads(r.stdout))
-    return out
-
-
-def concurrent_detectors(c: testbed.Container) -> int:
-    fresh(c)
-    c.run(["systemctl", "stop", WATCHDOG], check=True)  # only the 100 detectors act
-    before = c.run(["systemctl", "show", "-p", "InvocationID", "--value", UNIT], check=True).stdout
-    seen = time.time()
-    c.sh(f"kill -USR1 $(systemctl show -p MainPID --value {UNIT})", check=True)
-    r = c.run(
-        ["/bin/sh", "-c", f"for i in $(seq 100); do ollamactl restart --json --since {seen} >/tmp/d.$i & done; wait;"
-         " cat /tmp/d.*"],
-        user="alice", timeout=600,
-    )  # fmt: skip
-    actions = [json.loads(line).get("action") for line in r.stdout.splitlines()]
-    after = c.run(["systemctl", "show", "-p", "InvocationID", "--value", UNIT], check=True).stdout
-    assert len(actions) == 100 and after != before, r.stdout[-500:]
-    return actions.count("restarted")
-
-
-def soak(c: testbed.Container, seconds: float) -> tuple[float, float]:
-    fresh(c)
-    pid = c.run(["systemctl", "show", "-p", "MainPID", "--value", WATCHDOG], check=True).stdout.strip()
+def soak(h: hc.HarmBed, seconds: float) -> tuple[float, float]:
+    """(max RSS MiB, CPU %) of the watchdog over ``seconds`` with a model loaded and nobody using it."""
+    c = h.c
+    h.configure()
+    h.warm()
+    pid = h.prop("MainPID", hc.WATCHDOG)
     tick = int(c.run(["getconf", "CLK_TCK"], check=True).stdout)
 
     def sample() -> tuple[float, int, int]:
@@ -82,38 +45,154 @@ def soak(c: testbed.Container, seconds: float) -> tuple[float, float]:
                    if x.startswith("VmRSS:"))  # fmt: skip
         return time.monotonic(), int(stat[11]) + int(stat[12]), rss
 
-    t0, cpu0, _ = sample()
-    rss_max = 0
+    t0, cpu0, rss_max = sample()
     while time.monotonic() - t0 < seconds:
         time.sleep(5)
-        _, _, rss = sample()
-        rss_max = max(rss_max, rss)
+        rss_max = max(rss_max, sample()[2])
     t1, cpu1, rss = sample()
     return max(rss_max, rss) / 1024, 100 * (cpu1 - cpu0) / tick / (t1 - t0)
 
 
+def _stat(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.median(values):5.1f} / {max(values):5.1f}"
+
+
+def run_suite(suite: str, args: argparse.Namespace, log) -> dict[str, Any]:
+    out: dict[str, Any] = {"suite": suite, "wedges": [], "harm": []}
+    t_start = time.monotonic()
+    with booted(suite, args.deb) as c:
+        h = hc.HarmBed(c, report=log)
+        h.install()
+        out["startup_grace"] = h.grace
+
+        def case(name: str, fn, *a) -> Any:
+            log(f"{suite}: {name} ...")
+            try:
+                return fn(h, *a)
+            finally:
+                h.restore()
+
+        for kind in hc.WEDGES:
+            for loaded in (False, True):
+                rows = []
+                for i in range(args.runs):
+                    w = case(f"wedge {kind} {'loaded' if loaded else 'idle'} run {i + 1}", hc.wedge, kind, loaded)
+                    load = w.out.get("load") or {}
+                    rows.append(
+                        {
+                            "restarted": w.out["restarted"],
+                            "detect": w.out.get("detect"),
+                            "recover": w.out.get("recover"),
+                            "generate_after": (w.out.get("generate_after") or {}).get("ok"),
+                            "killed": load.get("killed"),
+                            "refused": load.get("refused"),
+                            "restarts": w.restarts.count,
+                            "evidence": w.evidence,
+                        }
+                    )
+                out["wedges"].append({"kind": kind, "loaded": loaded, "runs": rows})
+        for name, fn, length in (
+            ("saturated load", hc.saturated_load, args.saturated),
+            ("one long stream", hc.long_stream, args.stream),
+            ("slow model loads", hc.slow_loads, args.load),
+        ):
+            r = case(f"{name} {length:g} s", fn, length)
+            out["harm"].append(
+                {
+                    "case": name,
+                    "seconds": length,
+                    "restarts": r.restarts.count,
+                    "restart_counts": str(r.restarts),
+                    "verdicts": r.restarts.verdicts,
+                    "loads": r.loads(),
+                    "failed": r.failed(),
+                }
+            )
+        s = case(f"admin stop {args.stop:g} s", hc.admin_stop, args.stop)
+        out["stop"] = {
+            "seconds": args.stop,
+            "states": sorted(s.hold["states"]),
+            "starts": s.restarts.count,
+            "restart_exit": s.restart_rc,
+            "probe": s.probe.get("outcome"),
+        }
+        if args.soak > 0:
+            log(f"{suite}: soak {args.soak:g} s ...")
+            try:
+                out["soak"] = dict(zip(("rss_mib", "cpu_pct"), soak(h, args.soak), strict=True))
+            finally:
+                h.restore()
+    out["minutes"] = round((time.monotonic() - t_start) / 60, 1)
+    return out
+
+
+def print_suite(r: dict[str, Any], args: argparse.Namespace) -> None:
+    print(
+        f"\nsuite {r['suite']}: shipped watchdog defaults + model {hc.MODEL} (startup grace {r['startup_grace']:g} s),"
+        f" {args.runs} run(s) per wedge, {r['minutes']} min"
+    )
+    print(f"  {'wedge':16} {'':6} {'detect s med/max':>17} {'recover s med/max':>18} {'killed':>7}  restarts")
+    for w in r["wedges"]:
+        rows = w["runs"]
+        load = "loaded" if w["loaded"] else "idle"
+        if w["kind"] in hc.UNDETECTABLE and not any(x["restarted"] for x in rows):
+            print(f"  {w['kind']:16} {load:6} {'not detected':>17} {'-':>18} {'-':>7}  0 (by design: see test_harm)")
+            continue
+        detect = [x["detect"] for x in rows if x["detect"] is not None]
+        recover = [x["recover"] for x in rows if x["recover"] is not None]
+        killed = sum(x["killed"] or 0 for x in rows) if w["loaded"] else None
+        missed = sum(not x["restarted"] for x in rows)
+        restarts = ",".join(str(x["restarts"]) for x in rows)
+        print(
+            f"  {w['kind']:16} {load:6} {_stat(detect):>17} {_stat(recover):>18} {'-' if killed is None else killed:>7}"
+            f"  {restarts}" + (f"  ({missed} run(s) NOT recovered)" if missed else "")
+        )
+    print("  false restarts (goal 0) and failed requests (goal 0):")
+    for x in r["harm"]:
+        reqs = sum(int(s.get("requests") or 0) for s in x["loads"])
+        print(
+            f"    {x['case']} ({x['seconds']:g} s): restarts {x['restarts']}, requests {reqs}, failed {x['failed']}"
+            f"  [{x['restart_counts']}; verdicts {x['verdicts'] or 'none logged'}]"
+        )
+    s = r["stop"]
+    print(
+        f"    systemctl stop held {s['seconds']:g} s: starts {s['starts']}, states {s['states']},"
+        f" alice's restart exit {s['restart_exit']} (goal 14), probe {s['probe']}"
+    )
+    if "soak" in r:
+        print(
+            f"  watchdog over {args.soak:g} s, a model loaded: RSS {r['soak']['rss_mib']:.1f} MiB,"
+            f" CPU {r['soak']['cpu_pct']:.2f} % (goals <= 30 MiB, <= 0.5 %)"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", default="bookworm", choices=testbed.SUITES)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--soak", type=float, default=60)
+    parser.add_argument("--suite", default="bookworm", choices=(*testbed.SUITES, "all"))
+    parser.add_argument("--runs", type=int, default=3, help="runs per wedge kind and load (default 3)")
+    parser.add_argument("--saturated", type=float, default=120, help="saturated load, seconds (default 120)")
+    parser.add_argument("--stream", type=float, default=180, help="the one streamed generation, seconds (default 180)")
+    parser.add_argument("--load", type=float, default=hc.LOAD_SECONDS, help="each model load, seconds (default 60)")
+    parser.add_argument("--stop", type=float, default=hc.STOP_SECONDS, help="how long a stop is held (default 60)")
+    parser.add_argument("--soak", type=float, default=60, help="watchdog RSS/CPU soak, seconds; 0: skip")
+    parser.add_argument("--deb", help="the .deb to install (default: build it, cached by source hash)")
+    parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args()
-    with booted(args.suite) as c:
-        ensure_units(c)
-        c.write_file("/root/measure.py", MEASURE)
-        plain = wedge_runs(c, args.runs, "ok")
-        stubborn = wedge_runs(c, args.runs, "ignore-sigterm")
-        restarts = concurrent_detectors(c)
-        rss, cpu = soak(c, args.soak)
-    med = statistics.median
-    print(f"suite {args.suite}, shipped defaults (period 1 s, probe timeout 2 s, threshold 3), {args.runs} runs:")
-    for label, runs, goal in (("full wedge", plain, 10), ("full wedge, SIGTERM ignored", stubborn, 20)):
-        rec = [r["recover"] for r in runs]
-        print(f"  {label}: detect median {med(r['detect'] for r in runs):.1f}s, API answering again median "
-              f"{med(rec):.1f}s (max {max(rec):.1f}s), goal <= {goal}s")  # fmt: skip
-    print(f"  100 concurrent detectors: {restarts} restart(s), goal 1")
-    print(f"  watchdog over {args.soak:.0f}s at a 1 s period: RSS {rss:.1f} MiB, CPU {cpu:.2f} %"
-          " (goals <= 30 MiB, <= 0.5 %)")  # fmt: skip
+
+    def log(message: str) -> None:
+        if not args.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    suites = testbed.SUITES if args.suite == "all" else (args.suite,)
+    results = [run_suite(suite, args, log) for suite in suites]
+    for r in results:
+        print_suite(r, args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
     return 0
 
 
