@@ -53,6 +53,8 @@ LOAD_SECONDS = 60.0
 LOAD_CLIENTS = 2  # 2 x the default NUM_PARALLEL=1
 #: How long an admin's stop is watched.
 STOP_SECONDS = 60.0
+#: How long the watchdog's deep probes are watched for side effects, with no model loaded and then with one.
+QUIET_SECONDS = 8.0
 #: Wedges: how long a restart may take to come, the load during them, how long "not detected" is watched.
 WEDGE_BOUND = 60.0
 WEDGE_CLIENTS = 2  # 2 x the default NUM_PARALLEL=1
@@ -334,7 +336,12 @@ def long_stream(h: HarmBed, seconds: float = STREAM_SECONDS) -> CaseResult:
 
 def slow_loads(h: HarmBed, load_seconds: float = LOAD_SECONDS) -> CaseResult:
     """Every load takes ``load_seconds``: clients queue behind the first model's load, then a client asks for a
-    second model, whose load runs while the first serves the clients."""
+    second model, whose load runs while the first serves the clients.
+
+    The first load is the hard part: requests outstanding, nothing completing, /api/ps blocked for a minute.
+    No eviction: with OLLAMA_MAX_LOADED_MODELS=1 the second model would wait for the first to go idle, which
+    under load it never does (Ollama's scheduler does the same), so nothing would load at all.
+    """
     h.configure({"STANDIN_LOAD_SECONDS": f"{load_seconds:g}"})  # nothing loaded: the clients' first request loads
     h.settle()
     since, inv, nr = h.mark()
@@ -347,6 +354,49 @@ def slow_loads(h: HarmBed, load_seconds: float = LOAD_SECONDS) -> CaseResult:
     ]
     out = h.hold(span, runs)
     return CaseResult("slow model loads", h.restarts(since, inv, nr), out, time.monotonic() - t0)
+
+
+_GIN = re.compile(r'^\[GIN\] .*\|\s*(\d{3}) \|.*\| (\w+)\s+"([^"]*)"')
+
+
+@dataclass
+class QuietResult:
+    """What the watchdog's probes changed in Ollama: loaded models, keep-alive, requests that need a slot."""
+
+    ps_unloaded: tuple[dict[str, Any], dict[str, Any]]  # /api/ps before/after QUIET_SECONDS, nothing loaded
+    ps_loaded: tuple[dict[str, Any], dict[str, Any]]  # the same with a model loaded (by our one generate)
+    requests: dict[str, int]  # "METHOD path" -> gin lines, since the watchdog's first probe
+    loads: int  # "loading model" lines: loads started
+    verdicts: dict[str, int]
+
+
+def quiet_probes(h: HarmBed, seconds: float = QUIET_SECONDS) -> QuietResult:
+    """With a model configured the deep probes run every period: they must never load a model, never
+    send a request that takes a slot (generate, chat, embed), and never move a model's expires_at."""
+    h.configure()  # a fresh process: nothing loaded
+    since = time.time() - 5  # the watchdog started about now: its first probes are in
+    h.settle()
+    ps0 = h.driver("ps", timeout=30)["models"]
+    time.sleep(seconds)
+    ps1 = h.driver("ps", timeout=30)["models"]
+    h.warm()  # the one request of the test: loads the model; its keep-alive starts when it completes
+    ps2 = h.driver("ps", timeout=30)["models"]
+    time.sleep(seconds)
+    ps3 = h.driver("ps", timeout=30)["models"]
+    requests: dict[str, int] = {}
+    loads = 0
+    for e in h.journal(since, unit=UNIT):
+        msg = e.get("MESSAGE")
+        if not isinstance(msg, str):
+            continue
+        m = _GIN.match(msg)
+        if m:
+            key = f"{m.group(2)} {m.group(3)}"
+            requests[key] = requests.get(key, 0) + 1
+        if 'msg="loading model' in msg:
+            loads += 1
+    verdicts = h.restarts(since, h.prop("InvocationID"), h.prop("NRestarts")).verdicts
+    return QuietResult((ps0, ps1), (ps2, ps3), requests, loads, verdicts)
 
 
 @dataclass

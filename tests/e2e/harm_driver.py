@@ -8,6 +8,8 @@ through nsenter.  Standard library only (Python 3.11 on Debian 12).
 
     harm_driver.py generate --model M [--num-predict 1] [--timeout 30]
         one generate; exit 0 if it completed
+    harm_driver.py ps
+        the loaded models and their expires_at, from GET /api/ps
     harm_driver.py hold --seconds S [--run JSON]...
         run the given loadgen command lines (each {"delay": s, "argv": [...]}) and,
         until S seconds have passed and all of them ended, sample ollama.service
@@ -258,6 +260,13 @@ def cmd_wedge(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def cmd_ps(args: argparse.Namespace) -> dict[str, Any]:
+    """GET /api/ps: the loaded models and their expires_at."""
+    with urllib.request.urlopen(f"{URL}/api/ps", timeout=args.timeout) as r:
+        models = json.loads(r.read()).get("models") or []
+    return {"models": {m["name"]: m.get("expires_at") for m in models}}
+
+
 def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
     ok, detail, secs = generate(args.model, args.num_predict, args.timeout)
     return {"ok": ok, "detail": detail, "seconds": round(secs, 2)}
@@ -275,6 +284,8 @@ def main() -> int:
     h.add_argument("--run", action="append", default=[], help='{"delay": s, "argv": [loadgen args]}')
     h.add_argument("--interval", type=float, default=0.5)
     h.add_argument("--api", action="store_true", help="also check that /api/version answers in each sample")
+    q = sub.add_parser("ps")
+    q.add_argument("--timeout", type=float, default=10)
     w = sub.add_parser("wedge")
     w.add_argument("--mode", required=True)
     w.add_argument("--clients", type=int, default=0)
@@ -286,7 +297,7 @@ def main() -> int:
     w.add_argument("--after", type=float, default=3)
     w.add_argument("--trigger-model", default="")
     args = p.parse_args()
-    out = {"generate": cmd_generate, "hold": cmd_hold, "wedge": cmd_wedge}[args.cmd](args)
+    out = {"generate": cmd_generate, "hold": cmd_hold, "ps": cmd_ps, "wedge": cmd_wedge}[args.cmd](args)
     print(json.dumps(out), flush=True)
     return 0 if args.cmd != "generate" or out["ok"] else 1
 

@@ -1,15 +1,23 @@
 """Do no harm (issue 8): the watchdog, as shipped plus a model, never restarts a busy, loading or stopped
 Ollama, and still recovers every faithful wedge, idle and under load.
 
-On each release (the ``bed`` fixture) with the stand-in's scheduler: a saturated
+On each release (the ``bed`` fixture), with the stand-in's scheduler and the
+watchdog enabled with every key at its default plus ``model``: a saturated
 server, one long streamed generation, slow model loads under load and an
-admin's ``systemctl stop`` must see no restart at all; each wedge the stand-in
-models must be recovered (new InvocationID, API answering, a generate working),
-with the time from the wedge to the API answering again in the "recovery
-timings" summary.  The cases are in tests/e2e/harm_cases.py, shared with
-bench/bench_watch.py, which runs them longer.  Lengths in CI:
-saturated load 60 s, the stream 90 s (180 s in bench), each model load 60 s,
-the stop 60 s.  Cases run one after another: they share one ollama.service.
+admin's ``systemctl stop`` see no restart at all (counted by InvocationIDs,
+NRestarts and the watchdog's journal) and no failed client request; the deep
+probes load nothing, take no slot and leave keep-alive alone; each wedge the
+stand-in models is recovered (new InvocationID, API answering, a generate
+working), with the time from the wedge to the API answering again in the
+"recovery timings" summary.  A scheduler stuck on an eviction (#17408) leaves
+no evidence the verdict can use: that case checks no restart and no harm, and
+says "not detected" (harm_cases.UNDETECTABLE has the reason).
+
+The cases live in tests/e2e/harm_cases.py, shared with bench/bench_watch.py,
+which runs them longer.  Lengths in CI: saturated load 60 s, the stream 90 s
+(180 s in bench: the module takes about 10.5 min per release with 90 s, so
+180 s would not fit), each model load 60 s, the stop 60 s.  Cases run one
+after another: they share one ollama.service.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import pytest
 from tests.e2e import harm_cases as hc
 from tests.e2e.conftest import TIMINGS, Bed
 
-STOPPED, FAILED = 14, 17
+STOPPED = 14  # exit code: probe outcome stopped; restart refused on a stopped unit
 
 
 @pytest.fixture
@@ -97,6 +105,20 @@ def test_slow_model_loads_under_load_are_not_restarted(harm: hc.HarmBed):
     )
 
 
+def test_deep_probes_do_not_load_queue_or_touch_keep_alive(harm: hc.HarmBed):
+    q = hc.quiet_probes(harm)
+    assert q.ps_unloaded == ({}, {}), q  # the configured model is not loaded by the probes
+    assert list(q.ps_loaded[0]) == [hc.MODEL] and q.ps_loaded[0] == q.ps_loaded[1], q  # expires_at unmoved
+    slot_takers = {k: v for k, v in q.requests.items() if k.split()[-1] in ("/api/generate", "/api/chat", "/api/embed")}
+    assert slot_takers == {"POST /api/generate": 1}, q  # ours; the probes sent none
+    assert q.loads == 1, q  # ours
+    assert not _alarms(hc.Restarts([], 0, [], q.verdicts)), q
+    harm.report(
+        f"deep probes with {hc.MODEL} configured, {2 * hc.QUIET_SECONDS:g} s",
+        f"loads 0 (ours 1), generate/chat/embed 0 (ours 1), expires_at unmoved; requests seen {q.requests}",
+    )
+
+
 def test_an_admin_stop_is_respected(harm: hc.HarmBed):
     r = hc.admin_stop(harm)
     detail = f"{r.restarts}; states {r.hold['states']}\n{harm.watchdog_log(0, 40)}"
@@ -143,6 +165,6 @@ def test_wedge_is_recovered(harm: hc.HarmBed, kind: str, loaded: bool):
     harm.report(
         f"wedge {w.label}",
         f"detect {out['detect']:.1f}s recover {out['recover']:.1f}s"
-        + (f" requests killed {load['killed']} (refused while down {load['refused']})" if load else "")
+        + (f" requests killed {load['killed']} (connections refused while down {load['refused']})" if load else "")
         + (f"; evidence: {w.evidence}" if w.evidence else ""),
     )
