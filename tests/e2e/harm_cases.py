@@ -298,6 +298,7 @@ class CaseResult:
     restarts: Restarts
     hold: dict[str, Any]
     seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def loads(self) -> list[dict[str, Any]]:
         return [r.get("summary", {}) for r in self.hold["runs"]]
@@ -353,10 +354,35 @@ def slow_loads(h: HarmBed, load_seconds: float = LOAD_SECONDS) -> CaseResult:
         {"delay": 5, "argv": loadgen_argv(1, 1, 5, model=OTHER_MODEL, timeout=span + 120), "budget": span + 120},
     ]
     out = h.hold(span, runs)
-    return CaseResult("slow model loads", h.restarts(since, inv, nr), out, time.monotonic() - t0)
+    result = CaseResult("slow model loads", h.restarts(since, inv, nr), out, time.monotonic() - t0)
+    # the watchdog's GET /api/ps during the loads: each blocks on the load (#17376) until it ends
+    entries = [e for e in h.journal(since, unit=UNIT) if e.get("_SYSTEMD_INVOCATION_ID") == inv]
+    ps = [secs for _, secs, method, path in gin_requests(entries) if (method, path) == ("GET", "/api/ps")]
+    slow = [x for x in ps if x >= 2.0]
+    result.extra = {"ps_requests": len(ps), "ps_blocked": len(slow), "ps_blocked_max": max(slow, default=0.0)}
+    return result
 
 
-_GIN = re.compile(r'^\[GIN\] .*\|\s*(\d{3}) \|.*\| (\w+)\s+"([^"]*)"')
+_GIN = re.compile(r'^\[GIN\] [^|]*\|\s*(\d{3}) \|\s*(\S+) \|[^|]*\| (\w+)\s+"([^"]*)"')
+_GO_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def go_seconds(text: str) -> float:
+    """A Go duration as gin prints it (1.5s, 1m0.5s, 350µs) in seconds; NaN if it is not one."""
+    parts = re.findall(r"([\d.]+)(h|ms|m|s|us|µs|ns)", text)
+    if not parts or "".join(a + b for a, b in parts) != text:
+        return float("nan")
+    return sum(float(n) * _GO_UNITS[u] for n, u in parts)
+
+
+def gin_requests(entries: list[dict[str, Any]]) -> list[tuple[int, float, str, str]]:
+    """(status, seconds, method, path) of each gin access line among journal ``entries``."""
+    out = []
+    for e in entries:
+        m = _GIN.match(e["MESSAGE"]) if isinstance(e.get("MESSAGE"), str) else None
+        if m:
+            out.append((int(m.group(1)), go_seconds(m.group(2)), m.group(3), m.group(4)))
+    return out
 
 
 @dataclass
@@ -373,8 +399,9 @@ class QuietResult:
 def quiet_probes(h: HarmBed, seconds: float = QUIET_SECONDS) -> QuietResult:
     """With a model configured the deep probes run every period: they must never load a model, never
     send a request that takes a slot (generate, chat, embed), and never move a model's expires_at."""
+    since = time.time()
     h.configure()  # a fresh process: nothing loaded
-    since = time.time() - 5  # the watchdog started about now: its first probes are in
+    inv = h.prop("InvocationID")  # only its lines count: the journal window may hold the last case's tail
     h.settle()
     ps0 = h.driver("ps", timeout=30)["models"]
     time.sleep(seconds)
@@ -383,18 +410,11 @@ def quiet_probes(h: HarmBed, seconds: float = QUIET_SECONDS) -> QuietResult:
     ps2 = h.driver("ps", timeout=30)["models"]
     time.sleep(seconds)
     ps3 = h.driver("ps", timeout=30)["models"]
+    entries = [e for e in h.journal(since, unit=UNIT) if e.get("_SYSTEMD_INVOCATION_ID") == inv]
     requests: dict[str, int] = {}
-    loads = 0
-    for e in h.journal(since, unit=UNIT):
-        msg = e.get("MESSAGE")
-        if not isinstance(msg, str):
-            continue
-        m = _GIN.match(msg)
-        if m:
-            key = f"{m.group(2)} {m.group(3)}"
-            requests[key] = requests.get(key, 0) + 1
-        if 'msg="loading model' in msg:
-            loads += 1
+    for _, _, method, path in gin_requests(entries):
+        requests[f"{method} {path}"] = requests.get(f"{method} {path}", 0) + 1
+    loads = sum('msg="loading model' in str(e.get("MESSAGE")) for e in entries)
     verdicts = h.restarts(since, h.prop("InvocationID"), h.prop("NRestarts")).verdicts
     return QuietResult((ps0, ps1), (ps2, ps3), requests, loads, verdicts)
 

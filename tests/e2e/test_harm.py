@@ -101,7 +101,8 @@ def test_slow_model_loads_under_load_are_not_restarted(harm: hc.HarmBed):
         f"two model loads of {hc.LOAD_SECONDS:g} s under load ({hc.LOAD_CLIENTS} clients; standin2 queued)",
         f"restarts {r.restarts.count}, clients: requests {first['requests']} failed {first['failed']}"
         f" (first waited {first['max']} s), standin2 answered after {second['max']} s;"
-        f" watchdog verdicts: {_verdicts(r.restarts)}",
+        f" watchdog verdicts: {_verdicts(r.restarts)}; its GET /api/ps: {r.extra['ps_requests']},"
+        f" {r.extra['ps_blocked']} held >= 2 s by a load (longest {r.extra['ps_blocked_max']:.0f} s)",
     )
 
 
