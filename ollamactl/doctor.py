@@ -10,28 +10,18 @@ verdict is polkit's, not a re-implementation of the rule.
 from __future__ import annotations
 
 import asyncio
-import grp
 import os
-import pwd
 import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ollamactl import policy
+from ollamactl import nss, policy, runtime
 from ollamactl.config import Config, load_config
-from ollamactl.errors import OllamactlError, UsageError
-from ollamactl.nss import current_user
+from ollamactl.errors import OllamactlError, PolkitNotTrusted, PolkitUnavailable, UsageError
 from ollamactl.policy import NotRoot
-from ollamactl.text import clean
+from ollamactl.polkit import Polkit, process_start_time
 
-#: Exit code of ``doctor`` when at least one check failed (8-13 belong to restart/probe).
-POLKIT = "org.freedesktop.PolicyKit1"
-AUTHORITY_PATH = "/org/freedesktop/PolicyKit1/Authority"
-AUTHORITY = "org.freedesktop.PolicyKit1.Authority"
-RUN_DIR = Path("/run/ollamactl")
-RUN_DIR_MODE = 0o2770  # root:ollamactl, setgid, nothing for non-members (as runtime.py requires)
-TMPFILES = Path("/usr/lib/tmpfiles.d/ollamactl.conf")
 SYSUSERS = Path("/usr/lib/sysusers.d/ollamactl.conf")
 #: The whole doctor run, bus and HTTP included, ends within this many seconds.
 TOTAL_DEADLINE = 30.0
@@ -89,12 +79,12 @@ def run(config: Config | None, config_error: OllamactlError | None, user: str | 
     """
     if user is None:
         uid = os.getuid()
-        user = current_user() or str(uid)
+        user = nss.current_user() or str(uid)
     else:
-        try:
-            uid = pwd.getpwnam(user).pw_uid
-        except KeyError:
-            raise UsageError(f"--user: no such user {user!r} (looked up through NSS)", field="user") from None
+        found = nss.uid_of(user)
+        if found is None:
+            raise UsageError(f"--user: no such user {user!r} (looked up through NSS)", field="user")
+        uid = found
         if uid != os.getuid() and os.geteuid() != 0:
             raise NotRoot(f"checking for another user needs root: sudo ollamactl doctor --user {user}")
     return asyncio.run(_run(config, config_error, user, uid))
@@ -116,7 +106,7 @@ async def _run(config: Config | None, config_error: OllamactlError | None, user:
             await _bus_checks(report, config, uid)
     except TimeoutError:
         checks.append(Check("deadline", False, f"doctor did not finish within {TOTAL_DEADLINE:g}s", None))
-    checks.append(_runtime_dir_check(Path(getattr(config, "runtime_dir", RUN_DIR)), config.group))
+    checks.append(_runtime_dir_check(Path(config.runtime_dir), config.group))
     try:
         async with asyncio.timeout(config.http_timeout + 1):
             checks.append(await _ollama_check(config))
@@ -146,7 +136,7 @@ async def _bus_checks(report: Report, config: Config, uid: int) -> None:
     except OllamactlError as err:
         checks.append(Check("system bus", False, err.message, "sudo systemctl start dbus.service"))
         checks.append(_group_check(report.user, uid, config.group))
-        checks.append(_rule_check(config, None))
+        checks.append(_rule_check(config))
         return
     try:
         checks.append(Check("system bus", True, "answers"))
@@ -155,14 +145,15 @@ async def _bus_checks(report: Report, config: Config, uid: int) -> None:
         if alias_check is not None:
             checks.append(alias_check)
         checks.append(_group_check(report.user, uid, config.group))
-        version, polkit_check = await _polkit_version(bus, config)
+        polkit = Polkit(bus, timeout=config.bus_timeout)
+        version, polkit_check = await _polkit_version(polkit, config)
         report.polkit_version = version
         checks.append(polkit_check)
-        checks.append(_rule_check(config, version, report.primary_unit))
+        checks.append(_rule_check(config, report.primary_unit))
         if uid == 0:
             checks.append(Check("polkit says", True, "root: systemd does not ask polkit for root"))
         elif version is not None:
-            authorized, check = await _ask_polkit(bus, config, report, uid)
+            authorized, check = await _ask_polkit(polkit, config, report, uid)
             report.authorized = authorized
             checks.append(check)
     finally:
@@ -201,18 +192,15 @@ async def _unit_check(bus: Any, unit: str) -> Check:
 
 def _group_check(user: str, uid: int, group: str) -> Check:
     """Membership as polkit sees it: the user's groups through NSS, not this process's groups."""
-    try:
-        gr = grp.getgrnam(group)
-    except KeyError:
+    found = nss.membership(user, group, uid=uid)
+    if found == "no-such-group":
         fix = f"sudo systemd-sysusers {SYSUSERS}" if SYSUSERS.exists() else f"sudo groupadd --system {group}"
         return Check("group", False, f"group {group} does not exist", fix)
     if uid == 0:
         return Check("group", True, f"you are root, which needs no group (group {group} exists)")
-    try:
-        base_gid = pwd.getpwuid(uid).pw_gid
-    except KeyError:
+    if found == "no-such-user":
         return Check("group", False, f"uid {uid} has no passwd entry, so polkit cannot see its groups", None)
-    if gr.gr_gid in os.getgrouplist(user, base_gid):
+    if found == "member":
         return Check("group", True, f"{user} is in group {group} (NSS)")
     return Check(
         "group",
@@ -222,27 +210,17 @@ def _group_check(user: str, uid: int, group: str) -> Check:
     )
 
 
-async def _polkit_version(bus: Any, config: Config) -> tuple[str | None, Check]:
+async def _polkit_version(polkit: Polkit, config: Config) -> tuple[str | None, Check]:
     try:
-        (value,) = await bus.call(
-            AUTHORITY_PATH,
-            "org.freedesktop.DBus.Properties",
-            "Get",
-            "ss",
-            [AUTHORITY, "BackendVersion"],
-            destination=POLKIT,
-            verb="read polkit's version",
+        version = await polkit.version()  # cleaned: polkitd's words are printed
+    except PolkitUnavailable:
+        return None, Check(
+            "polkit", False, "polkitd is not on the system bus", "sudo apt-get install polkitd (or your distro's)"
         )
     except OllamactlError as err:
-        bus_error = err.details.get("bus_error", "")
-        if bus_error in ("org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner"):
-            return None, Check(
-                "polkit", False, "polkitd is not on the system bus", "sudo apt-get install polkitd (or your distro's)"
-            )
         return None, Check(
             "polkit", False, f"cannot ask polkitd for its version: {err.message}", "journalctl -u polkit"
         )
-    version = clean(getattr(value, "value", value), 64)  # polkitd's words: printed
     if policy.polkit_version_supports_rules(version):
         return version, Check("polkit", True, f"polkitd {version} runs JavaScript rules")
     return version, Check(
@@ -255,7 +233,7 @@ async def _polkit_version(bus: Any, config: Config) -> tuple[str | None, Check]:
     )
 
 
-def _rule_check(config: Config, polkit_version: str | None, primary: str | None = None) -> Check:
+def _rule_check(config: Config, primary: str | None = None) -> Check:
     """Is there a rule of ours granting try-restart of the unit, by the name polkit sees (``primary``)?
 
     try-restart is what ``ollamactl restart``, the watchdog and the guard use;
@@ -341,13 +319,6 @@ def _dpkg_ships(path: Path, info: Path = Path("/var/lib/dpkg/info/ollamactl.list
         return False
 
 
-def _process_start_time(pid: int | str = "self") -> int:
-    """A process's start time in clock ticks since boot, as polkit's unix-process subject wants it."""
-    with open(f"/proc/{pid}/stat") as fh:
-        data = fh.read()
-    return int(data[data.rfind(")") + 2 :].split()[19])
-
-
 def _a_process_of(uid: int) -> int | None:
     """The lowest pid whose real uid is uid (polkit judges a process, not a user), or None."""
     pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
@@ -364,14 +335,12 @@ def _a_process_of(uid: int) -> int | None:
     return None
 
 
-async def _ask_polkit(bus: Any, config: Config, report: Report, uid: int) -> tuple[bool | None, Check]:
+async def _ask_polkit(polkit: Polkit, config: Config, report: Report, uid: int) -> tuple[bool | None, Check]:
     """polkit's own verdict: CheckAuthorization, flags 0 (never interactive, no side effects).
 
     For the caller: its own process.  For root checking another user: one of that user's
     running processes, since polkit judges processes (and lets only root pass details).
     """
-    from dbus_next import Variant
-
     pid: int | None = os.getpid()
     if uid != os.getuid():
         pid = _a_process_of(uid)
@@ -384,28 +353,15 @@ async def _ask_polkit(bus: Any, config: Config, report: Report, uid: int) -> tup
             )
     assert pid is not None
     try:
-        start = _process_start_time(pid)
+        start = process_start_time(pid)
     except (OSError, ValueError, IndexError):
         return None, Check("polkit says", None, f"process {pid} of {report.user} went away; run doctor again")
-    subject = [
-        "unix-process",
-        {"pid": Variant("u", pid), "start-time": Variant("t", start), "uid": Variant("i", uid)},
-    ]
     unit = report.primary_unit or config.unit  # what systemd would put in the details
     details = {"unit": unit, "verb": policy.TRY_RESTART}  # what ollamactl restart asks for (TryRestartUnit)
     try:
-        (result,) = await bus.call(
-            AUTHORITY_PATH,
-            AUTHORITY,
-            "CheckAuthorization",
-            "(sa{sv})sa{ss}us",
-            [subject, policy.ACTION, details, 0, ""],
-            destination=POLKIT,
-            unit=config.unit,
-            verb="ask polkit about try-restart of",
-        )
+        verdict = await polkit.check_authorization(policy.ACTION, pid=pid, start_time=start, uid=uid, details=details)
     except OllamactlError as err:
-        if err.details.get("bus_error") == "org.freedesktop.PolicyKit1.Error.NotAuthorized":
+        if isinstance(err, PolkitNotTrusted):
             # polkitd 122 and 126: "Only trusted callers (e.g. uid 0 or an action owner) can use
             # CheckAuthorization() and pass details", and without the unit detail the rule cannot match.
             return None, Check(
@@ -415,7 +371,7 @@ async def _ask_polkit(bus: Any, config: Config, report: Report, uid: int) -> tup
                 "asked for you without trying a restart; the group and rule checks above decide",
             )
         return None, Check("polkit says", None, f"polkit would not answer for this process: {err.message}")
-    authorized, challenge = bool(result[0]), bool(result[1])
+    authorized, challenge = verdict.authorized, verdict.challenge
     asked = "" if uid == os.getuid() else f" (asked about pid {pid})"
     if authorized:
         return True, Check("polkit says", True, f"{report.user} may try-restart {config.unit}{asked}")
@@ -431,35 +387,8 @@ async def _ask_polkit(bus: Any, config: Config, report: Report, uid: int) -> tup
 
 
 def _runtime_dir_check(run_dir: Path, group: str) -> Check:
-    fix_create = (
-        f"sudo systemd-tmpfiles --create {TMPFILES}"
-        if TMPFILES.exists() and run_dir == RUN_DIR
-        else f"sudo install -d -o root -g {group} -m {RUN_DIR_MODE:04o} {run_dir}"
-    )
-    try:
-        st = os.lstat(run_dir)
-    except FileNotFoundError:
-        return Check("runtime dir", False, f"{run_dir} does not exist", fix_create)
-    except OSError as exc:
-        return Check("runtime dir", False, f"cannot look at {run_dir}: {exc.strerror}", fix_create)
-    try:
-        gid = grp.getgrnam(group).gr_gid
-    except KeyError:
-        gid = None
-    mode = stat.S_IMODE(st.st_mode)
-    try:
-        owner_group = grp.getgrgid(st.st_gid).gr_name
-    except KeyError:
-        owner_group = str(st.st_gid)
-    have = f"{'root' if st.st_uid == 0 else st.st_uid}:{owner_group} {mode:04o}"
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_gid != gid or mode != RUN_DIR_MODE:
-        return Check(
-            "runtime dir",
-            False,
-            f"{run_dir} is {have}, want a directory root:{group} {RUN_DIR_MODE:04o}",
-            f"sudo chown root:{group} {run_dir} && sudo chmod {RUN_DIR_MODE:04o} {run_dir}",
-        )
-    return Check("runtime dir", True, f"{run_dir} is root:{group} {mode:04o}")
+    found = runtime.inspect_runtime_dir(run_dir, group)
+    return Check("runtime dir", found.ok, found.detail, found.fix)
 
 
 async def _ollama_check(config: Config) -> Check:

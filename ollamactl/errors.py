@@ -96,6 +96,18 @@ class BusUnavailable(OllamactlError):
     kind = "bus-unavailable"
 
 
+class PolkitUnavailable(BusUnavailable):
+    """polkitd is not on the system bus, so it cannot be asked (and systemd lets only root act)."""
+
+    kind = "polkit-unavailable"
+
+
+class PolkitNotTrusted(PermissionDenied):
+    """polkitd answers this question only for trusted callers (root, or the action's owner)."""
+
+    kind = "polkit-not-trusted"
+
+
 class RestartFailed(OllamactlError):
     """systemd ran the restart, but the unit did not come back up."""
 
@@ -143,13 +155,6 @@ class ProbeConfigError(OllamactlError):
 
     exit_code = EXIT_USAGE
     kind = "probe-config"
-
-
-class NotAnswering(OllamactlError):
-    """Ollama's HTTP API does not answer."""
-
-    exit_code = EXIT_NOT_ANSWERING
-    kind = "not-answering"
 
 
 #: (exit code, meaning) for the README and ``--help``.

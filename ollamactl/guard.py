@@ -45,7 +45,7 @@ import functools
 import inspect
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,24 +175,9 @@ class _Guard:
         return True
 
 
-def _drive(gen: Generator[Any, Any, bool], perform: Callable[[Any], Any]) -> bool:
-    """Run the core synchronously: perform each effect it yields, send back the result or the error."""
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            effect = gen.throw(error) if error is not None else gen.send(value)
-        except StopIteration as stop:
-            return bool(stop.value)
-        value, error = None, None
-        try:
-            value = perform(effect)
-        except Exception as err:
-            error = err
-
-
-async def _adrive(gen: Generator[Any, Any, bool], perform: Callable[[Any], Any]) -> bool:
-    """The same for asyncio: ``perform`` returns an awaitable."""
+async def _adrive(gen: Generator[Any, Any, bool], perform: Callable[[Any], Awaitable[Any]]) -> bool:
+    """Run the core: perform each effect it yields (``perform`` returns an awaitable), send back the result or
+    the error; its return value at the end."""
     value: Any = None
     error: BaseException | None = None
     while True:
@@ -205,6 +190,28 @@ async def _adrive(gen: Generator[Any, Any, bool], perform: Callable[[Any], Any])
             value = await perform(effect)
         except Exception as err:
             error = err
+
+
+def _drive(gen: Generator[Any, Any, bool], perform: Callable[[Any], Any]) -> bool:
+    """``_adrive`` for the sync face: ``perform`` is a plain call, so the coroutine never suspends and
+    runs to its end in one step, without an event loop."""
+
+    async def now(effect: Any) -> Any:
+        return perform(effect)
+
+    coro = _adrive(gen, now)
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return bool(stop.value)
+    coro.close()
+    raise AssertionError("the guard's core suspended in the sync face")
+
+
+def _again(recovered: bool, retry: bool, attempt: int, first: bool = True) -> bool:
+    """Both faces: call once more after a failure?  Only after a restart, with retry on, on the first
+    attempt, and for a stream only if it failed before its first chunk."""
+    return recovered and retry and attempt == 1 and first
 
 
 def _within(timeout: float, fn: Callable[[], Any]) -> Any:
@@ -263,7 +270,7 @@ class GuardedClient(_Guard):
                         return result
                     return self._stream(name, result, started, attempt, lambda: method(*args, **kwargs))
                 except self._errors as exc:
-                    if not self._recovered(name, exc, started) or attempt == 2 or not self._retry:
+                    if not _again(self._recovered(name, exc, started), self._retry, attempt):
                         raise
             raise AssertionError("unreachable")
 
@@ -276,7 +283,7 @@ class GuardedClient(_Guard):
                 first = False
                 yield chunk
         except self._errors as exc:
-            if not (self._recovered(name, exc, started) and first and self._retry and attempt == 1):
+            if not _again(self._recovered(name, exc, started), self._retry, attempt, first):
                 raise
             yield from again()
 
@@ -322,7 +329,7 @@ class AsyncGuardedClient(_Guard):
                         return result
                     return self._stream(name, result, started, attempt, lambda: method(*args, **kwargs))
                 except self._errors as exc:
-                    if not await self._recovered(name, exc, started) or attempt == 2 or not self._retry:
+                    if not _again(await self._recovered(name, exc, started), self._retry, attempt):
                         raise
             raise AssertionError("unreachable")
 
@@ -337,7 +344,7 @@ class AsyncGuardedClient(_Guard):
                 first = False
                 yield chunk
         except self._errors as exc:
-            if not (await self._recovered(name, exc, started) and first and self._retry and attempt == 1):
+            if not _again(await self._recovered(name, exc, started), self._retry, attempt, first):
                 raise
             async for chunk in await again():
                 yield chunk

@@ -62,9 +62,6 @@ class Journal:
         self.path = path
         self._sock: socket.socket | None = None
 
-    def available(self) -> bool:
-        return os.path.exists(self.path)
-
     def send_record(self, message: str, level: str, extra: dict[str, Any], file: str, line: int, function: str) -> bool:
         """One log record: ``extra`` becomes OLLAMACTL_* fields, the call site CODE_* fields."""
         fields = {f"OLLAMACTL_{k}": v for k, v in extra.items() if not k.startswith("_")}

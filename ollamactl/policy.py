@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ollamactl.errors import EXIT_USAGE, OllamactlError, PermissionDenied, UsageError
-from ollamactl.units import check_group_name, check_unit_name, mangle_unit_name
+from ollamactl.units import GRANTABLE_VERBS, check_group_name, check_unit_name, mangle_unit_name
 
-#: Verbs a rule may grant.  stop, kill, reload, set-property and the rest are never offered.
-VERBS = ("restart", "try-restart", "start", "reload-or-restart")
+#: Verbs a rule may grant (defined in units.py).  stop, kill, reload, set-property and the rest are never offered.
+VERBS = GRANTABLE_VERBS
 #: The verbs that start a unit that is not running (systemd's restart of an inactive unit starts it).
 STARTING_VERBS = frozenset({"restart", "start", "reload-or-restart"})
 #: The verb of TryRestartUnit: ``ollamactl restart``, the watchdog and the guard use only this one.

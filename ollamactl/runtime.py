@@ -42,7 +42,6 @@ import grp
 import json
 import math
 import os
-import secrets
 import stat
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -53,7 +52,7 @@ from typing import Any
 
 from ollamactl._log import log
 from ollamactl.errors import OllamactlError, PermissionDenied, RuntimeDirError, TimedOut
-from ollamactl.nss import current_user
+from ollamactl.nss import current_user, group_id
 from ollamactl.units import check_unit_name
 
 RUN_DIR = Path("/run/ollamactl")
@@ -107,6 +106,43 @@ def fix_command(path: Path = RUN_DIR, group: str = DEFAULT_GROUP) -> str:
     return f"sudo install -d -o root -g {group} -m {RUN_DIR_MODE:04o} {path}"
 
 
+def is_safe(st: os.stat_result, gid: int | None) -> bool:
+    """Is this the runtime directory as it must be: a directory root:``gid``, mode exactly 2770?"""
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == 0 and st.st_gid == gid and stat.S_IMODE(st.st_mode) == RUN_DIR_MODE
+
+
+@dataclass(frozen=True)
+class DirStatus:
+    """What ``inspect_runtime_dir`` found: one line, and the admin's fix when it is not right."""
+
+    ok: bool
+    detail: str
+    fix: str | None = None
+
+
+def inspect_runtime_dir(path: Path = RUN_DIR, group: str = DEFAULT_GROUP) -> DirStatus:
+    """Is ``path`` the runtime directory as it must be?  Looked at (lstat), not opened, so any user may ask.
+
+    ``open_runtime_dir`` is what a restart uses; this is for ``doctor``,
+    which must also explain the directory to users who may not open it.
+    """
+    path = Path(path)
+    fix = fix_command(path, group)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return DirStatus(False, f"{path} does not exist", fix)
+    except OSError as exc:
+        return DirStatus(False, f"cannot look at {path}: {exc.strerror}", fix)
+    if not is_safe(st, group_id(group)):
+        return DirStatus(
+            False,
+            f"{path} is {_owner_mode(st)}, want a directory root:{group} {RUN_DIR_MODE:04o}",
+            f"sudo chown root:{group} {path} && sudo chmod {RUN_DIR_MODE:04o} {path}",
+        )
+    return DirStatus(True, f"{path} is root:{group} {stat.S_IMODE(st.st_mode):04o}")
+
+
 def open_runtime_dir(path: Path = RUN_DIR, group: str = DEFAULT_GROUP) -> int:
     """Open ``path`` and return its fd if it is safe to use; the caller closes it.
 
@@ -117,15 +153,14 @@ def open_runtime_dir(path: Path = RUN_DIR, group: str = DEFAULT_GROUP) -> int:
     usermod hint).
     """
     path = Path(path)
-    try:
-        gid = grp.getgrnam(group).gr_gid
-    except KeyError:
+    gid = group_id(group)
+    if gid is None:
         fix = f"sudo groupadd --system {group}"
         raise RuntimeDirError(
             f"group {group} does not exist, so {path} cannot be checked; an admin can create it: {fix}",
             path=str(path),
             fix=fix,
-        ) from None
+        )
     fix = fix_command(path, group)
     try:
         fd = os.open(path, _DIR_FLAGS)
@@ -149,8 +184,7 @@ def open_runtime_dir(path: Path = RUN_DIR, group: str = DEFAULT_GROUP) -> int:
     except BaseException:
         os.close(fd)
         raise
-    mode = stat.S_IMODE(st.st_mode)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_gid != gid or mode != RUN_DIR_MODE:
+    if not is_safe(st, gid):
         os.close(fd)
         raise RuntimeDirError(
             f"{path} is a {_describe(st)}, refusing to use it (want a directory root:{group} "
@@ -172,13 +206,18 @@ def check_runtime_dir(path: Path = RUN_DIR, group: str = DEFAULT_GROUP) -> Ollam
 
 def _describe(st: os.stat_result) -> str:
     """E.g. "directory root:ollamactl 2775"."""
+    kind = "directory" if stat.S_ISDIR(st.st_mode) else "non-directory"
+    return f"{kind} {_owner_mode(st)}"
+
+
+def _owner_mode(st: os.stat_result) -> str:
+    """E.g. "root:ollamactl 2775" (numeric ids NSS does not know)."""
     try:
         group = grp.getgrgid(st.st_gid).gr_name
     except KeyError:
         group = str(st.st_gid)
     owner = "root" if st.st_uid == 0 else str(st.st_uid)
-    kind = "directory" if stat.S_ISDIR(st.st_mode) else "non-directory"
-    return f"{kind} {owner}:{group} {stat.S_IMODE(st.st_mode):04o}"
+    return f"{owner}:{group} {stat.S_IMODE(st.st_mode):04o}"
 
 
 def _not_a_member(path: Path, group: str, exc: OSError) -> PermissionDenied:
@@ -391,7 +430,7 @@ class RuntimeDir:
         """
         data = encode_state(state)
         with self._dir() as dfd:
-            tmp = f".state.{secrets.token_hex(8)}.tmp"  # unpredictable, and O_EXCL: never someone else's file
+            tmp = f".state.{os.urandom(8).hex()}.tmp"  # unpredictable (what secrets.token_hex does), and O_EXCL
             try:
                 fd = os.open(tmp, _CREATE_FLAGS, STATE_MODE, dir_fd=dfd)
             except OSError as exc:

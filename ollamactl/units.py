@@ -1,4 +1,4 @@
-"""Name grammars: systemd unit names and group names, checked before use.
+"""Name grammars: systemd unit names, group names and grantable verbs, checked before use.
 
 Unit names mirror ``unit_name_is_valid()`` in systemd's src/basic/unit-name.c so
 a typo is reported by us, naming the field, instead of as a D-Bus InvalidArgs.
@@ -19,6 +19,10 @@ UNIT_NAME_MAX = 255  # systemd's UNIT_NAME_MAX (256) counts the NUL
 #: Use with ``fullmatch``: ``re.match`` with ``$`` would accept a trailing newline.
 GROUP_NAME_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 GROUP_NAME_RULES = "lower-case letters, digits, '_' and '-', starting with a letter or '_', at most 32 characters"
+#: The verbs (polkit's "verb" detail from systemd) a polkit rule of ours may grant; stop, kill, reload,
+#: set-property and the rest are never offered.  Here, not in policy.py, so that the CLI's argument
+#: parser can offer them without importing policy.py.
+GRANTABLE_VERBS = ("restart", "try-restart", "start", "reload-or-restart")
 
 
 def check_group_name(name: object) -> str | None:

@@ -251,8 +251,9 @@ def test_stream_that_stalls_after_a_chunk_is_restarted_not_retried(launch):
     with pytest.raises(httpx.TimeoutException):
         for chunk in guard(s.client(timeout=1), controller=rec).generate(MODEL, "hi", stream=True):
             chunks.append(chunk)
-            s.set_mode("stuck-inference")
-    assert chunks and len(rec.calls) == 1
+            if len(chunks) == 1:  # stall once: a retry (after the restart healed it) would run to the end
+                s.set_mode("stuck-inference")
+    assert chunks and not any(c["done"] for c in chunks) and len(rec.calls) == 1
 
 
 # -- the asyncio face: the same core ------------------------------------------------------------------

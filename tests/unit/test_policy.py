@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ollamactl import admin_cli, policy
+from ollamactl import policy
 from ollamactl.cli import build_parser
 from ollamactl.config import load_config
 from ollamactl.errors import UsageError
@@ -81,7 +81,17 @@ def test_verbs_are_limited_and_kept_in_canonical_order():
         assert bad in e.value.message
     with pytest.raises(UsageError, match="at least one"):
         policy.make_grant("g", verbs=[])
-    assert admin_cli.VERB_CHOICES == policy.VERBS
+    offered = {a.dest: a for a in _policy_parser("render")._actions}["verbs"].choices
+    assert tuple(offered) == policy.VERBS  # the CLI offers exactly what make_grant accepts
+
+
+def _policy_parser(action: str):
+    import argparse
+
+    def sub(p: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+        return next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+
+    return sub(sub(build_parser(), "policy"), action)
 
 
 @pytest.mark.parametrize("group", ["", "Ops", "1ops", "a b", 'x"); polkit.Result.YES; ("', "a" * 33])
@@ -180,12 +190,14 @@ def test_doctor_on_polkit_0105_says_a_scoped_grant_is_impossible_and_prints_the_
     import asyncio
 
     from ollamactl import doctor
+    from ollamactl.polkit import Polkit
+    from ollamactl.systemd import Reply
 
     class OldPolkit:
-        async def call(self, *args, **kwargs):
-            return ["0.105"]
+        async def send(self, *args, **kwargs):
+            return Reply(["0.105"])
 
-    version, check = asyncio.run(doctor._polkit_version(OldPolkit(), doctor.default_config()))
+    version, check = asyncio.run(doctor._polkit_version(Polkit(OldPolkit(), timeout=1), doctor.default_config()))
     assert version == "0.105" and check.ok is False
     assert "a grant scoped to ollama.service is impossible here" in check.detail and ".pkla" in check.detail
     assert "%ollamactl ALL=(root) NOPASSWD: /usr/bin/systemctl try-restart ollama.service" in check.fix
@@ -297,13 +309,16 @@ class FakeSystemd:
     async def primary_name(self, unit, timeout=None):
         return self.primary.get(unit, unit)
 
-    async def call(self, path, interface, member, *args, **kwargs):
+    async def send(self, destination, path, interface, member, signature="", body=None, *, timeout, peer="systemd"):
+        from ollamactl.systemd import Reply
+
+        assert destination == "org.freedesktop.PolicyKit1" and peer == "polkitd"
         if member == "Get":
-            return ["126"]
+            return Reply(["126"])
         assert member == "CheckAuthorization"
-        self.asked = args[1][2]["unit"]
-        self.verb = args[1][2]["verb"]
-        return [(True, False, {})]
+        self.asked = body[2]["unit"]
+        self.verb = body[2]["verb"]
+        return Reply([(True, False, {})])
 
 
 def _doctor_rule_check(
@@ -333,9 +348,10 @@ def test_doctor_checks_the_rule_against_the_primary_name_and_says_so(monkeypatch
     import asyncio
 
     from ollamactl import doctor
+    from ollamactl.polkit import Polkit
 
     config = load_config({"unit": "ollama-alias.service"}, config_file=os.devnull, environ={})
-    authorized, _ = asyncio.run(doctor._ask_polkit(fake, config, report, os.getuid()))
+    authorized, _ = asyncio.run(doctor._ask_polkit(Polkit(fake, timeout=1), config, report, os.getuid()))
     assert authorized is True and fake.asked == "other.service"  # the name systemd would give polkit
     assert fake.verb == "try-restart"  # what ollamactl restart asks for: TryRestartUnit
 

@@ -500,7 +500,7 @@ def actl(rd, monkeypatch):
     monkeypatch.setattr(controller_mod, "audit", lambda *a, **k: None)
     monkeypatch.setattr(controller_mod, "log", lambda level, message, **k: logged.append((level, message)))
     cfg = load_config({"runtime_dir": str(rd.path), "group": rd.group}, environ={}, config_file="/dev/null")
-    ctl = AsyncController(config=cfg, plain_results=True)
+    ctl = AsyncController(config=cfg)
     ctl._bus = FakeBus()
     ctl._admin = False  # a member's process, unless a test says otherwise
     ctl.logged = logged
