@@ -4,26 +4,31 @@
 event loop for synchronous callers (the way httpx and ollama-python pair their
 clients).  Settings come from ``load_config``; systemd is reached only through
 ``SystemdBus``; Ollama only through ``probe`` (HTTP) and ``journal`` (its
-log); what the evidence means is decided in ``verdict``.
+log); what the evidence means is decided in ``verdict``.  Results are the
+classes declared in ``models``, built here directly.
+
+Both controllers take transports, as httpx's clients take ``transport=``, so
+the whole flow runs against in-memory fakes in the unit tests:
+``dbus_transport`` makes the D-Bus connection that ``SystemdBus`` talks
+through (dbus-next's ``MessageBus`` by default), and ``http_transport`` sends
+the HTTP requests of ``probe`` (see ``probe.Transport``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import threading
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ollamactl import probe, sockets
 from ollamactl._log import audit, log
 from ollamactl.budget import Budget
-from ollamactl.config import Config, load_config
+from ollamactl.config import TIMEOUT_RANGE, Config, in_timeout_range, load_config
 from ollamactl.errors import (
     BudgetExhausted,
     OllamactlError,
@@ -33,21 +38,23 @@ from ollamactl.errors import (
     UnitStopped,
     UsageError,
 )
-from ollamactl.journal import JournalFacts, JournalReader
+from ollamactl.models import ProbeReport, RestartResult, Status
 from ollamactl.nss import current_user
 from ollamactl.runtime import MAX_HISTORY, Restart, RuntimeDir, State
 from ollamactl.systemd import SystemdBus, UnitState
-from ollamactl.verdict import HEALTHY, Judge, Limits, Sample, Verdict
 
-if TYPE_CHECKING:
-    from ollamactl.models import ProbeReport, RestartResult, Status
+if TYPE_CHECKING:  # the restart path does not need the verdict or the journal reader: imported where used
+    from ollamactl.journal import JournalFacts, JournalReader
+    from ollamactl.verdict import Judge, Sample, Verdict
 
 T = TypeVar("T")
-_POLL_FIRST = 0.02  # readiness: poll every 20 ms while a server usually binds its port...
+# Readiness: a refused connection costs a fraction of a millisecond, so poll every 5 ms while a
+# server usually binds its port (the answer is then reported within a few ms of the first one)...
+_POLL_FIRST = 0.005
 _POLL_FAST_FOR = 2.0  # ...for this long...
 _POLL_MAX = 0.25  # ...then back off to this
 _POLL_GROWTH = 1.25
-_UNIT_CHECK_EVERY = 0.1  # how often to ask systemd whether the new process died
+_UNIT_CHECK_EVERY = 0.1  # how often to ask systemd whether the new process died (concurrently with the polls)
 # The watchdog waits this long for the shared lock, then restarts without it: longer than a legitimate
 # holder keeps it (unit state + restart job of an Ollama that ignores SIGTERM: TimeoutStopSec=10s plus
 # the start), short enough that a member holding the lock forever only delays recovery.
@@ -72,7 +79,44 @@ class Unattended:
     lock_wait: float = UNATTENDED_LOCK_WAIT
 
 
-class AsyncController:
+class MessageBusLike(Protocol):
+    """What SystemdBus needs of a D-Bus connection: the part of dbus-next's ``MessageBus`` it uses."""
+
+    async def connect(self) -> MessageBusLike: ...  # connect (and authenticate); returns the connected bus
+    async def call(self, msg: Any) -> Any: ...  # one method call: its reply Message (or an ERROR one)
+    def add_message_handler(self, handler: Callable[[Any], Any]) -> None: ...  # signals (JobRemoved)
+    def disconnect(self) -> None: ...
+
+
+#: Makes one (not yet connected) D-Bus connection to the system bus, e.g. ``lambda: MessageBus(...)``.
+DBusTransport = Callable[[], MessageBusLike]
+
+
+class _Client:
+    """The settings and transports both controllers take (one ``__init__`` for both)."""
+
+    def __init__(
+        self,
+        *,
+        config: Config | None = None,
+        config_file: str | os.PathLike[str] | None = None,
+        dbus_transport: DBusTransport | None = None,
+        http_transport: probe.Transport | None = None,
+        **settings: Any,
+    ) -> None:
+        """Settings: built-in defaults < /etc/ollamactl/config.toml (or ``config_file``) < OLLAMACTL_*
+        variables < keyword arguments (unit, url, timeout, bus_timeout, ...); or a ready ``config``.
+
+        ``dbus_transport``: makes the system-bus connection (default: dbus-next's MessageBus);
+        ``http_transport``: sends Ollama's HTTP requests (default: a fresh HTTP/1.1 connection each).
+        Both are for tests and embedding, as httpx's ``transport=``.
+        """
+        self.config: Config = config or load_config(settings, config_file=config_file)
+        self.dbus_transport = dbus_transport
+        self.http_transport = http_transport
+
+
+class AsyncController(_Client):
     """Restart and inspect Ollama's systemd unit from asyncio code.
 
     Settings: built-in defaults < /etc/ollamactl/config.toml < OLLAMACTL_*
@@ -80,27 +124,17 @@ class AsyncController:
     Use ``async with`` to keep one bus connection for several calls.
     """
 
-    def __init__(
-        self,
-        *,
-        config: Config | None = None,
-        config_file: str | os.PathLike[str] | None = None,
-        plain_results: bool = False,
-        **settings: Any,
-    ) -> None:
-        self.config: Config = config or load_config(settings, config_file=config_file)
-        self.plain_results = plain_results  # results as Draft, not pydantic models (see Draft)
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self._bus: SystemdBus | None = None
         self._journal: JournalReader | None = None  # kept between probes: it reads on from its cursor
         # Root acts by hand as the admin: the shared history, which any member can forge, is advisory for it.
         self._admin = os.geteuid() == 0
 
-    def _finish(self, model: str, draft: Draft) -> Any:
-        if self.plain_results:
-            return draft
-        from ollamactl import models
-
-        return getattr(models, model)(**vars(draft))
+    @property
+    def _http(self) -> dict[str, Any]:
+        """The keyword that hands the HTTP transport to ``probe`` (none: probe's own default)."""
+        return {} if self.http_transport is None else {"transport": self.http_transport}
 
     async def __aenter__(self) -> AsyncController:
         self._bus = await self._connect()
@@ -112,7 +146,7 @@ class AsyncController:
             self._bus = None
 
     async def _connect(self) -> SystemdBus:
-        bus = SystemdBus(call_timeout=self.config.bus_timeout, group=self.config.group)
+        bus = SystemdBus(call_timeout=self.config.bus_timeout, group=self.config.group, transport=self.dbus_transport)
         await bus.connect()
         return bus
 
@@ -136,6 +170,7 @@ class AsyncController:
         observed_at: float | None = None,
         unattended: Unattended | None = None,
         start: bool = False,
+        progress: Progress | None = None,
     ) -> RestartResult:
         """Restart the unit; with ``wait`` return only once the API answers again.
 
@@ -150,6 +185,9 @@ class AsyncController:
         failed one UnitFailed, and the restart is systemd's TryRestartUnit,
         which never starts a unit that stopped after our look.  ``start``:
         start a stopped unit too (RestartUnit; the polkit grant must allow it).
+        ``progress`` is called with one line saying what the restart waits for
+        (the lock, the stop with the time left until SIGKILL, the start, the
+        API), on each change and every half second meanwhile: the CLI's TTY line.
 
         Raises PermissionDenied, UnitNotFound, UnitMasked, UnitStopped, UnitFailed,
         BusUnavailable, BudgetExhausted, RestartFailed, TimedOut or RuntimeDirError
@@ -161,7 +199,7 @@ class AsyncController:
         audit_fields = dict(unit=cfg.unit, reason=reason, observed_at=observed_at, **who)
         log("INFO", "restart requested", **audit_fields)
         try:
-            result = await self._restart(reason, wait, observed_at, clock, unattended, start)
+            result = await self._restart(reason, wait, observed_at, clock, unattended, start, progress or _quiet)
         except OllamactlError as err:
             audit(f"restart of {cfg.unit} not done: {err.message}", outcome=err.kind, **audit_fields)
             raise
@@ -182,50 +220,80 @@ class AsyncController:
         clock: _Deadline,
         unattended: Unattended | None,
         start: bool,
+        progress: Progress,
     ) -> RestartResult:
-        unit = self.config.unit
         runtime = self.runtime
-        result = Draft(
-            ok=True,
-            action="restarted", unit=unit, reason=reason, observed_at=observed_at, job=None, job_result=None,
-            old_invocation_id=None, new_invocation_id=None, job_seconds=None, ready_seconds=None, api_version=None,
-        )  # fmt: skip
+        job = job_result = old_invocation_id = job_seconds = ready_seconds = api_version = None
         async with _deadline_scope(clock, "restart"), self._systemd() as bus:
-            async with self._locked(runtime, clock, unattended):
-                before = await bus.unit_state(unit, timeout=clock.left())
-                before.check_loadable()
-                if not start:
-                    refuse_if_down(before)
-                result.unit = before.name
-                if observed_at is not None and before.started_since(observed_at):
-                    log("INFO", "already restarted since the wedge was seen; skipping", unit=before.name)
-                    result.action = "skipped"
-                    after = before
-                else:
-                    history = self._check_budget(runtime, before.name, unattended)
-                    await bus.subscribe()
-                    started = time.monotonic()
-                    result.job = await bus.restart_unit(before.name, start=start)
-                    self._record(runtime, history, before.name, reason, unattended)
-                    result.old_invocation_id = before.invocation_id
-                    log("INFO", "restart job queued", unit=before.name, job=result.job)
-                    if not wait:
-                        result.action = "queued"
-                        return self._finish("RestartResult", result)
-                    result.job_result = await bus.wait_job(result.job, clock.left())
-                    result.job_seconds = round(time.monotonic() - started, 4)
-                    after = await bus.unit_state(before.name, timeout=clock.left())
-                    if not start and after.active_state == "inactive":  # stopped between our look and the job
-                        raise _stopped(after, "was stopped before the restart job ran; TryRestartUnit left it stopped")
-                    if result.job_result != "done":
-                        raise _restart_failed(
-                            after, f"the restart job ended with '{result.job_result}'", result.job_result
-                        )
-            result.new_invocation_id = after.invocation_id
+            # Coalescing first without the lock: once one detector's restart is done, the many others that
+            # saw the same wedge go on at once instead of queueing on the lock one by one.
+            before = await self._look(bus, clock, start) if observed_at is not None else None
+            if before is not None and observed_at is not None and before.started_since(observed_at):
+                action, after = "skipped", before
+            else:
+                progress(f"waiting for the restart lock on {runtime.path}")
+                async with self._locked(runtime, clock, unattended):
+                    before = await self._look(bus, clock, start)
+                    if observed_at is not None and before.started_since(observed_at):
+                        action, after = "skipped", before
+                    else:
+                        history = self._check_budget(runtime, before.name, unattended)
+                        if wait:
+                            await bus.subscribe()  # JobRemoved says when the job ends; not needed just to queue it
+                        started = time.monotonic()
+                        job = await bus.restart_unit(before.name, start=start)
+                        self._record(runtime, history, before.name, reason, unattended)
+                        old_invocation_id = before.invocation_id
+                        log("INFO", "restart job queued", unit=before.name, job=job)
+                        if not wait:
+                            return RestartResult(
+                                action="queued", unit=before.name, reason=reason, observed_at=observed_at, job=job,
+                                old_invocation_id=old_invocation_id,
+                            )  # fmt: skip
+                        unit = before.name
+                        async with _ticking(progress, lambda: self._job_step(bus, unit, clock)):
+                            job_result = await bus.wait_job(job, clock.left())
+                        job_seconds = round(time.monotonic() - started, 4)
+                        after = await bus.unit_state(before.name, timeout=clock.left())
+                        if not start and after.active_state == "inactive":  # stopped between our look and the job
+                            raise _stopped(
+                                after, "was stopped before the restart job ran; TryRestartUnit left it stopped"
+                            )
+                        if job_result != "done":
+                            raise _restart_failed(after, f"the restart job ended with '{job_result}'", job_result)
+                        action = "restarted"
+            if action == "skipped":
+                log("INFO", "already restarted since the wedge was seen; skipping", unit=before.name)
             if wait:
-                result.api_version, ready = await self._wait_ready(bus, after, clock)
-                result.ready_seconds = round(ready, 4)
-        return self._finish("RestartResult", result)
+                url = probe.parse_url(self.config.url).url
+                async with _ticking(progress, lambda: _constant(f"waiting for Ollama's API at {url}")):
+                    api_version, ready = await self._wait_ready(bus, after, clock)
+                ready_seconds = round(ready, 4)
+        return RestartResult(
+            action=action, unit=before.name, reason=reason, observed_at=observed_at, job=job, job_result=job_result,
+            old_invocation_id=old_invocation_id, new_invocation_id=after.invocation_id, job_seconds=job_seconds,
+            ready_seconds=ready_seconds, api_version=api_version,
+        )  # fmt: skip
+
+    async def _look(self, bus: SystemdBus, clock: _Deadline, start: bool) -> UnitState:
+        """The unit's state, if it is ours to restart: UnitNotFound/UnitMasked, UnitStopped/UnitFailed otherwise."""
+        state = await bus.unit_state(self.config.unit, timeout=clock.left())
+        state.check_loadable()
+        if not start:
+            refuse_if_down(state)
+        return state
+
+    async def _job_step(self, bus: SystemdBus, unit: str, clock: _Deadline) -> str:
+        """What the restart job is doing now, for the progress line: stopping (and when SIGKILL comes), starting."""
+        s = await bus.unit_state(unit, timeout=clock.left())
+        if s.active_state == "deactivating":
+            if s.timeout_stop is not None and s.state_change_timestamp is not None:
+                left = s.state_change_timestamp + s.timeout_stop - time.time()
+                return f"stopping {s.name} (SIGKILL in {max(left, 0):.0f}s if it ignores SIGTERM)"
+            return f"stopping {s.name}"
+        if s.active_state == "activating":
+            return f"starting {s.name}"
+        return f"restarting {s.name}"
 
     @property
     def runtime(self) -> RuntimeDir:
@@ -304,34 +372,49 @@ class AsyncController:
             log("WARNING", f"restarted {unit}, but could not record it: {err.message}", unit=unit)
 
     async def _wait_ready(self, bus: SystemdBus, started: UnitState, clock: _Deadline) -> tuple[str, float]:
-        """Poll /api/version until it answers; fail fast if the new process dies."""
+        """Poll /api/version until it answers; fail fast if the new process dies.
+
+        systemd is asked whether the new process died every _UNIT_CHECK_EVERY
+        seconds in a task of its own, so no poll waits for a bus round trip.
+        """
         endpoint = probe.parse_url(self.config.url)
         t0 = time.monotonic()
         delay = _POLL_FIRST
-        next_unit_check = t0
         last_error = "no answer yet"
+        death = asyncio.ensure_future(self._until_died(bus, started, clock))
+        try:
+            while True:
+                if death.done():
+                    death.result()  # raises RestartFailed (or the bus's error)
+                try:
+                    version = await probe.api_version(
+                        endpoint, min(self.config.http_timeout, clock.left()), **self._http
+                    )
+                    return version, time.monotonic() - t0
+                except (probe.HTTPError, TimeoutError) as exc:
+                    last_error = str(exc) or f"no answer within {self.config.http_timeout:g}s"
+                if clock.left() <= 0:
+                    raise TimedOut(
+                        f"{started.name} restarted, but Ollama at {endpoint.url} did not answer within "
+                        f"{clock.total:g}s ({last_error}); see: journalctl -u {started.name} -n 50",
+                        step="readiness",
+                        url=endpoint.url,
+                    )
+                await asyncio.wait([death], timeout=min(delay, clock.left()))  # a sleep that a death cuts short
+                if time.monotonic() - t0 > _POLL_FAST_FOR:
+                    delay = min(delay * _POLL_GROWTH, _POLL_MAX)
+        finally:
+            death.cancel()
+            if death.done() and not death.cancelled():
+                death.exception()  # retrieved: the API answered first, or the death was raised above
+
+    async def _until_died(self, bus: SystemdBus, started: UnitState, clock: _Deadline) -> None:
+        """Raise RestartFailed once systemd says the process ``started`` stopped (or was replaced)."""
         while True:
-            try:
-                version = await probe.api_version(endpoint, min(self.config.http_timeout, clock.left()))
-                return version, time.monotonic() - t0
-            except (probe.HTTPError, TimeoutError) as exc:
-                last_error = str(exc) or f"no answer within {self.config.http_timeout:g}s"
-            now = time.monotonic()
-            if now >= next_unit_check:
-                next_unit_check = now + _UNIT_CHECK_EVERY
-                state = await bus.unit_state(started.name, timeout=clock.left())
-                if _died(state, started):
-                    raise _restart_failed(state, "the unit stopped again while starting", "done")
-            if clock.left() <= 0:
-                raise TimedOut(
-                    f"{started.name} restarted, but Ollama at {endpoint.url} did not answer within "
-                    f"{clock.total:g}s ({last_error}); see: journalctl -u {started.name} -n 50",
-                    step="readiness",
-                    url=endpoint.url,
-                )
-            await asyncio.sleep(min(delay, clock.left()))
-            if now - t0 > _POLL_FAST_FOR:
-                delay = min(delay * _POLL_GROWTH, _POLL_MAX)
+            state = await bus.unit_state(started.name, timeout=clock.left())
+            if _died(state, started):
+                raise _restart_failed(state, "the unit stopped again while starting", "done")
+            await asyncio.sleep(_UNIT_CHECK_EVERY)
 
     async def status(self) -> Status:
         """The unit's state and whether Ollama's API answers (never restarts)."""
@@ -342,19 +425,27 @@ class AsyncController:
             async with self._systemd() as bus:
                 return await bus.unit_state(cfg.unit)
 
-        state, live = await asyncio.gather(unit(), probe.liveness(endpoint, cfg.http_timeout))
+        state, live = await asyncio.gather(unit(), probe.liveness(endpoint, cfg.http_timeout, **self._http))
         version, api_error = live.api_version, live.detail or None
         if state.load_state == "not-found":
             state.check_loadable()
-        fields = asdict(state)
-        fields["unit"] = fields.pop("name")
-        del fields["inactive_exit_timestamp"], fields["cpu_usage_nsec"]  # internal evidence, not Status fields
-        healthy = state.active_state == "active" and version is not None
-        return self._finish(
-            "Status",
-            Draft(healthy=healthy, url=endpoint.url, api_ok=version is not None, api_version=version,
-                  api_error=api_error, **fields),
-        )  # fmt: skip
+        return Status(
+            healthy=state.active_state == "active" and version is not None,
+            unit=state.name,
+            load_state=state.load_state,
+            active_state=state.active_state,
+            sub_state=state.sub_state,
+            result=state.result,
+            main_pid=state.main_pid,
+            invocation_id=state.invocation_id,
+            active_enter_timestamp=state.active_enter_timestamp,
+            n_restarts=state.n_restarts,
+            fragment_path=state.fragment_path,
+            url=endpoint.url,
+            api_ok=version is not None,
+            api_version=version,
+            api_error=api_error,
+        )
 
     async def probe(self, deep: bool = False, *, judge: Judge | None = None) -> ProbeReport:
         """Classify Ollama with the shared verdict (see ollamactl.verdict); never restarts.
@@ -372,6 +463,8 @@ class AsyncController:
         endpoint = probe.parse_url(cfg.url)
         deep = deep and cfg.deep_probe != "off"
         once = judge is not None
+        from ollamactl.verdict import Judge, Limits
+
         judge = judge or Judge(Limits.from_config(cfg))
         give_up = (
             time.monotonic()
@@ -388,24 +481,28 @@ class AsyncController:
                 if once or not verdict.pending or time.monotonic() >= give_up:
                     break
                 await asyncio.sleep(cfg.watch_period)
-        return self._finish("ProbeReport", _report(verdict, sample, endpoint, cfg.model if deep else None, samples))
+        return _report(verdict, sample, endpoint, cfg.model if deep else None, samples)
 
     async def _sample(self, bus: SystemdBus, endpoint: probe.Endpoint, deep: bool) -> Sample:
         """One round of evidence: the unit, then (if it is active) the probes, then the journal."""
+        from ollamactl.verdict import Sample
+
         cfg = self.config
         at = time.time()
         state = await bus.unit_state(cfg.unit)
         if state.active_state != "active":
             return Sample(at, state)
+        from ollamactl.journal import JournalReader
+
         reader = self._journal or JournalReader(state.name, timeout=cfg.http_timeout)
         self._journal = reader
         if deep and reader.facts.invocation_id != state.invocation_id:
             await reader.update(state.invocation_id)  # a new invocation: its runners' ports come from here
         ports = _runner_ports(reader.facts, endpoint) if deep else []
         live, ps, *runners = await asyncio.gather(
-            probe.liveness(endpoint, cfg.probe_timeout),
-            probe.loaded_models(endpoint, cfg.deep_timeout) if deep else _nothing(),
-            *(probe.runner(port, cfg.deep_timeout) for port in ports),
+            probe.liveness(endpoint, cfg.probe_timeout, **self._http),
+            probe.loaded_models(endpoint, cfg.deep_timeout, **self._http) if deep else _nothing(),
+            *(probe.runner(port, cfg.deep_timeout, **self._http) for port in ports),
         )
         facts = None
         if deep or live.outcome != probe.HEALTHY:  # completions up to now, and loads
@@ -439,13 +536,15 @@ def _runner_ports(facts: JournalFacts, endpoint: probe.Endpoint) -> list[int]:
     return sockets.runner_ports(endpoint.port)
 
 
-def _report(verdict: Verdict, s: Sample, endpoint: probe.Endpoint, model: str | None, samples: int) -> Draft:
-    """The ProbeReport fields of a verdict and the last sample it was made from."""
+def _report(verdict: Verdict, s: Sample, endpoint: probe.Endpoint, model: str | None, samples: int) -> ProbeReport:
+    """The ProbeReport of a verdict and the last sample it was made from."""
+    from ollamactl import verdict as verdict_mod
+
     live, unit = s.live, s.unit
     deep_seconds = [r.seconds for r in s.runners] + ([s.ps.seconds] if s.ps is not None else [])
-    return Draft(
+    return ProbeReport(
         outcome=verdict.outcome,
-        healthy=verdict.outcome == HEALTHY,
+        healthy=verdict.outcome == verdict_mod.HEALTHY,
         exit_code=verdict.exit_code,
         evidence=verdict.evidence,
         confirmed=verdict.confirmed,
@@ -492,34 +591,58 @@ def _stopped(state: UnitState, what: str) -> UnitStopped:
     )
 
 
-class Draft(SimpleNamespace):
-    """A result's fields before they become a pydantic model.
+class Controller(_Client):
+    """The synchronous face of AsyncController: same settings, same errors, same results.
 
-    With ``plain_results`` they stay as they are, with the same fields and
-    the same ``to_dict()``: the long-running watchdog saves the ~14 MiB that
-    pydantic 2 models cost, and the CLI, which only prints them, the time.
+    Each call runs on an event loop of its own, connecting to the bus for
+    that call; ``with Controller() as c:`` keeps one loop and one bus
+    connection for every call in the block.  It must not be called from
+    inside a running event loop, which it would block for up to the restart
+    timeout: there it raises UsageError, which points to AsyncController.
     """
 
-    def to_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._runner: asyncio.Runner | None = None
+        self._actl: AsyncController | None = None
 
+    def __enter__(self) -> Controller:
+        _refuse_inside_a_loop("with Controller()")
+        if self._runner is not None:
+            raise UsageError("this Controller is already in a with-block; it is not reentrant", api="Controller")
+        runner, actl = asyncio.Runner(), self._async()
+        try:
+            runner.run(actl.__aenter__())
+        except BaseException:
+            runner.close()
+            raise
+        self._runner, self._actl = runner, actl
+        return self
 
-class Controller:
-    """The synchronous face of AsyncController: same settings, same errors."""
+    def __exit__(self, *exc: object) -> None:
+        runner, actl = self._runner, self._actl
+        self._runner = self._actl = None
+        if runner is None or actl is None:
+            return
+        try:
+            runner.run(actl.__aexit__(*exc))
+        finally:
+            runner.close()
 
-    def __init__(
-        self,
-        *,
-        config: Config | None = None,
-        config_file: str | os.PathLike[str] | None = None,
-        plain_results: bool = False,
-        **settings: Any,
-    ) -> None:
-        self.config: Config = config or load_config(settings, config_file=config_file)
-        self.plain_results = plain_results
+    def _async(self) -> AsyncController:
+        return AsyncController(
+            config=self.config, dbus_transport=self.dbus_transport, http_transport=self.http_transport
+        )
 
-    def _actl(self) -> AsyncController:
-        return AsyncController(config=self.config, plain_results=self.plain_results)
+    def _call(self, name: str, call: Callable[[AsyncController], Awaitable[T]]) -> T:
+        _refuse_inside_a_loop(f"Controller.{name}()")
+
+        async def run(actl: AsyncController) -> T:
+            return await call(actl)
+
+        if self._runner is not None and self._actl is not None:
+            return self._runner.run(run(self._actl))
+        return asyncio.run(run(self._async()))
 
     def restart(
         self,
@@ -529,39 +652,75 @@ class Controller:
         timeout: float | None = None,
         observed_at: float | None = None,
         start: bool = False,
+        progress: Progress | None = None,
     ) -> RestartResult:
         """Restart the unit (see AsyncController.restart); with ``wait``, block until the API answers."""
-        return _run(self._actl().restart(reason, wait=wait, timeout=timeout, observed_at=observed_at, start=start))
+        return self._call(
+            "restart",
+            lambda a: a.restart(
+                reason, wait=wait, timeout=timeout, observed_at=observed_at, start=start, progress=progress
+            ),
+        )
 
     def status(self) -> Status:
         """The unit's state and whether Ollama's API answers."""
-        return _run(self._actl().status())
+        return self._call("status", lambda a: a.status())
 
     def probe(self, deep: bool = False) -> ProbeReport:
         """Classify Ollama's health (see AsyncController.probe)."""
-        return _run(self._actl().probe(deep))
+        return self._call("probe", lambda a: a.probe(deep))
 
 
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine to completion, even when called from inside a running loop."""
+def _refuse_inside_a_loop(what: str) -> None:
+    """Raise UsageError if called from a coroutine: a blocking call there would stall the caller's loop."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro)
-    box: dict[str, Any] = {}
+        return
+    raise UsageError(
+        f"{what} was called inside a running asyncio event loop, which it would block (for up to the restart "
+        "timeout); in async code use AsyncController: async with AsyncController() as c: await c.restart()",
+        api="Controller",
+    )
 
-    def target() -> None:
+
+#: The progress hook: called with one line saying what a restart waits for (see AsyncController.restart).
+Progress = Callable[[str], None]
+_TICK = 0.5  # seconds between progress updates while waiting
+
+
+def _quiet(line: str) -> None:
+    """The progress hook when nobody asked for one."""
+
+
+async def _constant(line: str) -> str:
+    return line
+
+
+@asynccontextmanager
+async def _ticking(progress: Progress, step: Callable[[], Awaitable[str]]) -> AsyncIterator[None]:
+    """Call ``progress(await step())`` now and every _TICK seconds until the block ends (not when quiet)."""
+    if progress is _quiet:
+        yield
+        return
+
+    async def tick() -> None:
+        while True:
+            try:
+                progress(await step())
+            except OllamactlError:  # the line is a courtesy: the block itself reports real failures
+                pass
+            await asyncio.sleep(_TICK)
+
+    task = asyncio.ensure_future(tick())
+    try:
+        yield
+    finally:
+        task.cancel()
         try:
-            box["value"] = asyncio.run(coro)
-        except BaseException as exc:  # re-raised in the caller's thread below
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="ollamactl-sync")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+            await task
+        except asyncio.CancelledError:
+            pass
 
 
 class _Deadline:
@@ -586,8 +745,8 @@ async def _deadline_scope(clock: _Deadline, what: str) -> AsyncIterator[None]:
 
 
 def _check_timeout(value: float) -> float:
-    if not (isinstance(value, (int, float)) and 0 < value <= 86400):
-        raise UsageError(f"timeout must be a number of seconds in (0, 86400] (got {value!r})", key="timeout")
+    if not in_timeout_range(value):
+        raise UsageError(f"timeout must be a number of seconds in {TIMEOUT_RANGE} (got {value!r})", key="timeout")
     return float(value)
 
 

@@ -1,91 +1,109 @@
-"""Results returned by the API and printed by ``--json``.
+"""Results returned by the API and printed by ``--json``: each declared once, here.
 
-pydantic models with plain field types only (str, int, float, bool, None), so
-they serialise to byte-identical JSON on pydantic 1.10 and 2.x.
+Each result is a frozen standard-library dataclass whose fields carry their
+documentation (``metadata["doc"]``), so that every other form derives from
+this one declaration: ``to_dict()`` (what ``--json`` prints and the CLI's text
+is made from), ``to_json()`` (stable: sorted keys, the same bytes whatever
+pydantic is installed) and ``fields_doc()`` (the man page's field list).
+Plain field types only (str, int, float, bool, None).  No pydantic here: it
+validates the configuration, where it earns its import; results are built by
+ollamactl itself, and neither the CLI nor the watchdog should pay for it.
 """
 
 from __future__ import annotations
 
-from ollamactl._pydantic import BaseModel, to_dict, to_json
+import dataclasses
+import json
+from typing import Any
+
+__all__ = ["ProbeReport", "RestartResult", "Status", "fields_doc"]
 
 
-class _Result(BaseModel):
-    def to_dict(self) -> dict:
-        return to_dict(self)
+def _f(doc: str, default: Any = dataclasses.MISSING) -> Any:
+    """A field with its documentation."""
+    return dataclasses.field(default=default, metadata={"doc": doc})
+
+
+class _Result:
+    """What every result can do: attribute access (a dataclass), a dict, stable JSON."""
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (what ``--json`` prints)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
 
     def to_json(self) -> str:
-        return to_json(self)
+        """Stable JSON: sorted keys, the same on every Python and pydantic version."""
+        return json.dumps(self.to_dict(), sort_keys=True)
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class RestartResult(_Result):
-    """What ``restart`` did.
+    """What ``restart`` did."""
 
-    action: "restarted"; "queued" with wait=False; "skipped" when the unit
-    had already started since ``observed_at`` (new_invocation_id is that start).
-    """
+    ok: bool = _f("Always true: a restart that was not done raises an error instead.", True)
+    action: str = _f(
+        '"restarted" (the API answers again); "queued" with wait=False (the job is queued); "skipped" when '
+        "the unit had already started since observed_at (new_invocation_id is that start)."
+    )
+    unit: str = _f("The unit's primary name, as systemd reports it.")
+    reason: str | None = _f("The reason given by the caller (recorded in the journal and the shared history).", None)
+    observed_at: float | None = _f("When the caller saw the problem (epoch seconds), if it said so.", None)
+    job: str | None = _f("The D-Bus object path of systemd's restart job; null when skipped.", None)
+    job_result: str | None = _f('How the restart job ended ("done"); null when queued or skipped.', None)
+    old_invocation_id: str | None = _f("The invocation ID of the process that was restarted.", None)
+    new_invocation_id: str | None = _f("The invocation ID of the process running now; null when queued.", None)
+    job_seconds: float | None = _f("Seconds from queueing the restart job to its end.", None)
+    ready_seconds: float | None = _f("Seconds from the job's end until the API answered again.", None)
+    api_version: str | None = _f("Ollama's version, as GET /api/version answered after the restart.", None)
 
-    ok: bool = True
-    action: str
-    unit: str
-    reason: str | None = None
-    observed_at: float | None = None
-    job: str | None = None
-    job_result: str | None = None
-    old_invocation_id: str | None = None
-    new_invocation_id: str | None = None
-    job_seconds: float | None = None
-    ready_seconds: float | None = None
-    api_version: str | None = None
 
-
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Status(_Result):
-    """The unit's state as systemd reports it, and whether the API answers.
+    """The unit's state as systemd reports it, and whether the API answers."""
 
-    healthy: active and answering, what ``ollamactl status`` exits 0 for.
-    """
-
-    healthy: bool
-    unit: str
-    load_state: str
-    active_state: str
-    sub_state: str
-    result: str | None = None
-    main_pid: int | None = None
-    invocation_id: str | None = None
-    active_enter_timestamp: float | None = None
-    n_restarts: int | None = None
-    fragment_path: str | None = None
-    url: str
-    api_ok: bool
-    api_version: str | None = None
-    api_error: str | None = None
+    healthy: bool = _f("Active and answering: what ``ollamactl status`` exits 0 for.")
+    unit: str = _f("The unit's primary name, as systemd reports it.")
+    load_state: str = _f("systemd's LoadState: loaded, not-found, masked, ...")
+    active_state: str = _f("systemd's ActiveState: active, activating, deactivating, inactive, failed.")
+    sub_state: str = _f("systemd's SubState: running, auto-restart, dead, ...")
+    result: str | None = _f("systemd's Result of the last run: success, exit-code, signal, ...", None)
+    main_pid: int | None = _f("The main process's PID (0 when none runs).", None)
+    invocation_id: str | None = _f("The current invocation ID (changes with every start).", None)
+    active_enter_timestamp: float | None = _f("When the unit last became active (epoch seconds).", None)
+    n_restarts: int | None = _f("How often systemd restarted it automatically (NRestarts).", None)
+    fragment_path: str | None = _f("The unit file.", None)
+    url: str = _f("The Ollama URL that was asked.")
+    api_ok: bool = _f("Whether GET /api/version answered.")
+    api_version: str | None = _f("Ollama's version, if the API answered.", None)
+    api_error: str | None = _f("Why the API did not answer, if it did not.", None)
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ProbeReport(_Result):
-    """What ``probe`` saw, and the verdict on it (see ollamactl.verdict).
+    """What ``probe`` saw, and the verdict on it (see ollamactl.verdict)."""
 
-    outcome: healthy, busy, loading, starting, stopped, failed, down, wedged or
-    deep-wedged; exit_code is its exit code.  evidence: one line saying what
-    decided it.  confirmed: a wedge's streak is complete (a restart is called
-    for); since: when that streak began (epoch seconds); samples: how many
-    rounds of probes the verdict took.
-    """
+    outcome: str = _f("healthy, busy, loading, starting, stopped, failed, down, wedged or deep-wedged.")
+    healthy: bool = _f('outcome is "healthy".')
+    exit_code: int = _f("The outcome's exit code (what ``ollamactl probe`` exits with).")
+    evidence: str = _f("One line saying what decided the outcome.", "")
+    confirmed: bool = _f("A wedge's streak is complete: a restart is called for.", False)
+    since: float | None = _f("When that streak began (epoch seconds).", None)
+    samples: int = _f("How many rounds of probes the verdict took.", 1)
+    url: str = _f("The Ollama URL that was probed.")
+    liveness_seconds: float | None = _f("How long GET /api/version took; null if the unit is not active.", None)
+    deep_seconds: float | None = _f("The longest of the deep probes (/api/ps, runners' /slots); null if none.", None)
+    model: str | None = _f("The model the deep probe was asked to look at, if any.", None)
+    detail: str = _f("The liveness probe's error, if any.", "")
+    api_version: str | None = _f("Ollama's version, if the API answered.", None)
+    unit: str | None = _f("The unit's primary name.", None)
+    active_state: str | None = _f("systemd's ActiveState of the unit.", None)
+    sub_state: str | None = _f("systemd's SubState of the unit.", None)
+    result: str | None = _f("systemd's Result of the unit's last run.", None)
+    started_at: float | None = _f("When the current (or last) start began (epoch seconds).", None)
 
-    outcome: str
-    healthy: bool
-    exit_code: int
-    evidence: str = ""
-    confirmed: bool = False
-    since: float | None = None
-    samples: int = 1
-    url: str
-    liveness_seconds: float | None = None
-    deep_seconds: float | None = None
-    model: str | None = None
-    detail: str = ""
-    api_version: str | None = None
-    unit: str | None = None
-    active_state: str | None = None
-    sub_state: str | None = None
-    result: str | None = None
-    started_at: float | None = None
+
+def fields_doc(cls: type) -> list[tuple[str, str, str]]:
+    """``(name, type, doc)`` of each field of a result class, in declaration order (for the man page)."""
+    return [(f.name, str(f.type), f.metadata.get("doc", "")) for f in dataclasses.fields(cls)]

@@ -14,12 +14,12 @@ import json
 import re
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ollamactl.text import clean
 
-DEFAULT_URL = "http://127.0.0.1:11434"
 # Caps on what a server may send.  Ollama's answers to the probes are a few
 # hundred bytes with a handful of headers; whoever listens on ``url`` (anyone,
 # while Ollama is down) must not make us buffer without bound.
@@ -169,6 +169,13 @@ class HTTPError(Exception):
         self.refused = refused
 
 
+#: How a request reaches the server, as httpx's ``transport=``: ``(endpoint, method, path, body)``
+#: -> Response, where ``body`` is JSON-able or None.  It raises HTTPError (``refused=True`` when
+#: nothing listens) for anything short of a complete answer; ``request`` bounds it with the deadline.
+#: The default, ``open_and_send``, speaks HTTP/1.1 over a fresh connection; tests pass in-memory ones.
+Transport = Callable[[Endpoint, str, str, Any], Awaitable["Response"]]
+
+
 async def request(
     endpoint: Endpoint,
     method: str,
@@ -176,13 +183,14 @@ async def request(
     *,
     timeout: float,
     body: Any = None,
+    transport: Transport | None = None,
 ) -> Response:
     """One HTTP/1.1 request with a total deadline; raises TimeoutError or HTTPError."""
     async with asyncio.timeout(timeout):
-        return await _request(endpoint, method, path, body)
+        return await (transport or open_and_send)(endpoint, method, path, body)
 
 
-async def _request(endpoint: Endpoint, method: str, path: str, body: Any) -> Response:
+async def open_and_send(endpoint: Endpoint, method: str, path: str, body: Any) -> Response:
     ctx = ssl.create_default_context() if endpoint.scheme == "https" else None
     try:
         # limit: the longest line StreamReader buffers while looking for its end (see read_response)
@@ -331,13 +339,13 @@ async def _read_to_eof(reader: asyncio.StreamReader) -> bytes:
     return bytes(body)
 
 
-async def api_version(endpoint: Endpoint, timeout: float) -> str:
+async def api_version(endpoint: Endpoint, timeout: float, *, transport: Transport | None = None) -> str:
     """Ollama's version string from GET /api/version (static: answers even when wedged).
 
     Cleaned of control characters and capped at MAX_VERSION characters: it is
     printed, and whoever answers on ``url`` chose it.
     """
-    resp = await request(endpoint, "GET", "/api/version", timeout=timeout)
+    resp = await request(endpoint, "GET", "/api/version", timeout=timeout, transport=transport)
     if resp.status != 200:
         raise HTTPError(f"GET /api/version answered HTTP {resp.status}")
     try:
@@ -384,11 +392,11 @@ class ProbeResult:
     api_version: str | None = None
 
 
-async def liveness(endpoint: Endpoint, timeout: float) -> ProbeResult:
+async def liveness(endpoint: Endpoint, timeout: float, *, transport: Transport | None = None) -> ProbeResult:
     """GET /api/version: tells down from wedged, but is static, so misses deep wedges."""
     t0 = time.monotonic()
     try:
-        version = await api_version(endpoint, timeout)
+        version = await api_version(endpoint, timeout, transport=transport)
     except TimeoutError:
         return ProbeResult(WEDGED, time.monotonic() - t0, f"GET /api/version: no answer within {timeout:g}s")
     except HTTPError as exc:
@@ -415,11 +423,11 @@ class PsResult:
     detail: str = ""
 
 
-async def loaded_models(endpoint: Endpoint, timeout: float) -> PsResult:
+async def loaded_models(endpoint: Endpoint, timeout: float, *, transport: Transport | None = None) -> PsResult:
     """GET /api/ps under a deadline; never raises for what the server does."""
     t0 = time.monotonic()
     try:
-        resp = await request(endpoint, "GET", "/api/ps", timeout=timeout)
+        resp = await request(endpoint, "GET", "/api/ps", timeout=timeout, transport=transport)
     except TimeoutError:
         return PsResult(TIMEOUT, time.monotonic() - t0, detail=f"GET /api/ps: no answer within {timeout:g}s")
     except HTTPError as exc:
@@ -464,12 +472,12 @@ class RunnerResult:
         return OK in (self.slots_status, self.health_status) or LOADING in (self.slots_status, self.health_status)
 
 
-async def runner(port: int, timeout: float) -> RunnerResult:
+async def runner(port: int, timeout: float, *, transport: Transport | None = None) -> RunnerResult:
     """GET /slots and GET /health of the llama-server on ``port``, concurrently, each under ``timeout``."""
     endpoint = Endpoint("http", RUNNER_HOST, port)
     t0 = time.monotonic()
     (slots_status, data), (health_status, _) = await asyncio.gather(
-        _runner_get(endpoint, "/slots", timeout), _runner_get(endpoint, "/health", timeout)
+        _runner_get(endpoint, "/slots", timeout, transport), _runner_get(endpoint, "/health", timeout, transport)
     )
     seconds = time.monotonic() - t0
     slots: list[Slot] = []
@@ -481,9 +489,9 @@ async def runner(port: int, timeout: float) -> RunnerResult:
     return RunnerResult(port, slots_status, health_status, round(seconds, 4), tuple(slots))
 
 
-async def _runner_get(endpoint: Endpoint, path: str, timeout: float) -> tuple[str, Any]:
+async def _runner_get(endpoint: Endpoint, path: str, timeout: float, transport: Transport | None) -> tuple[str, Any]:
     try:
-        resp = await request(endpoint, "GET", path, timeout=timeout)
+        resp = await request(endpoint, "GET", path, timeout=timeout, transport=transport)
     except TimeoutError:
         return TIMEOUT, None
     except HTTPError as exc:

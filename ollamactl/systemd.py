@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,11 +42,34 @@ _JOB_MATCH = f"type='signal',sender='{SYSTEMD}',path='{MANAGER_PATH}',interface=
 _NAME_LIMIT = 256  # unit names (UNIT_NAME_MAX), states, job results, D-Bus error names
 _MESSAGE_LIMIT = 500  # a D-Bus error's message
 _PATH_LIMIT = 1024  # a unit file's path
-_DENIED = {
-    "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired",
-    "org.freedesktop.DBus.Error.AccessDenied",
-    "org.freedesktop.DBus.Error.AuthFailed",
-}
+
+# -- D-Bus error names, the one table both adapters (this one and polkit.py) match against ----------
+#: The bus (its policy) or the service (polkit's verdict) refused the call.
+DENIED = frozenset(
+    {
+        "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired",
+        "org.freedesktop.DBus.Error.AccessDenied",
+        "org.freedesktop.DBus.Error.AuthFailed",
+    }
+)
+#: Nobody owns the destination name: the service is not on the bus (and cannot be activated).
+NO_OWNER = frozenset({"org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner"})
+#: The service did not reply in time (the bus daemon's own deadline, or the service's).
+NO_REPLY = frozenset({"org.freedesktop.DBus.Error.NoReply", "org.freedesktop.DBus.Error.Timeout"})
+#: systemd: no such unit (or it failed to load); the unit is masked.
+NO_SUCH_UNIT = frozenset({"org.freedesktop.systemd1.NoSuchUnit", "org.freedesktop.systemd1.LoadFailed"})
+UNIT_MASKED = "org.freedesktop.systemd1.UnitMasked"
+#: polkitd: the caller may not ask this (e.g. CheckAuthorization with details, from a non-root caller).
+POLKIT_NOT_AUTHORIZED = "org.freedesktop.PolicyKit1.Error.NotAuthorized"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A method reply as the adapters see it: the body, or a D-Bus error (name and text cleaned)."""
+
+    body: list[Any]
+    error_name: str | None = None
+    error_text: str = ""
 
 
 @dataclass(frozen=True)
@@ -64,6 +88,8 @@ class UnitState:
     n_restarts: int | None
     fragment_path: str | None
     cpu_usage_nsec: int | None = None  # CPU time of the unit's processes (CPUAccounting=, on by default)
+    timeout_stop: float | None = None  # TimeoutStopSec= in seconds: SIGKILL that long after the stop began
+    state_change_timestamp: float | None = None  # when the unit entered its current state (epoch seconds)
 
     @property
     def started_at(self) -> float | None:
@@ -134,8 +160,13 @@ class DenialContext:
 class SystemdBus:
     """A connection to PID 1 on the system bus; use as ``async with``."""
 
-    def __init__(self, *, call_timeout: float, group: str = "ollamactl") -> None:
+    def __init__(
+        self, *, call_timeout: float, group: str = "ollamactl", transport: Callable[[], Any] | None = None
+    ) -> None:
+        """``transport`` makes the (unconnected) message bus, dbus-next's ``MessageBus`` by default:
+        tests and embedders pass an in-memory one, so the error mapping here runs against it."""
         self.call_timeout = call_timeout
+        self._transport = transport
         self.denial = DenialContext(group)
         self._bus: MessageBus | None = None
         self._subscribed = False
@@ -153,7 +184,7 @@ class SystemdBus:
     async def connect(self) -> None:
         address = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/run/dbus/system_bus_socket")
         try:
-            bus = MessageBus(bus_type=BusType.SYSTEM)
+            bus = self._transport() if self._transport is not None else MessageBus(bus_type=BusType.SYSTEM)
             self._bus = await asyncio.wait_for(bus.connect(), self.call_timeout)
         except TimeoutError:
             raise BusUnavailable(
@@ -176,6 +207,49 @@ class SystemdBus:
             self._bus.disconnect()
             self._bus = None
 
+    async def send(
+        self,
+        destination: str,
+        path: str,
+        interface: str,
+        member: str,
+        signature: str = "",
+        body: list[Any] | None = None,
+        *,
+        timeout: float,
+        peer: str = "systemd",
+    ) -> Reply:
+        """One method call to ``destination`` under a deadline; the reply, or its D-Bus error, uncategorised.
+
+        Raises TimedOut (``peer`` did not answer within ``timeout``) or
+        BusUnavailable (the bus went away).  Each adapter maps error names itself.
+        """
+        if self._bus is None:
+            raise RuntimeError("SystemdBus used before connect()")
+        msg = Message(
+            destination=destination,
+            path=path,
+            interface=interface,
+            member=member,
+            signature=signature,
+            body=body or [],
+        )
+        try:
+            reply = await asyncio.wait_for(self._bus.call(msg), max(timeout, 0.001))
+        except TimeoutError:
+            raise TimedOut(
+                f"{peer} did not answer {member} within {timeout:g}s; the system may be overloaded",
+                step=member,
+            ) from None
+        except (OSError, EOFError) as exc:
+            raise BusUnavailable(f"lost the system bus during {member}: {_reason(exc)}") from None
+        if reply is None:
+            raise BusUnavailable(f"the system bus closed during {member}")
+        if reply.message_type == MessageType.ERROR:
+            name = clean(reply.error_name, _NAME_LIMIT)
+            return Reply([], name, clean(reply.body[0] if reply.body else name, _MESSAGE_LIMIT))
+        return Reply(list(reply.body))
+
     async def call(
         self,
         path: str,
@@ -189,46 +263,24 @@ class SystemdBus:
         unit: str | None = None,
         verb: str | None = None,
     ) -> list[Any]:
-        """One method call under a deadline; D-Bus errors become typed exceptions."""
-        if self._bus is None:
-            raise RuntimeError("SystemdBus used before connect()")
-        msg = Message(
-            destination=destination,
-            path=path,
-            interface=interface,
-            member=member,
-            signature=signature,
-            body=body or [],
-        )
+        """One method call to systemd (or the bus daemon) under a deadline; D-Bus errors become typed exceptions."""
         limit = self.call_timeout if timeout is None else min(timeout, self.call_timeout)
-        try:
-            reply = await asyncio.wait_for(self._bus.call(msg), max(limit, 0.001))
-        except TimeoutError:
-            raise TimedOut(
-                f"systemd did not answer {member} within {limit:g}s; the system may be overloaded",
-                step=member,
-            ) from None
-        except (OSError, EOFError) as exc:
-            raise BusUnavailable(f"lost the system bus during {member}: {_reason(exc)}") from None
-        if reply is None:
-            raise BusUnavailable(f"the system bus closed during {member}")
-        if reply.message_type == MessageType.ERROR:
-            name = clean(reply.error_name, _NAME_LIMIT)
-            text = clean(reply.body[0] if reply.body else name, _MESSAGE_LIMIT)
-            raise self._map_error(name, text, unit=unit, verb=verb or member)
-        return list(reply.body)
+        reply = await self.send(destination, path, interface, member, signature, body, timeout=limit)
+        if reply.error_name is not None:
+            raise self._map_error(reply.error_name, reply.error_text, unit=unit, verb=verb or member)
+        return reply.body
 
     def _map_error(self, name: str, text: str, *, unit: str | None, verb: str) -> OllamactlError:
         unit = unit or "?"
-        if name in _DENIED:
+        if name in DENIED:
             return self.denial.error(unit, verb, name)
-        if name in ("org.freedesktop.systemd1.NoSuchUnit", "org.freedesktop.systemd1.LoadFailed"):
+        if name in NO_SUCH_UNIT:
             return not_found(unit, bus_error=name)
-        if name == "org.freedesktop.systemd1.UnitMasked":
+        if name == UNIT_MASKED:
             return masked(unit, bus_error=name)
-        if name in ("org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner"):
+        if name in NO_OWNER:
             return BusUnavailable("systemd is not on the system bus (is PID 1 systemd?)", bus_error=name)
-        if name in ("org.freedesktop.DBus.Error.NoReply", "org.freedesktop.DBus.Error.Timeout"):
+        if name in NO_REPLY:
             return TimedOut(f"systemd did not answer {verb}: {text}", bus_error=name)
         return OllamactlError(f"systemd refused {verb} of {unit}: {text} ({name})", unit=unit, bus_error=name)
 
@@ -333,6 +385,8 @@ class SystemdBus:
             n_restarts=props.get("NRestarts"),
             fragment_path=clean(props.get("FragmentPath"), _PATH_LIMIT) if props.get("FragmentPath") else None,
             cpu_usage_nsec=cpu if isinstance(cpu, int) and 0 <= cpu < (1 << 64) - 1 else None,  # 2^64-1: not counted
+            timeout_stop=_usec(props.get("TimeoutStopUSec")),
+            state_change_timestamp=_usec(props.get("StateChangeTimestamp")),
         )
 
     async def primary_name(self, unit: str, timeout: float | None = None) -> str:
@@ -362,6 +416,13 @@ async def primary_unit_name(unit: str, *, call_timeout: float) -> str:
     """``SystemdBus.primary_name`` on a connection of its own; raises OllamactlError (BusUnavailable...)."""
     async with SystemdBus(call_timeout=call_timeout) as bus:
         return await bus.primary_name(unit)
+
+
+def _usec(value: Any) -> float | None:
+    """A systemd microsecond property in seconds; None for 0 (never / unset) and infinity (2^64-1)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < (1 << 64) - 1:
+        return None
+    return value / 1e6
 
 
 def _reason(exc: BaseException) -> str:

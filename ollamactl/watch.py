@@ -27,6 +27,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ollamactl._log import log
@@ -60,8 +61,11 @@ class Notifier:
 class Watcher:
     """One watch loop over one unit; ``run`` returns when ``stop`` is set."""
 
-    def __init__(self, actl: AsyncController, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self, actl: AsyncController, notifier: Notifier | None = None, progress: Callable[[str], None] | None = None
+    ) -> None:
         self.actl = actl
+        self.progress = progress  # run by hand on a terminal: one updating line with the current verdict
         self.cfg = actl.config
         self.notifier = notifier or Notifier()
         self.stop = asyncio.Event()
@@ -138,6 +142,8 @@ class Watcher:
         outcome, evidence = report.outcome, report.evidence
         changed = self.last is None or self.last[0] != outcome
         self.notifier.send(STATUS=f"{outcome}: {evidence}"[:200])
+        if self.progress is not None:
+            self.progress(f"watching {self.cfg.unit}: {outcome}: {evidence}"[:200])
         if outcome in (STOPPED, FAILED):
             if self.last != (outcome, evidence):  # once per state, not every period
                 log("WARNING", f"{outcome}: {evidence}; waiting, never restarting it", outcome=outcome)
@@ -217,9 +223,12 @@ def _printable(text: str, limit: int = 300) -> str:
     return "".join(c if c.isprintable() else "?" for c in text[:limit])
 
 
-async def watch(actl: AsyncController) -> int:
-    """Run the watch loop until SIGTERM or SIGINT; returns the exit code."""
-    watcher = Watcher(actl)
+async def watch(actl: AsyncController, progress: Callable[[str], None] | None = None) -> int:
+    """Run the watch loop until SIGTERM or SIGINT; returns the exit code.
+
+    ``progress``: called each period with the unit's verdict and its evidence (the CLI's TTY line).
+    """
+    watcher = Watcher(actl, progress=progress)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, watcher.stop.set)

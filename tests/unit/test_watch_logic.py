@@ -55,7 +55,7 @@ class Harness:
     def __init__(self, monkeypatch, world: World, **settings):
         self.world = world
         self.cfg = load_config(settings, environ={}, config_file="/dev/null")
-        self.actl = AsyncController(config=self.cfg, plain_results=True)
+        self.actl = AsyncController(config=self.cfg)
         self.actl._bus = FakeBus(world)
         self.actl._journal = FakeReader(world)
         clock = SimpleNamespace(time=world.clock, monotonic=world.clock)
@@ -326,3 +326,16 @@ def test_cancellation_still_stops_the_loop():
 
 def test_a_notification_that_cannot_be_sent_does_not_raise(tmp_path):
     Notifier(address=str(tmp_path / "no-such-socket")).send(STATUS="x")
+
+
+def test_watch_by_hand_shows_the_current_verdict_on_one_line(harness):
+    """The TTY line of `ollamactl watch`: each period the unit's outcome and its evidence; none without a hook."""
+    h = harness(World(mode="ok"))
+    h.run(3)  # no hook: nothing to call
+    lines: list[str] = []
+    h.watcher.progress = lines.append
+    h.run(2)
+    h.world.mode = "silent"
+    h.run(2)
+    assert lines and lines[0].startswith("watching ollama.service: healthy: ")
+    assert lines[-1].startswith("watching ollama.service: wedged: "), lines

@@ -1,4 +1,5 @@
-"""A fake Ollama, systemd and journal on a virtual clock, for the verdict and watch tests.
+"""A fake Ollama, systemd and journal: on a virtual clock for the verdict and watch tests (World),
+and as in-memory transports for the controller's whole flow (FakeSystemd, FakeOllama).
 
 The world answers what the real ones would for each state Ollama can be in
 (see /work/shared/OLLAMA.md): a busy server's /slots answers with n_decoded
@@ -10,7 +11,15 @@ that timeout, so the times the tests report are what the shipped defaults give.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from dbus_next import Message, MessageType, Variant
 
 from ollamactl import probe
 from ollamactl.journal import JournalFacts
@@ -139,3 +148,195 @@ class World:
         self.now += step
         self.cpu_ns += int(step * self.cpus * 1e9)
         self.elapsed = 0.0
+
+
+# -- in-memory transports: the controller's real code runs, only the wire is fake ---------------------------------
+
+MANAGER_PATH = "/org/freedesktop/systemd1"
+MANAGER = "org.freedesktop.systemd1.Manager"
+OLLAMA_PORT = 11434
+
+
+class FakeSystemd:
+    """PID 1 and the bus daemon as dbus-next's MessageBus shows them; pass it as ``dbus_transport``.
+
+    One unit.  Calling the object opens a connection (a MessageBus-like
+    object); every connection's ``call(Message)`` answers as the bus and
+    systemd do: GetAll of the unit's properties, GetNameOwner, AddMatch,
+    Subscribe, and TryRestartUnit / RestartUnit, which queue a job that runs
+    ``job_seconds`` later (a new invocation, started now; TryRestartUnit leaves
+    a stopped unit stopped) and ends with JobRemoved from PID 1's unique name.
+    ``deny`` maps a member to the D-Bus error name it is answered with;
+    ``on_queue`` runs as a restart job is queued (before it runs), and
+    ``on_restart`` when a restart job has started the new process.
+    """
+
+    OWNER = ":1.1"
+
+    def __init__(self, unit: str = "ollama.service", *, active_state: str = "active", started_ago: float = 3600):
+        self.unit = unit
+        self.load_state = "loaded"
+        self.active_state = active_state
+        self.sub_state = "running" if active_state == "active" else "dead"
+        self.result = "success"
+        self.invocation = "a" * 32
+        self.started_at = time.time() - started_ago
+        self.deny: dict[str, str] = {}
+        self.on_restart: Callable[[FakeSystemd], None] | None = None
+        self.on_queue: Callable[[FakeSystemd], None] | None = None  # runs as a restart job is queued
+        self.job_seconds = 0.01
+        self.stop_seconds = 0.0  # how long a restart job keeps the unit "deactivating" (its stop) before it runs
+        self.timeout_stop = 10.0  # TimeoutStopSec=
+        self.state_changed = self.started_at
+        self.calls: list[str] = []  # members called, in order, on every connection
+        self.jobs: list[str] = []  # restart jobs queued
+        self.connects = 0  # connections opened
+        self.open: list[_Connection] = []
+
+    def __call__(self) -> _Connection:
+        return _Connection(self)
+
+    def set(self, **props: Any) -> None:
+        for key, value in props.items():
+            setattr(self, key, value)
+
+    # -- what systemd answers ---------------------------------------------------
+
+    def answer(self, msg: Message) -> list[Any]:
+        member, body = msg.member, list(msg.body)
+        if member == "GetAll":
+            return [self._props(body[0])]
+        if member == "GetNameOwner":
+            return [self.OWNER]
+        if member in ("AddMatch", "Subscribe"):
+            return []
+        if member in ("TryRestartUnit", "RestartUnit"):
+            return [self._queue(start=member == "RestartUnit")]
+        raise AssertionError(f"FakeSystemd has no answer for {member}")
+
+    def _props(self, iface: str) -> dict[str, Variant]:
+        ts = int(self.started_at * 1e6)
+        if iface == "org.freedesktop.systemd1.Unit":
+            return {
+                "Id": Variant("s", self.unit),
+                "LoadState": Variant("s", self.load_state),
+                "ActiveState": Variant("s", self.active_state),
+                "SubState": Variant("s", self.sub_state),
+                "InvocationID": Variant("ay", bytes.fromhex(self.invocation)),
+                "ActiveEnterTimestamp": Variant("t", ts),
+                "InactiveExitTimestamp": Variant("t", ts),
+                "FragmentPath": Variant("s", f"/lib/systemd/system/{self.unit}"),
+                "StateChangeTimestamp": Variant("t", int(self.state_changed * 1e6)),
+            }
+        return {
+            "TimeoutStopUSec": Variant("t", int(self.timeout_stop * 1e6)),
+            "Result": Variant("s", self.result),
+            "MainPID": Variant("u", 4242 if self.active_state == "active" else 0),
+            "NRestarts": Variant("u", 0),
+        }
+
+    def _queue(self, *, start: bool) -> str:
+        self.jobs.append("RestartUnit" if start else "TryRestartUnit")
+        job_id = len(self.jobs)
+        job = f"{MANAGER_PATH}/job/{job_id}"
+        if self.on_queue is not None:
+            self.on_queue(self)
+
+        def run() -> None:
+            if self.active_state in ("active", "deactivating") or start:
+                self.set(active_state="active", sub_state="running", result="success", started_at=time.time())
+                self.invocation = f"{job_id:032x}"
+                if self.on_restart is not None:
+                    self.on_restart(self)
+            signal = Message(
+                message_type=MessageType.SIGNAL, path=MANAGER_PATH, interface=MANAGER, member="JobRemoved",
+                signature="uoss", body=[job_id, job, self.unit, "done"], sender=self.OWNER,
+            )  # fmt: skip
+            for conn in list(self.open):
+                for handler in conn.handlers:
+                    handler(signal)
+
+        if self.stop_seconds and self.active_state == "active":
+            self.set(active_state="deactivating", sub_state="stop-sigterm", state_changed=time.time())
+        asyncio.get_running_loop().call_later(self.job_seconds + self.stop_seconds, run)
+        return job
+
+
+class _Connection:
+    """One connection to the fake bus: dbus-next's MessageBus as SystemdBus uses it."""
+
+    def __init__(self, systemd: FakeSystemd) -> None:
+        self.systemd = systemd
+        self.handlers: list[Callable[[Message], Any]] = []
+
+    async def connect(self) -> _Connection:
+        self.systemd.connects += 1
+        self.systemd.open.append(self)
+        return self
+
+    def add_message_handler(self, handler: Callable[[Message], Any]) -> None:
+        self.handlers.append(handler)
+
+    def disconnect(self) -> None:
+        if self in self.systemd.open:
+            self.systemd.open.remove(self)
+
+    async def call(self, msg: Message) -> Any:
+        sd = self.systemd
+        sd.calls.append(msg.member)
+        await asyncio.sleep(0)  # a round trip: other tasks run meanwhile
+        if msg.member in sd.deny:
+            name = sd.deny[msg.member]
+            return SimpleNamespace(message_type=MessageType.ERROR, error_name=name, body=["Access denied"])
+        return SimpleNamespace(message_type=MessageType.METHOD_RETURN, error_name=None, body=sd.answer(msg))
+
+
+class FakeOllama:
+    """Ollama's HTTP API as ``probe`` sees it; pass it as ``http_transport``.
+
+    ``mode``: "ok" (answers), "refused" (nothing listens) or "silent"
+    (accepts, never answers: the request's deadline ends it).  ``runners``:
+    llama-server ports and how their /slots answer ("ok" or "stuck": never;
+    /health answers either way).  ``requests``: (monotonic time, port, path).
+    """
+
+    def __init__(self, mode: str = "ok", *, version: str = "0.12.3") -> None:
+        self.mode = mode
+        self.version = version
+        self.models = ["m:latest"]
+        self.runners: dict[int, str] = {}
+        self.requests: list[tuple[float, int, str]] = []
+        self.up_since: float | None = time.monotonic() if mode == "ok" else None
+
+    def set_mode(self, mode: str) -> None:
+        self.mode = mode
+        self.up_since = time.monotonic() if mode == "ok" else None
+
+    async def __call__(self, endpoint: probe.Endpoint, method: str, path: str, body: Any) -> probe.Response:
+        self.requests.append((time.monotonic(), endpoint.port, path))
+        if endpoint.port != OLLAMA_PORT:
+            return await self._runner(endpoint, path)
+        if self.mode == "refused":
+            raise probe.HTTPError(f"cannot connect to {endpoint.url}: Connection refused", refused=True)
+        if self.mode == "silent":
+            await asyncio.Event().wait()  # until the request's deadline
+        await asyncio.sleep(0)
+        if path == "/api/version":
+            return _json(200, {"version": self.version})
+        if path == "/api/ps":
+            return _json(200, {"models": [{"name": m, "size": 1, "size_vram": 1} for m in self.models]})
+        return _json(404, {"error": "not found"})
+
+    async def _runner(self, endpoint: probe.Endpoint, path: str) -> probe.Response:
+        how = self.runners.get(endpoint.port)
+        if how is None:
+            raise probe.HTTPError(f"cannot connect to {endpoint.url}: Connection refused", refused=True)
+        if path == "/health":
+            return _json(200, {"status": "ok"})
+        if how == "stuck":
+            await asyncio.Event().wait()
+        return _json(200, [{"id": 0, "is_processing": False, "next_token": {"n_decoded": 0}}])
+
+
+def _json(status: int, data: Any) -> probe.Response:
+    return probe.Response(status, json.dumps(data).encode())

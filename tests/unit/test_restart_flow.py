@@ -1,0 +1,259 @@
+"""The whole restart flow against in-memory transports: systemd over a fake bus, Ollama over a fake HTTP.
+
+The controller's own code runs, and so does SystemdBus's (messages, the
+JobRemoved wait, the error-name mapping) and probe's (the request deadline,
+/api/version's checks): only the wire is fake (see world.FakeSystemd and
+world.FakeOllama).  The runtime directory is real (root:GROUP 2770).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import statistics
+import time
+
+import pytest
+
+from ollamactl import controller as controller_mod
+from ollamactl.config import load_config
+from ollamactl.controller import AsyncController, Controller
+from ollamactl.errors import BudgetExhausted, PermissionDenied, RestartFailed, UsageError
+from ollamactl.models import ProbeReport, RestartResult, Status, fields_doc
+from ollamactl.runtime import RuntimeDir
+from ollamactl.watch import Notifier, Watcher
+from tests.unit.test_runtime_attacks import group, make_rundir
+from tests.unit.world import FakeOllama, FakeSystemd
+
+UNIT = "ollama.service"
+
+
+@pytest.fixture
+def wire(monkeypatch):
+    """(settings, systemd, ollama): a controller's settings on a real runtime directory, and its transports."""
+    monkeypatch.setattr(controller_mod, "audit", lambda *a, **k: None)
+    with make_rundir() as path:
+        rd = RuntimeDir(path, group().gr_name)
+        settings = {"runtime_dir": str(rd.path), "group": rd.group, "timeout": 10}
+        yield settings, FakeSystemd(), FakeOllama()
+
+
+def make(wire, **settings) -> AsyncController:
+    base, systemd, ollama = wire
+    cfg = load_config({**base, **settings}, environ={}, config_file="/dev/null")
+    ctl = AsyncController(config=cfg, dbus_transport=systemd, http_transport=ollama)
+    ctl._admin = False  # a member's process (the tests run as root, whose budget only warns)
+    return ctl
+
+
+def test_a_restart_goes_through_the_bus_and_waits_for_the_api(wire):
+    _, systemd, ollama = wire
+    result = asyncio.run(make(wire).restart("r"))
+    assert isinstance(result, RestartResult) and result.action == "restarted" and result.job_result == "done"
+    assert systemd.jobs == ["TryRestartUnit"] and result.old_invocation_id == "a" * 32
+    assert result.new_invocation_id == f"{1:032x}" and result.api_version == "0.12.3"
+    assert systemd.calls[:3] == ["GetAll", "GetAll", "GetNameOwner"]  # look, then subscribe before queueing
+
+
+# -- (a) coalescing -----------------------------------------------------------------------------------------------
+
+
+def test_a_wedge_seen_before_the_units_last_start_is_not_restarted_again(wire):
+    """Many detectors of one wedge cause one restart: those who saw it before the last start skip."""
+    _, systemd, _ = wire
+    seen = systemd.started_at - 5  # the unit started 5 s after this detector saw the wedge
+    result = asyncio.run(make(wire).restart("late detector", observed_at=seen))
+    assert result.action == "skipped" and result.job is None and result.new_invocation_id == "a" * 32
+    assert systemd.jobs == [] and "TryRestartUnit" not in systemd.calls
+    result = asyncio.run(make(wire).restart("fresh detector", wait=False, observed_at=systemd.started_at + 5))
+    assert result.action == "queued" and systemd.jobs == ["TryRestartUnit"]
+
+
+def test_late_detectors_do_not_queue_on_the_lock(wire):
+    """A detector whose wedge was already dealt with returns at once, even while another caller holds the lock."""
+    base, systemd, _ = wire
+    fd = os.open(base["runtime_dir"], os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # someone else's restart in progress, holding the lock
+        t0 = time.monotonic()
+        result = asyncio.run(make(wire, timeout=3).restart("late", observed_at=systemd.started_at - 5))
+        assert result.action == "skipped" and time.monotonic() - t0 < 1.0
+        assert result.api_version == "0.12.3"  # it still waits for the API, which answers
+    finally:
+        os.close(fd)
+    assert systemd.jobs == []
+
+
+def test_a_tty_progress_line_says_what_the_restart_waits_for(wire):
+    """Stopping (with the time left until SIGKILL from TimeoutStopUSec), then the API; nothing without a hook."""
+    _, systemd, _ = wire
+    systemd.set(stop_seconds=1.2, timeout_stop=10.0)
+    lines: list[str] = []
+    asyncio.run(make(wire, restart_backoff=0).restart("r", progress=lines.append))
+    assert lines[0].startswith("waiting for the restart lock on ")
+    stopping = [x for x in lines if x.startswith("stopping")]
+    assert len(stopping) >= 2, lines  # redrawn every half second while it waits
+    assert stopping[0] == "stopping ollama.service (SIGKILL in 10s if it ignores SIGTERM)"
+    assert stopping[-1] == "stopping ollama.service (SIGKILL in 9s if it ignores SIGTERM)"
+    assert lines[-1] == "waiting for Ollama's API at http://127.0.0.1:11434"
+    ctl = make(wire, restart_backoff=0)
+
+    async def no_look(*a, **k):
+        raise AssertionError("the job was watched for a progress line nobody asked for")
+
+    ctl._job_step = no_look  # type: ignore[method-assign]
+    assert asyncio.run(ctl.restart("r")).action == "restarted"
+
+
+# -- (b) the budget -----------------------------------------------------------------------------------------------
+
+
+def test_an_exhausted_budget_queues_no_job_and_holds(wire):
+    _, systemd, _ = wire
+    ctl = make(wire, max_restarts=1, restart_window=600)
+    assert asyncio.run(ctl.restart("first", wait=False)).action == "queued"
+    for attempt in ("second", "third"):  # the hold persists: every further attempt is refused too
+        with pytest.raises(BudgetExhausted) as info:
+            asyncio.run(ctl.restart(attempt, wait=False))
+        err = info.value
+        assert err.exit_code == 8 and 590 < err.details["retry_after"] <= 600 and "\n" not in err.message
+    assert systemd.jobs == ["TryRestartUnit"]
+
+
+def test_the_watchdog_holds_off_the_bus_while_its_budget_is_exhausted(wire):
+    """After BudgetExhausted the watchdog makes no restart attempt at all (not even a look) until the hold ends."""
+    _, systemd, _ = wire
+    ctl = make(wire, max_restarts=1, restart_window=600)
+    watcher = Watcher(ctl, Notifier(address=""))
+
+    async def go() -> None:
+        await watcher.recover("wedged", "no answer", None)  # restarts
+        await watcher.recover("wedged", "no answer", None)  # the budget says no: hold
+        calls = len(systemd.calls)
+        await watcher.recover("wedged", "no answer", None)  # held: nothing sent
+        assert len(systemd.calls) == calls
+
+    asyncio.run(go())
+    assert systemd.jobs == ["TryRestartUnit"] and watcher.restarts == 1
+    assert watcher.hold_until > time.time() + 590
+
+
+# -- (c) the new process died ---------------------------------------------------------------------------------
+
+
+def test_a_new_process_that_dies_while_starting_fails_fast_not_by_timeout(wire):
+    _, systemd, ollama = wire
+    ollama.set_mode("refused")  # the new process never listens...
+
+    def crash_soon(sd: FakeSystemd) -> None:  # ...and exits 0.2 s after its start: systemd will retry it
+        asyncio.get_running_loop().call_later(0.2, lambda: sd.set(active_state="activating", sub_state="auto-restart"))
+
+    systemd.on_restart = crash_soon
+    t0 = time.monotonic()
+    with pytest.raises(RestartFailed) as info:
+        asyncio.run(make(wire, timeout=5).restart("r"))
+    assert time.monotonic() - t0 < 1.5, "noticed the death only at the timeout"
+    err = info.value
+    assert err.exit_code == 6 and "stopped again while starting" in err.message and "\n" not in err.message
+    assert err.details["sub_state"] == "auto-restart"
+
+
+# -- (d) polkit's refusal -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bus_error",
+    ["org.freedesktop.DBus.Error.AccessDenied", "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired"],
+)
+def test_a_denial_from_the_bus_is_permission_denied_with_exit_3(wire, bus_error):
+    _, systemd, _ = wire
+    systemd.deny["TryRestartUnit"] = bus_error
+    with pytest.raises(PermissionDenied) as info:
+        asyncio.run(make(wire).restart("r"))
+    err = info.value
+    assert (
+        err.exit_code == 3 and err.details["bus_error"] == bus_error and err.to_dict()["error"] == "permission-denied"
+    )
+    assert err.message.startswith("not allowed to try-restart ollama.service") and "\n" not in err.message
+    assert systemd.jobs == []
+
+
+# -- readiness: reported within a few ms of the API answering ----------------------------------------------------
+
+
+def test_readiness_is_reported_within_25ms_of_the_api_answering(wire):
+    _, systemd, ollama = wire
+
+    def listen_later(sd: FakeSystemd) -> None:
+        ollama.set_mode("refused")
+        asyncio.get_running_loop().call_later(0.3, ollama.set_mode, "ok")
+
+    systemd.on_restart = listen_later
+    ctl = make(wire, max_restarts=100, restart_backoff=0)
+    lags = []
+    for _ in range(5):
+        result = asyncio.run(ctl.restart("r"))
+        lags.append(time.monotonic() - ollama.up_since)
+        assert result.action == "restarted" and result.ready_seconds >= 0.29
+    print(f"readiness lag: median {statistics.median(lags) * 1000:.1f} ms, max {max(lags) * 1000:.1f} ms")
+    assert statistics.median(lags) < 0.025
+
+
+# -- the sync face ------------------------------------------------------------------------------------------------
+
+
+def sync(wire, **settings) -> Controller:
+    base, systemd, ollama = wire
+    return Controller(**base, **settings, config_file="/dev/null", dbus_transport=systemd, http_transport=ollama)
+
+
+def test_with_controller_keeps_one_bus_connection(wire):
+    _, systemd, _ = wire
+    with sync(wire) as ctl:
+        assert ctl.status().healthy and ctl.status().api_version == "0.12.3"
+        assert ctl.probe().outcome == "healthy"
+    assert systemd.connects == 1 and systemd.open == []
+    ctl = sync(wire)
+    ctl.status()
+    ctl.status()
+    assert systemd.connects == 3 and systemd.open == []  # without the with-block: one connection per call
+
+
+def test_the_sync_controller_refuses_to_block_a_running_loop(wire):
+    _, systemd, _ = wire
+    ctl = sync(wire)
+
+    async def inside() -> None:
+        with pytest.raises(UsageError, match="AsyncController") as info:
+            ctl.restart("r")
+        assert "\n" not in info.value.message and info.value.exit_code == 2
+        with pytest.raises(UsageError, match="AsyncController"):
+            ctl.__enter__()
+
+    t0 = time.monotonic()
+    asyncio.run(inside())
+    assert time.monotonic() - t0 < 1 and systemd.calls == [] and systemd.connects == 0
+
+
+# -- results: declared once -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [RestartResult, Status, ProbeReport])
+def test_every_result_field_is_documented(cls):
+    docs = fields_doc(cls)
+    assert docs and all(name and kind and doc for name, kind, doc in docs), docs
+
+
+def test_status_is_built_field_by_field_from_the_unit(wire):
+    _, systemd, _ = wire
+    status = asyncio.run(make(wire).status())
+    assert isinstance(status, Status) and status.healthy and status.unit == UNIT
+    assert status.to_dict() == {
+        "healthy": True, "unit": UNIT, "load_state": "loaded", "active_state": "active", "sub_state": "running",
+        "result": "success", "main_pid": 4242, "invocation_id": "a" * 32,
+        "active_enter_timestamp": int(systemd.started_at * 1e6) / 1e6, "n_restarts": 0,
+        "fragment_path": f"/lib/systemd/system/{UNIT}", "url": "http://127.0.0.1:11434", "api_ok": True,
+        "api_version": "0.12.3", "api_error": None,
+    }  # fmt: skip
+    assert [name for name, _, _ in fields_doc(Status)] == list(status.to_dict())
