@@ -4,19 +4,26 @@ Public API::
 
     from ollamactl import Controller, AsyncController, OllamactlError
     from ollamactl import HEALTHY, BUSY, LOADING, WEDGED, DEEP_WEDGED, ...  # probe outcomes
+    from ollamactl import BudgetExhausted, PermissionDenied, ...  # every error, all OllamactlError
+
+Importing ollamactl imports none of its dependencies (pydantic, loguru,
+dbus-next): the controllers and outcomes load on first use.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+# The errors module is standard library only: import ollamactl (and every error) costs no dependency.
+from ollamactl import errors as _errors
 from ollamactl.errors import (
     BudgetExhausted,
     BusUnavailable,
     ConfigError,
-    NotAnswering,
     OllamactlError,
     PermissionDenied,
+    PolkitNotTrusted,
+    PolkitUnavailable,
     ProbeConfigError,
     RestartFailed,
     RuntimeDirError,
@@ -51,9 +58,10 @@ __all__ = [
     "BusUnavailable",
     "ConfigError",
     "Controller",
-    "NotAnswering",
     "OllamactlError",
     "PermissionDenied",
+    "PolkitNotTrusted",
+    "PolkitUnavailable",
     "ProbeConfigError",
     "RestartFailed",
     "RuntimeDirError",
@@ -66,6 +74,13 @@ __all__ = [
     "__version__",
     *_OUTCOMES,
 ]
+#: Any other public error errors.py declares (e.g. one added later) is exported too.
+_MORE_ERRORS = tuple(
+    name
+    for name, value in vars(_errors).items()
+    if isinstance(value, type) and issubclass(value, OllamactlError) and name not in __all__ and name[0] != "_"
+)
+__all__ += _MORE_ERRORS
 
 
 def __getattr__(name: str) -> Any:
@@ -79,4 +94,6 @@ def __getattr__(name: str) -> Any:
         from ollamactl import verdict
 
         return getattr(verdict, name)
+    if name in _MORE_ERRORS:
+        return getattr(_errors, name)
     raise AttributeError(f"module 'ollamactl' has no attribute {name!r}")

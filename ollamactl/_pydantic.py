@@ -1,30 +1,23 @@
 """One place for the pydantic 1.10 / 2.x differences.
 
 Debian 12 ships pydantic 1.10 and Debian 13 ships 2.10; the project must run
-on both, so models use only the common subset and go through these helpers.
+on both.  Only the configuration is validated by pydantic (config.py, and only
+for values its exact fast path cannot decide): it builds one model with
+``create_model`` and ``Field`` limits, and goes through these helpers.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pydantic
 
 V2 = pydantic.VERSION.startswith("2")
-BaseModel = pydantic.BaseModel
 Field = pydantic.Field
 ValidationError = pydantic.ValidationError
 create_model = pydantic.create_model
 M = TypeVar("M", bound=pydantic.BaseModel)
-
-
-def field_check(*fields: str) -> Callable[[Any], Any]:
-    """A field validator (runs after type coercion) on either major version."""
-    if V2:
-        return pydantic.field_validator(*fields)
-    return pydantic.validator(*fields, allow_reuse=True)
 
 
 def validate(cls: type[M], data: dict[str, Any]) -> M:
@@ -39,11 +32,6 @@ def to_dict(model: pydantic.BaseModel) -> dict[str, Any]:
     if V2:
         return model.model_dump(mode="json")
     return json.loads(model.json())
-
-
-def to_json(model: pydantic.BaseModel) -> str:
-    """Stable JSON: same keys, order and spelling on both major versions."""
-    return json.dumps(to_dict(model), sort_keys=True)
 
 
 def errors(exc: ValidationError) -> list[tuple[str, str]]:

@@ -1,27 +1,39 @@
 """The ``ollamactl`` command: a thin shell over the Python API.
 
 It parses flags, calls Controller, and turns results and typed errors into
-text (or one JSON object with ``--json``) and an exit code.
+text (or one JSON object with ``--json``) and an exit code.  The command line
+is declared once, as data (``GLOBAL_OPTIONS`` and ``COMMANDS``): the parser is
+built from it, and so are the man page and the bash completion
+(packaging/gen_files.py).  Printing goes through ``ollamactl.output``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ollamactl import __version__
-from ollamactl.errors import EXIT_CODES, EXIT_INTERRUPTED, EXIT_NOT_ANSWERING, OllamactlError, UsageError
-from ollamactl.text import clean_lines
+from ollamactl.errors import (
+    EXIT_CODES,
+    EXIT_DOCTOR,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_ANSWERING,
+    OllamactlError,
+    UsageError,
+)
+from ollamactl.output import Progress, emit, say, to_json
 
 if TYPE_CHECKING:
     from ollamactl.config import Config
     from ollamactl.controller import Controller
 
+__all__ = ["COMMANDS", "GLOBAL_OPTIONS", "Command", "Option", "build_parser", "emit", "main", "say", "to_json"]
+
 EPILOG = "exit codes:\n" + "\n".join(f"  {code:<3} {meaning}" for code, meaning in EXIT_CODES)
+DESCRIPTION = "Restart a wedged Ollama (ollama.service) without sudo, through systemd and polkit."
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,6 +41,38 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see: {self.prog} --help)")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's raw-description formatter, without importing shutil (and bz2, lzma, ...) on every run.
+
+    argparse makes a formatter for each add_argument; its default width comes from
+    ``shutil.get_terminal_size``, whose column rule ``_columns`` repeats.
+    """
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None):
+        super().__init__(prog, indent_increment, max_help_position, _columns() - 2 if width is None else width)
+
+
+_width: list[int] = []
+
+
+def _columns() -> int:
+    """Terminal columns as shutil.get_terminal_size() gives them: $COLUMNS, else stdout's terminal, else 80."""
+    if not _width:
+        import os
+
+        try:
+            columns = int(os.environ["COLUMNS"])
+        except (KeyError, ValueError):
+            columns = 0
+        if columns <= 0:
+            try:
+                columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+            except (AttributeError, ValueError, OSError):
+                columns = 0
+        _width.append(columns or 80)
+    return _width[0]
 
 
 def _when(text: str) -> float:
@@ -51,88 +95,169 @@ def _when(text: str) -> float:
 
 
 def _seconds(text: str) -> float:
+    from ollamactl.config import TIMEOUT_RANGE, in_timeout_range
+
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a number of seconds (got {text!r})") from None
-    if not 0 < value <= 86400:
-        raise argparse.ArgumentTypeError(f"must be in (0, 86400] seconds (got {text!r})")
+    if not in_timeout_range(value):
+        raise argparse.ArgumentTypeError(f"must be in {TIMEOUT_RANGE} seconds (got {text!r})")
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line; also the source of the man page."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--json",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="print exactly one JSON object on stdout, errors included",
-    )
-    common.add_argument(
-        "--unit", default=argparse.SUPPRESS, metavar="UNIT", help="systemd unit to act on (default: ollama.service)"
-    )
-    common.add_argument(
-        "--url",
-        default=argparse.SUPPRESS,
-        metavar="URL",
-        help="Ollama's base URL (default: from OLLAMA_HOST, else http://127.0.0.1:11434)",
-    )
-    common.add_argument(
-        "--config", default=argparse.SUPPRESS, metavar="FILE", help="config file (default: /etc/ollamactl/config.toml)"
-    )
-    common.add_argument(
-        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log each step to stderr"
-    )
+# -- the command line, declared once -------------------------------------------------------------
 
-    parser = _Parser(
-        prog="ollamactl",
-        description="Restart a wedged Ollama (ollama.service) without sudo, through systemd and polkit.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[common],
-    )
-    parser.add_argument("--version", action="version", version=f"ollamactl {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
 
-    p = add_command(
-        sub,
-        common,
+class Option:
+    """One option: its flags and argparse's keywords, plus how bash completes its value.
+
+    ``complete``: "file" or "group" (compgen -f / -g); choices complete by themselves.
+    """
+
+    __slots__ = ("flags", "kwargs", "complete")
+
+    def __init__(self, *flags: str, complete: str = "", **kwargs: Any) -> None:
+        self.flags = flags
+        self.kwargs = kwargs
+        self.complete = complete
+
+    @property
+    def help(self) -> str:
+        return str(self.kwargs.get("help", ""))
+
+    @property
+    def takes_value(self) -> bool:
+        return self.kwargs.get("action") not in ("store_true", "store_false", "count", "version")
+
+    @property
+    def required(self) -> bool:
+        return bool(self.kwargs.get("required", False))
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self.kwargs.get("choices") or ())
+
+    @property
+    def metavar(self) -> str:
+        """What the man page and --help show for the value."""
+        if "metavar" in self.kwargs:
+            return str(self.kwargs["metavar"])
+        if self.choices:
+            return "{" + ",".join(self.choices) + "}"
+        return str(self.kwargs.get("dest") or self.flags[-1].lstrip("-").replace("-", "_")).upper()
+
+
+class Command:
+    """A (sub)command: its help, options, handler, children and the result class it prints.
+
+    ``handler``: "module:function" in the ollamactl package, imported only when the
+    command runs; it is called as ``function(args, as_json)`` and returns the exit code.
+    ``result``: the name of the class in ``ollamactl.models`` whose ``to_dict()`` it prints
+    (its fields are listed in the man page).
+    """
+
+    __slots__ = ("name", "help", "description", "options", "handler", "children", "result")
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        help: str,
+        description: str,
+        options: Sequence[Option] = (),
+        handler: str = "",
+        children: Sequence[Command] = (),
+        result: str = "",
+    ) -> None:
+        self.name, self.help, self.description = name, help, description
+        self.options, self.handler, self.children, self.result = tuple(options), handler, tuple(children), result
+
+
+#: Accepted before and after the command (every (sub)command has them).
+GLOBAL_OPTIONS: tuple[Option, ...] = (
+    Option("--json", action="store_true", help="print exactly one JSON object on stdout, errors included"),
+    Option("--unit", metavar="UNIT", help="systemd unit to act on (default: ollama.service)"),
+    Option("--url", metavar="URL", help="Ollama's base URL (default: from OLLAMA_HOST, else http://127.0.0.1:11434)"),
+    Option("--config", metavar="FILE", complete="file", help="config file (default: /etc/ollamactl/config.toml)"),
+    Option("-v", "--verbose", action="store_true", help="log each step to stderr"),
+)
+
+_MODEL = Option("--model", metavar="NAME", help="deep-probe only while this model is loaded (default: any)")
+
+
+def _grant_options(install: bool) -> tuple[Option, ...]:
+    from ollamactl.units import GRANTABLE_VERBS
+
+    verbs = GRANTABLE_VERBS  # what policy.make_grant accepts
+
+    opts = (
+        Option(
+            "--group", required=True, metavar="GROUP", complete="group", help="the group whose members get the grant"
+        ),
+        Option(
+            "--verb",
+            dest="verbs",
+            action="append",
+            choices=verbs,
+            metavar="VERB",
+            help=f"a verb to grant, repeatable: {', '.join(verbs)} (default: try-restart only, which never "
+            "starts a stopped unit; restart, start and reload-or-restart also start it, e.g. for "
+            "ollamactl restart --start, which needs restart)",
+        ),
+        Option(
+            "--offline",
+            action="store_true",
+            help="do not ask systemd whether UNIT is an alias (polkit sees the primary name, so a rule for an "
+            "alias grants nothing); by default an alias is refused with its primary name",
+        ),
+    )
+    if install:
+        opts += (
+            Option(
+                "--name",
+                metavar="FILE",
+                help="file name in /etc/polkit-1/rules.d (default: 50-ollamactl-GROUP-UNIT.rules)",
+            ),
+        )
+    return opts
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command(
         "restart",
         help="restart the unit and wait until Ollama answers",
         description="Ask systemd to restart the unit, then wait until Ollama's API answers.",
-    )
-    p.add_argument("--reason", metavar="TEXT", help="why (logged with the restart)")
-    p.add_argument("--no-wait", action="store_true", help="return once systemd has queued the restart job")
-    p.add_argument("--timeout", type=_seconds, metavar="S", help="total seconds for job and readiness (default 90)")
-    p.add_argument(
-        "--since",
-        type=_when,
-        metavar="TIME",
-        help="when the wedge was seen (epoch seconds or ISO 8601); skip the restart if the unit started since",
-    )
-    p.add_argument(
-        "--start",
-        action="store_true",
-        help="also start the unit if it is stopped (RestartUnit; without it a stopped unit is refused, exit 14, "
-        "and the restart is TryRestartUnit, which never starts a stopped unit); needs a grant of restart",
-    )
-    p.set_defaults(handler=_cmd_restart)
-
-    p = add_command(
-        sub,
-        common,
+        handler="cli:_cmd_restart",
+        result="RestartResult",
+        options=(
+            Option("--reason", metavar="TEXT", help="why (logged with the restart)"),
+            Option("--no-wait", action="store_true", help="return once systemd has queued the restart job"),
+            Option("--timeout", type=_seconds, metavar="S", help="total seconds for job and readiness (default 90)"),
+            Option(
+                "--since",
+                type=_when,
+                metavar="TIME",
+                help="when the wedge was seen (epoch seconds or ISO 8601); skip the restart if the unit started since",
+            ),
+            Option(
+                "--start",
+                action="store_true",
+                help="also start the unit if it is stopped (RestartUnit; without it a stopped unit is refused, "
+                "exit 14, and the restart is TryRestartUnit, which never starts a stopped unit); needs a grant of "
+                "restart",
+            ),
+        ),
+    ),
+    Command(
         "status",
         help="show the unit's state and whether Ollama answers",
         description="Show the unit's state and whether Ollama's API answers. "
         f"Exits {EXIT_NOT_ANSWERING} if the unit is not active or the API does not answer.",
-    )
-    p.set_defaults(handler=_cmd_status)
-
-    p = add_command(
-        sub,
-        common,
+        handler="cli:_cmd_status",
+        result="Status",
+    ),
+    Command(
         "probe",
         help="judge Ollama: healthy, busy, loading, starting, stopped, failed, down, wedged or deep-wedged",
         description="Judge whether Ollama makes progress: GET /api/version, and with --deep GET /api/ps and each "
@@ -140,42 +265,144 @@ def build_parser() -> argparse.ArgumentParser:
         "log as evidence of completed requests. A suspected wedge is sampled again until it is confirmed or "
         "cleared (seconds). -v prints the one line of evidence that decided it. Exits 0 when healthy, else "
         "with the outcome's code.",
-    )
-    p.add_argument("--deep", action="store_true", help="also check the runners' inference loops")
-    p.add_argument("--model", metavar="NAME", help="deep-probe only while this model is loaded (default: any)")
-    p.set_defaults(handler=_cmd_probe)
-
-    p = add_command(
-        sub,
-        common,
+        handler="cli:_cmd_probe",
+        result="ProbeReport",
+        options=(Option("--deep", action="store_true", help="also check the runners' inference loops"), _MODEL),
+    ),
+    Command(
         "watch",
         help="probe Ollama in a loop and restart it when it wedges (the watchdog service)",
         description="Sample Ollama every watch_period seconds (the runners' /slots and the journal too, every "
         "watch_deep_every-th period) and restart only a confirmed wedge (see probe) through the coalesced, "
         "budgeted path; busy, loading and starting never count, and a stopped or failed unit is never started. "
         "Logs every decision with its evidence (to the journal when run by systemd). Runs until SIGTERM.",
+        handler="cli:_cmd_watch",
+        options=(_MODEL,),
+    ),
+    Command(
+        "policy",
+        help="show, render or install the polkit rule that grants restarts",
+        description="The polkit rule that lets one group restart one unit. "
+        "show: the grant in force; render: print a rule; install: write it to /etc/polkit-1/rules.d (root). "
+        "The default grant is try-restart only: members restart the unit while it runs and can never start it "
+        "once an admin stopped it (not even with busctl). To let them start it too (ollamactl restart --start), "
+        "grant restart as well: sudo ollamactl policy install --group ollamactl --verb restart --verb try-restart.",
+        children=(
+            Command(
+                "show",
+                help="describe the grant in force: group, unit, verbs, file",
+                description="Describe every polkit rule written by ollamactl (in /etc/polkit-1/rules.d and "
+                "/usr/share/polkit-1/rules.d): who may do what to which unit, and from which file.",
+                handler="admin_cli:_cmd_policy_show",
+            ),
+            Command(
+                "render",
+                help="print a polkit rule for a group and unit",
+                description="Print an ECMAScript 5 polkit rule that lets members of GROUP use the given verbs on "
+                "UNIT (default ollama.service), and nothing else.",
+                handler="admin_cli:_cmd_policy_render",
+                options=_grant_options(install=False),
+            ),
+            Command(
+                "install",
+                help="write that rule to /etc/polkit-1/rules.d (root only)",
+                description="Write the rule that render prints to /etc/polkit-1/rules.d atomically (mode 0644); "
+                "polkitd picks it up at once. For installs without the Debian package, e.g. with pipx.",
+                handler="admin_cli:_cmd_policy_install",
+                options=_grant_options(install=True),
+            ),
+        ),
+    ),
+    Command(
+        "setup",
+        help="without the Debian package: put in place what it would (root only)",
+        description="For installs from the wheel (pip, pipx) on distributions without the .deb. Puts in place, "
+        "from the files the .deb ships: group and user ollamactl (systemd-sysusers), /run/ollamactl "
+        "(systemd-tmpfiles), the polkit grant (try-restart of the unit), the unit's TimeoutStopSec drop-in and "
+        "the watchdog unit, left disabled; then reloads systemd (which restarts nothing). Idempotent; never "
+        "overwrites a file it did not write. --undo removes what it wrote (the group and user stay).",
+        handler="admin_cli:_cmd_setup",
+        options=(
+            Option("--undo", action="store_true", help="remove what setup wrote (refused while the watchdog is on)"),
+            Option("--dry-run", action="store_true", help="say what would change, change nothing"),
+        ),
+    ),
+    Command(
+        "doctor",
+        help="check why you may or may not restart Ollama, and print the fix",
+        description="Check, for the calling user, everything a restart depends on: the system bus, the unit, "
+        "group membership (through NSS, as polkit sees it), the polkit rule and polkitd's version, polkit's own "
+        "verdict (CheckAuthorization, without side effects), /run/ollamactl, the config and Ollama's API. "
+        f"Each failed check prints the command that fixes it; exits {EXIT_DOCTOR} if any check failed.",
+        handler="admin_cli:_cmd_doctor",
+        options=(
+            Option(
+                "--user",
+                metavar="USER",
+                help="check for USER instead of yourself (root only); polkit's verdict is then asked about one of "
+                "USER's running processes",
+            ),
+        ),
+    ),
+)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The argparse parser of ``COMMANDS``.
+
+    With ``argv``, only the commands named in it get their options and
+    children (the others are listed, with their help line): building every
+    subparser costs a CLI run milliseconds, and parsing ``argv`` needs only its own.
+    """
+    common = argparse.ArgumentParser(add_help=False, formatter_class=_Formatter)
+    for opt in GLOBAL_OPTIONS:  # SUPPRESS: a flag given before the command is not reset by the subcommand's copy
+        common.add_argument(*opt.flags, default=argparse.SUPPRESS, **opt.kwargs)
+    parser = _Parser(
+        prog="ollamactl",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=_Formatter,
+        parents=[common],
     )
-    p.add_argument("--model", metavar="NAME", help="deep-probe only while this model is loaded (default: any)")
-    p.set_defaults(handler=_cmd_watch)
-
-    from ollamactl import admin_cli  # policy and doctor: the admin-facing commands
-
-    admin_cli.add_parsers(sub, common, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"ollamactl {__version__}")
+    wanted = None if argv is None else set(argv)
+    _add_commands(parser, common, COMMANDS, wanted, "COMMAND")
     return parser
 
 
-def add_command(
-    sub: Any, common: argparse.ArgumentParser, name: str, *, help: str, description: str
-) -> argparse.ArgumentParser:
-    """A subcommand with the global flags, the exit-code table and raw-text help."""
-    return sub.add_parser(
-        name,
-        parents=[common],
-        help=help,
-        description=description,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def _add_commands(
+    parser: argparse.ArgumentParser,
+    common: argparse.ArgumentParser,
+    commands: Sequence[Command],
+    wanted: set[str] | None,
+    metavar: str,
+) -> None:
+    sub = parser.add_subparsers(dest=f"_{metavar.lower()}", metavar=metavar, parser_class=_Parser)
+    sub.required = True
+    for cmd in commands:
+        full = wanted is None or cmd.name in wanted
+        p = sub.add_parser(
+            cmd.name,
+            parents=[common] if full else [],
+            help=cmd.help,
+            description=cmd.description,
+            epilog=EPILOG,
+            formatter_class=_Formatter,
+        )
+        if not full:
+            continue
+        for opt in cmd.options:
+            p.add_argument(*opt.flags, **opt.kwargs)
+        if cmd.children:
+            _add_commands(p, common, cmd.children, wanted, "ACTION")
+        else:
+            p.set_defaults(handler=cmd.handler)
+
+
+def _handler(name: str) -> Callable[[argparse.Namespace, bool], int]:
+    """The function a handler name ("module:function") designates; imports its module."""
+    module, _, function = name.partition(":")
+    return getattr(__import__(f"ollamactl.{module}", fromlist=[function]), function)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -183,14 +410,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in args_list
     try:
-        args = build_parser().parse_args(args_list)
+        args = build_parser(args_list).parse_args(args_list)
         as_json = getattr(args, "json", False)
         if getattr(args, "verbose", False):
             from ollamactl._log import enable
 
             enable()
         _without_gi()
-        return args.handler(args, as_json)
+        return _handler(args.handler)(args, as_json)
     except OllamactlError as err:
         return _fail(err, as_json)
     except KeyboardInterrupt:
@@ -210,25 +437,45 @@ def controller(args: argparse.Namespace) -> Controller:
     """A Controller from the config sources plus the flags the user gave."""
     from ollamactl.controller import Controller
 
-    return Controller(config=_config(args), plain_results=True)  # it only prints them
+    return Controller(config=_config(args))
 
 
 def _cmd_restart(args: argparse.Namespace, as_json: bool) -> int:
-    result = controller(args).restart(args.reason, wait=not args.no_wait, observed_at=args.since, start=args.start)
-    emit(result.to_dict(), as_json, _restart_text)
+    ctl = controller(args)
+    kwargs: dict[str, Any] = {"wait": not args.no_wait, "observed_at": args.since, "start": args.start}
+    progress = Progress.for_stderr(as_json) if _takes_progress(ctl.restart) else None
+    if progress is not None:
+        kwargs["progress"] = progress
+    try:
+        result = ctl.restart(args.reason, **kwargs)
+    finally:
+        if progress is not None:
+            progress.close()
+    emit(result, as_json, _restart_text)
     return 0
+
+
+def _takes_progress(method: Callable[..., Any]) -> bool:
+    """Whether ``method`` accepts ``progress=`` (the TTY line's hook; see output.Progress).
+
+    The hook: ``progress: Callable[[str], None] | None`` keyword, called with one line saying what
+    is being waited for (e.g. "stopping ollama.service, SIGKILL in 7s"), on every change and at
+    least every half second while waiting; the line shows the time spent on it.
+    """
+    code = getattr(method, "__code__", None)
+    return code is not None and "progress" in code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
 
 
 def _cmd_status(args: argparse.Namespace, as_json: bool) -> int:
     status = controller(args).status()
-    emit(status.to_dict(), as_json, _status_text)
+    emit(status, as_json, _status_text)
     return 0 if status.healthy else EXIT_NOT_ANSWERING
 
 
 def _cmd_probe(args: argparse.Namespace, as_json: bool) -> int:
     report = controller(args).probe(deep=args.deep)
     verbose = getattr(args, "verbose", False)
-    emit(report.to_dict(), as_json, lambda p: _probe_text(p, verbose))
+    emit(report, as_json, lambda p: _probe_text(p, verbose))
     return report.exit_code
 
 
@@ -241,8 +488,18 @@ def _cmd_watch(args: argparse.Namespace, as_json: bool) -> int:
     from ollamactl.watch import watch
 
     config = _config(args, isolate=True)  # keeps pydantic out of this long-running process
-    enable("DEBUG" if getattr(args, "verbose", False) else "INFO", journal=bool(os.environ.get("JOURNAL_STREAM")))
-    return asyncio.run(watch(AsyncController(config=config, plain_results=True)))
+    journal = bool(os.environ.get("JOURNAL_STREAM"))
+    enable("DEBUG" if getattr(args, "verbose", False) else "INFO", journal=journal)
+    actl = AsyncController(config=config)
+    # Run by hand on a terminal: one updating line says what it waits for (not under systemd, not with -v,
+    # whose log lines go to the same stderr).
+    progress = None if journal or getattr(args, "verbose", False) else Progress.for_stderr(as_json)
+    if progress is None or not _takes_progress(watch):
+        return asyncio.run(watch(actl))
+    try:
+        return asyncio.run(watch(actl, progress=progress))
+    finally:
+        progress.close()
 
 
 def _without_gi() -> None:
@@ -256,38 +513,6 @@ def _without_gi() -> None:
         import dbus_next  # noqa: F401
 
         del sys.modules["gi"]
-
-
-def emit(payload: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]], str]) -> None:
-    """Print a result: one JSON object with --json, else ``text(payload)``."""
-    if as_json:
-        print(to_json(payload))
-    else:
-        say(text(payload))
-
-
-def to_json(payload: dict[str, Any]) -> str:
-    """One line of JSON with every character outside printable ASCII escaped.
-
-    ensure_ascii escapes C0 controls and everything past U+007F (C1 controls,
-    bidi controls, lone surrogates); DEL is ASCII, so it is escaped here.  A raw
-    DEL can only stand inside a JSON string, where ``\\u007f`` means the same.
-    """
-    return json.dumps(payload, sort_keys=True, ensure_ascii=True).replace("\x7f", "\\u007f")
-
-
-def say(text: str, file: Any = None) -> None:
-    """Print human-readable text, each line cleaned of control characters (text.clean_lines).
-
-    The one way the CLI prints text: values in it may come from outside (a
-    server's version, the bus's messages), and escape sequences must not reach
-    the terminal of whoever runs us (often root).  Characters the terminal's
-    encoding lacks become backslash escapes instead of an exception.
-    """
-    out = sys.stdout if file is None else file
-    line = clean_lines(text)
-    encoding = getattr(out, "encoding", None) or "utf-8"
-    print(line.encode(encoding, "backslashreplace").decode(encoding), file=out)
 
 
 def _fail(err: OllamactlError, as_json: bool, code: int | None = None) -> int:

@@ -1,7 +1,8 @@
 """Settings: built-in defaults < config file < OLLAMACTL_* variables < arguments.
 
-Every value is validated (by pydantic) before anything is done, and an error
-names where the bad value came from, so a typo never causes a half-done action.
+Every value is validated (by pydantic, or where its answer is certain without
+importing it, by ``_plain``) before anything is done, and an error names where
+the bad value came from, so a typo never causes a half-done action.
 """
 
 from __future__ import annotations
@@ -9,19 +10,28 @@ from __future__ import annotations
 import functools
 import json
 import os
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from ollamactl.budget import DEFAULT_BACKOFF, DEFAULT_MAX_RESTARTS, DEFAULT_WINDOW
 from ollamactl.errors import ConfigError
-from ollamactl.probe import DEFAULT_URL, parse_url, url_from_ollama_host
 from ollamactl.units import check_group_name, check_unit_name, mangle_unit_name
 
 DEFAULT_CONFIG_FILE = Path("/etc/ollamactl/config.toml")
+#: Where Ollama listens by default (its OLLAMA_HOST default); the url key's default without OLLAMA_HOST.
+DEFAULT_URL = "http://127.0.0.1:11434"
 ENV_PREFIX = "OLLAMACTL_"
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; /dev/zero is not one
+#: A restart's total timeout (config key, --timeout, the API's timeout=) lies in (0, TIMEOUT_MAX] seconds.
+TIMEOUT_MAX = 86400  # an int: pydantic prints the limit as given in its messages
+TIMEOUT_RANGE = f"(0, {TIMEOUT_MAX:g}]"
+
+
+def in_timeout_range(value: object) -> bool:
+    """Whether ``value`` is a number of seconds a restart may take: in TIMEOUT_RANGE."""
+    return isinstance(value, int | float) and 0 < value <= TIMEOUT_MAX
 
 
 def _check_unit(v: str) -> str:
@@ -33,6 +43,10 @@ def _check_unit(v: str) -> str:
 
 
 def _check_url(v: str) -> str:
+    if v == DEFAULT_URL:  # parse_url(DEFAULT_URL).url == DEFAULT_URL (unit-tested); spares the HTTP module
+        return v
+    from ollamactl.probe import parse_url
+
     return parse_url(v).url
 
 
@@ -75,14 +89,17 @@ class Config:
     unit: str = _key("ollama.service", "the systemd unit that runs Ollama", _check_unit)
     url: str = _key(DEFAULT_URL, "Ollama's base URL (default: from OLLAMA_HOST, as ollama does)", _check_url)
     group: str = _key("ollamactl", "the group the polkit rule grants restarts to (used in hints)", _check_group)
-    timeout: float = _key(90.0, "seconds a restart may take in all: job plus readiness", gt=0, le=86400)
+    timeout: float = _key(90.0, "seconds a restart may take in all: job plus readiness", gt=0, le=TIMEOUT_MAX)
     bus_timeout: float = _key(10.0, "seconds any one D-Bus call may take", gt=0, le=3600)
     http_timeout: float = _key(5.0, "seconds any one HTTP request to Ollama may take", gt=0, le=3600)
+    # runtime.RUN_DIR, spelled out so that reading the config does not import the runtime module (unit-tested)
     runtime_dir: str = _key("/run/ollamactl", "shared lock and restart history (group-writable)", _check_path)
-    max_restarts: int = _key(3, "restart budget: at most this many restarts per restart_window", ge=1, le=100)
-    restart_window: float = _key(600.0, "restart budget: the sliding window, in seconds", gt=0, le=86400)
+    max_restarts: int = _key(
+        DEFAULT_MAX_RESTARTS, "restart budget: at most this many restarts per restart_window", ge=1, le=100
+    )
+    restart_window: float = _key(DEFAULT_WINDOW, "restart budget: the sliding window, in seconds", gt=0, le=86400)
     restart_backoff: float = _key(
-        10.0, "restart budget: seconds between restarts, doubled for each one in the window", ge=0, le=3600
+        DEFAULT_BACKOFF, "restart budget: seconds between restarts, doubled for each one in the window", ge=0, le=3600
     )
     model: str | None = _key(None, "deep-probe only while this model is loaded (as /api/ps names it); none: any")
     deep_probe: str = _key(
@@ -133,8 +150,9 @@ def load_config(
 ) -> Config:
     """Merge and validate all sources; raise ConfigError naming the bad one.
 
-    ``isolate``: validate in a forked child, so that this (long-running)
-    process never imports pydantic; the watchdog uses it to stay small.
+    ``isolate``: if pydantic is needed (see ``_plain``), validate in a forked
+    child, so that this (long-running) process never imports pydantic; the
+    watchdog uses it to stay small.
 
     ``labels`` maps an override key to how the user spelled it (e.g. ``--unit``).
     """
@@ -142,6 +160,8 @@ def load_config(
     values: dict[str, Any] = {k: f.default for k, f in KEYS.items()}
     sources = {k: "default" for k in KEYS}
     if env.get("OLLAMA_HOST", "").strip():
+        from ollamactl.probe import url_from_ollama_host
+
         values["url"] = url_from_ollama_host(env["OLLAMA_HOST"])
         sources["url"] = "environment variable OLLAMA_HOST"
 
@@ -164,26 +184,83 @@ def load_config(
             label = (labels or {}).get(key, f"argument {key}=")
             values[key], sources[key] = value, label
 
+    isolate = isolate and _plain(values) is None  # plain values are checked without pydantic anyway
     checked = _validate_in_child(values, sources) if isolate else _validate(values, sources)
     return Config(**checked, sources=sources)
 
 
 def _validate(values: dict[str, Any], sources: dict[str, str]) -> dict[str, Any]:
-    from ollamactl._pydantic import ValidationError, errors, to_dict, validate
+    checked = _plain(values)
+    if checked is None:  # a value pydantic must coerce, or a bad one: pydantic decides, and words the error
+        from ollamactl._pydantic import ValidationError, errors, to_dict, validate
 
-    try:
-        checked = to_dict(validate(_settings_model(), values))
-        for key, f in KEYS.items():
-            check = f.metadata["check"]
-            if check is not None and checked[key] is not None:
-                try:
-                    checked[key] = check(checked[key])
-                except ValueError as exc:
-                    raise _bad(key, str(exc), values, sources) from None
-    except ValidationError as exc:
-        key, msg = errors(exc)[0]
-        raise _bad(key, msg, values, sources) from None
+        try:
+            checked = to_dict(validate(_settings_model(), values))
+        except ValidationError as exc:
+            key, msg = errors(exc)[0]
+            raise _bad(key, msg, values, sources) from None
+    for key, f in KEYS.items():
+        check = f.metadata["check"]
+        if check is not None and checked[key] is not None:
+            try:
+                checked[key] = check(checked[key])
+            except ValueError as exc:
+                raise _bad(key, str(exc), values, sources) from None
     return checked
+
+
+@functools.cache
+def _kinds() -> dict[str, tuple[type, bool, dict[str, float]]]:
+    """(type, may be None, limits) of each key, from Config's annotations."""
+    out = {}
+    for name, hint in get_type_hints(Config).items():
+        if name in KEYS:
+            args = [a for a in getattr(hint, "__args__", (hint,)) if a is not type(None)]
+            out[name] = (args[0], len(args) == 1 and hint is not args[0], KEYS[name].metadata["limits"])
+    return out
+
+
+def _plain(values: dict[str, Any]) -> dict[str, Any] | None:
+    """The values pydantic would return, where that is certain without it; else None.
+
+    Certain only for values already of the key's type (an int for a float key
+    too) and within its limits: pydantic 1.10 and 2.x both return those
+    unchanged (the int as a float).  Anything else (strings from the
+    environment to coerce, bools, out-of-range or non-finite numbers) returns
+    None, so pydantic validates it and its error message stays the one users see.
+    Importing and building pydantic's model costs a CLI run more than the rest of it.
+    """
+    out: dict[str, Any] = {}
+    for key, (kind, optional, limits) in _kinds().items():
+        value = values[key]
+        if value is None and optional:
+            out[key] = None
+            continue
+        if kind is str:
+            if type(value) is not str:
+                return None
+        elif kind is int or kind is float:
+            if type(value) is not int and not (kind is float and type(value) is float):
+                return None
+            if not (-(2**53) < value < 2**53 and _within(value, limits)):  # nan and inf fail here too
+                return None
+            value = kind(value)
+        else:
+            return None
+        out[key] = value
+    return out
+
+
+_LIMITS: dict[str, Callable[[float, float], bool]] = {
+    "gt": lambda v, b: v > b,
+    "ge": lambda v, b: v >= b,
+    "lt": lambda v, b: v < b,
+    "le": lambda v, b: v <= b,
+}
+
+
+def _within(value: float, limits: dict[str, float]) -> bool:
+    return all(_LIMITS[name](value, bound) for name, bound in limits.items())
 
 
 def _validate_in_child(values: dict[str, Any], sources: dict[str, str]) -> dict[str, Any]:
@@ -226,7 +303,16 @@ def _read_file(path: Path, explicit: bool) -> dict[str, Any]:
             raw = fh.read(MAX_CONFIG_BYTES + 1)
         if len(raw) > MAX_CONFIG_BYTES:
             raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a config file", source=str(path))
-        data = tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        simple = _simple_toml(text)  # the packaged file (all comments) and files like it: no TOML parser
+        if simple is not None:
+            return simple
+        import tomllib  # a few ms of regexes at import; only for files beyond _simple_toml's subset
+
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}", source=str(path)) from None
     except FileNotFoundError:
         if explicit:
             raise ConfigError(f"{path}: config file not found", source=str(path)) from None
@@ -236,8 +322,6 @@ def _read_file(path: Path, explicit: bool) -> dict[str, Any]:
             f"{path}: cannot read the config file; an admin can fix it: sudo chmod 0644 {path}",
             source=str(path),
         ) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}", source=str(path)) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: not UTF-8 at byte {exc.start}", source=str(path)) from None
     except RecursionError:
@@ -245,3 +329,66 @@ def _read_file(path: Path, explicit: bool) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}", source=str(path)) from None
     return data
+
+
+_BARE_KEY = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+_DIGITS = frozenset("0123456789")
+
+
+def _simple_toml(text: str) -> dict[str, Any] | None:
+    """The TOML table of ``text`` if it is in a small subset of TOML, else None (then tomllib decides).
+
+    The subset: blank lines, ``#`` comments, and ``bare_key = value`` lines whose value is
+    a decimal integer, a decimal fraction (``1.5``) or a ``"basic string"`` without
+    escapes, each optionally followed by a comment.  Exact, not a guess: what is
+    accepted parses to the very same table with tomllib (property-tested); anything
+    else (escapes, exponents, underscores, tables, a repeated key, a control
+    character, a lone CR) returns None.  It spares a CLI run tomllib's import.
+    """
+    out: dict[str, Any] = {}
+    lines = text.split("\n")
+    for n, line in enumerate(lines):
+        if n < len(lines) - 1:  # CRLF; a CR not followed by LF is left to tomllib (which refuses it)
+            line = line.removesuffix("\r")
+        line = line.strip(" \t")
+        if not line or line[0] == "#":
+            if not _comment_ok(line):
+                return None
+            continue
+        key, eq, rest = line.partition("=")
+        key, rest = key.rstrip(" \t"), rest.lstrip(" \t")
+        if not eq or not key or not _BARE_KEY.issuperset(key) or key in out:
+            return None
+        if rest[:1] == '"':
+            end = rest.find('"', 1)
+            value: Any = rest[1:end]
+            if end < 0 or "\\" in value or not value.isprintable():
+                return None
+            after = rest[end + 1 :]
+        else:
+            cut = min((i for i in (rest.find(c) for c in " \t#") if i >= 0), default=len(rest))
+            value, after = _number(rest[:cut]), rest[cut:]
+            if value is None:
+                return None
+        if not _comment_ok(after.lstrip(" \t")):
+            return None
+        out[key] = value
+    return out
+
+
+def _comment_ok(rest: str) -> bool:
+    """Whether ``rest`` is nothing, or a comment of characters TOML allows in one (printable ones and tabs)."""
+    return not rest or (rest[0] == "#" and rest.replace("\t", " ").isprintable())
+
+
+def _number(token: str) -> int | float | None:
+    """A decimal integer or fraction as TOML reads it, or None for any other token."""
+    sign, body = (token[0], token[1:]) if token[:1] in ("+", "-") else ("", token)
+    whole, dot, frac = body.partition(".")
+    if not 0 < len(whole) <= 18 or not _DIGITS.issuperset(whole) or (len(whole) > 1 and whole[0] == "0"):
+        return None
+    if not dot:
+        return int(sign + whole)
+    if not frac or not _DIGITS.issuperset(frac):
+        return None
+    return float(sign + whole + "." + frac)

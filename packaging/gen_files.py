@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Generate ollamactl.1, the bash completion and config.toml from the code itself.
 
-Why generated: the man page and completion are walked from ``cli.build_parser()``
-and the config file from ``config.KEYS``, so none of them can drift from what
+Why generated: the man page and completion are walked from ``cli.COMMANDS`` and
+``cli.GLOBAL_OPTIONS`` (the table the parser is built from; the man page lists
+each command's JSON fields from its result class in ``ollamactl.models``), and
+the config file from ``config.KEYS``, so none of them can drift from what
 the program accepts.  Run at package build time (debian/rules) as
 ``PYTHONPATH=. python3 packaging/gen_files.py --out DIR``.  Standard library
 plus ollamactl's import-light modules only (no dbus-next, pydantic or loguru).
@@ -19,24 +21,9 @@ import time
 from pathlib import Path
 
 from ollamactl import __version__
-from ollamactl.cli import build_parser
+from ollamactl.cli import COMMANDS, DESCRIPTION, GLOBAL_OPTIONS, Command, Option
 from ollamactl.config import DEFAULT_CONFIG_FILE, ENV_PREFIX, KEYS
 from ollamactl.errors import EXIT_CODES
-
-
-def _subparsers(parser: argparse.ArgumentParser) -> list[tuple[str, str, argparse.ArgumentParser]]:
-    """(name, one-line help, parser) of each subcommand, in the order they were added."""
-    out = []
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            helps = {a.dest: a.help or "" for a in action._choices_actions}
-            for name, sub in action.choices.items():
-                out.append((name, helps.get(name, ""), sub))
-    return out
-
-
-def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
-    return [a for a in parser._actions if a.option_strings and not isinstance(a, argparse._SubParsersAction)]
 
 
 def _roff(text: str) -> str:
@@ -45,32 +32,55 @@ def _roff(text: str) -> str:
     return re.sub(r"^([.'])", r"\\&\1", text, flags=re.M)
 
 
-def _opt_label(a: argparse.Action) -> str:
-    names = ", ".join(f"\\fB{_roff(s)}\\fR" for s in a.option_strings)
-    if a.nargs == 0:
+def _opt_label(a: Option) -> str:
+    names = ", ".join(f"\\fB{_roff(s)}\\fR" for s in a.flags)
+    if not a.takes_value:
         return names
-    metavar = a.metavar or (a.dest.upper() if not a.choices else "{" + ",".join(a.choices) + "}")
-    return f"{names} \\fI{_roff(str(metavar))}\\fR"
+    return f"{names} \\fI{_roff(a.metavar)}\\fR"
 
 
-def _help(a: argparse.Action) -> str:
-    h = (a.help or "").replace("%(prog)s", "ollamactl")
+def _help(a: Option) -> str:
+    h = a.help
     if a.required:
         h += " (required)"
     return _roff(h)
 
 
+def result_fields(name: str) -> list[tuple[str, str, str]]:
+    """(field, type, doc) of the result class ``ollamactl.models.<name>``, from its one declaration.
+
+    Uses ``models.fields_doc`` where it exists; else the class's fields, whatever
+    declares them (a dataclass, or a pydantic model of either major version).
+    """
+    import dataclasses
+
+    from ollamactl import models
+
+    cls = getattr(models, name)
+    if hasattr(models, "fields_doc"):
+        return [(str(n), str(t), str(d)) for n, t, d in models.fields_doc(cls)]
+    if dataclasses.is_dataclass(cls):
+        return [(f.name, str(f.type), str(f.metadata.get("doc", ""))) for f in dataclasses.fields(cls)]
+    declared = getattr(cls, "model_fields", None) or getattr(cls, "__fields__", {})
+    return [(n, str(getattr(f, "annotation", getattr(f, "outer_type_", ""))), "") for n, f in declared.items()]
+
+
+def _type_name(t: str) -> str:
+    """A field's type as the JSON reader sees it: string, number, integer, boolean, optional ones with "or null"."""
+    names = {"str": "string", "float": "number", "int": "integer", "bool": "boolean", "None": "null"}
+    words = [names.get(part.strip(), part.strip()) for part in t.replace("Optional[", "").rstrip("]").split("|")]
+    return " or ".join(words)
+
+
 def man_page() -> str:
     """ollamactl(1) in roff."""
-    parser = build_parser()
-    global_opts = _options(parser)
-    global_names = {s for a in global_opts for s in a.option_strings}
+    global_names = {s for a in GLOBAL_OPTIONS for s in a.flags}
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     date = time.strftime("%Y-%m-%d", time.gmtime(int(epoch))) if epoch else ""
     out = [
         f'.TH OLLAMACTL 1 "{date}" "ollamactl {__version__}" "User Commands"',
         ".SH NAME",
-        "ollamactl \\- " + _roff((parser.description or "").rstrip(".")),
+        "ollamactl \\- " + _roff(DESCRIPTION.rstrip(".")),
         ".SH SYNOPSIS",
         ".B ollamactl",
         "[\\fIGLOBAL OPTIONS\\fR] \\fICOMMAND\\fR [\\fIOPTIONS\\fR]",
@@ -82,33 +92,42 @@ def man_page() -> str:
             "given after the command."
         ),
         ".SH GLOBAL OPTIONS",
+        ".TP",
+        "\\fB\\-h\\fR, \\fB\\-\\-help\\fR",
+        _roff("show the help of ollamactl or of a command, and exit"),
+        ".TP",
+        "\\fB\\-\\-version\\fR",
+        _roff("print the version and exit"),
     ]
-    for a in global_opts:
+    for a in GLOBAL_OPTIONS:
         out += [".TP", _opt_label(a), _help(a)]
     out.append(".SH COMMANDS")
 
-    def walk(prefix: str, p: argparse.ArgumentParser) -> None:
-        for name, help_, sub in _subparsers(p):
-            full = f"{prefix} {name}".strip()
-            children = _subparsers(sub)
-            own = [a for a in _options(sub) if not set(a.option_strings) & global_names]
+    def walk(prefix: str, commands: tuple[Command, ...]) -> None:
+        for cmd in commands:
+            full = f"{prefix} {cmd.name}".strip()
+            own = [a for a in cmd.options if not set(a.flags) & global_names]
             synopsis = " ".join(
-                f"[{a.option_strings[0]}{'' if a.nargs == 0 else ' ' + str(a.metavar or a.dest.upper())}]"
+                f"[{a.flags[0]}{' ' + a.metavar if a.takes_value else ''}]"
                 if not a.required
-                else f"{a.option_strings[0]} {a.metavar or a.dest.upper()}"
+                else f"{a.flags[0]} {a.metavar}"
                 for a in own
             )
-            if children:
-                synopsis = "{" + ",".join(n for n, _, _ in children) + "} ..."
+            if cmd.children:
+                synopsis = "{" + ",".join(c.name for c in cmd.children) + "} ..."
             out.append(f'.SS "ollamactl {_roff(full)}"')
             if synopsis:
                 out.extend([".B ollamactl " + _roff(full), _roff(synopsis), ".br"])
-            out.append(_roff(sub.description or help_))
+            out.append(_roff(cmd.description or cmd.help))
             for a in own:
                 out.extend([".TP", _opt_label(a), _help(a)])
-            walk(full, sub)
+            if cmd.result:
+                out.extend([".PP", _roff(f"With --json, one object with these fields ({cmd.result}):")])
+                for name, type_, doc in result_fields(cmd.result):
+                    out.extend([".TP", f"\\fB{_roff(name)}\\fR ({_roff(_type_name(type_))})", _roff(doc or "-")])
+            walk(full, cmd.children)
 
-    walk("", parser)
+    walk("", COMMANDS)
     out.append(".SH EXIT STATUS")
     for code, meaning in EXIT_CODES:
         out += [".TP", f"\\fB{code}\\fR", _roff(meaning)]
@@ -146,30 +165,27 @@ def man_page() -> str:
 
 
 def bash_completion() -> str:
-    """A bash completion function with the command tree and options of the parser."""
-    parser = build_parser()
+    """A bash completion function with the command tree and options of ``cli.COMMANDS``."""
     nodes: dict[str, tuple[list[str], list[str]]] = {}  # path -> (subcommands, options)
     valued: dict[str, str] = {}  # option -> compgen arguments for its value
+    helps = [Option("-h", "--help", action="store_true")]
 
-    def visit(path: str, p: argparse.ArgumentParser) -> None:
-        subs = _subparsers(p)
-        opts = sorted({s for a in _options(p) for s in a.option_strings if s.startswith("--") or len(s) == 2})
-        nodes[path] = ([n for n, _, _ in subs], opts)
-        for a in _options(p):
-            if a.nargs != 0:
-                for s in a.option_strings:
+    def visit(path: str, options: list[Option], children: tuple[Command, ...]) -> None:
+        opts = sorted({s for a in options for s in a.flags if s.startswith("--") or len(s) == 2})
+        nodes[path] = ([c.name for c in children], opts)
+        for a in options:
+            if a.takes_value:
+                for s in a.flags:
                     if a.choices:
                         valued[s] = "-W " + json.dumps(" ".join(a.choices))
-                    elif s == "--config":
-                        valued[s] = "-f"
-                    elif s == "--group":
-                        valued[s] = "-g"
+                    elif a.complete:
+                        valued[s] = {"file": "-f", "group": "-g"}[a.complete]
                     else:
                         valued.setdefault(s, "")
-        for name, _, sub in subs:
-            visit(f"{path} {name}".strip(), sub)
+        for c in children:
+            visit(f"{path} {c.name}".strip(), [*helps, *GLOBAL_OPTIONS, *c.options], c.children)
 
-    visit("", parser)
+    visit("", [*helps, *GLOBAL_OPTIONS, Option("--version", action="version")], COMMANDS)
     descend = "\n".join(
         f'            "{path}|{child}") path="{f"{path} {child}".strip()}" ;;'
         for path, (children, _) in nodes.items()
@@ -184,7 +200,7 @@ def bash_completion() -> str:
     )
     skip = "|".join(sorted(valued))
     return f"""\
-# bash completion for ollamactl {__version__}; generated from its argparse parser
+# bash completion for ollamactl {__version__}; generated from its command table (cli.COMMANDS)
 # by packaging/gen_files.py (do not edit).
 _ollamactl() {{
     local cur="${{COMP_WORDS[COMP_CWORD]}}" prev="${{COMP_WORDS[COMP_CWORD-1]}}"

@@ -134,3 +134,203 @@ def test_probe_text_of_a_stopped_unit_says_what_to_do_even_without_v():
     stopped = dict(outcome="stopped", evidence="start it with: sudo systemctl start x", samples=1)
     text = _probe_text(_report(**stopped, liveness_seconds=None, deep_seconds=None))
     assert text == "stopped: start it with: sudo systemctl start x"
+
+
+# -- the command table, the import budget, the printing module (issue 9) ------------------------------------------
+
+
+def _in_subprocess(code, env=None):
+    full_env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "OLLAMACTL_CONFIG": os.devnull}
+    full_env.update(env or {})
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.splitlines()[-1])
+
+
+def test_importing_ollamactl_imports_no_dependency_and_exports_every_error():
+    import ollamactl
+    from ollamactl import errors
+
+    public = {
+        name
+        for name, value in vars(errors).items()
+        if isinstance(value, type) and issubclass(value, errors.OllamactlError) and not name.startswith("_")
+    }
+    assert public <= set(ollamactl.__all__)
+    assert all(getattr(ollamactl, name) is getattr(errors, name) for name in public)
+    loaded = _in_subprocess(
+        "import json, sys, ollamactl; ollamactl.BudgetExhausted; "
+        "print(json.dumps([m for m in ('pydantic', 'loguru', 'dbus_next', 'asyncio') if m in sys.modules]))"
+    )
+    assert loaded == []
+
+
+def test_restart_imports_neither_pydantic_nor_loguru(tmp_path):
+    """The CLI's speed (issue 9 section 3): plain settings are checked without pydantic, the audit without loguru."""
+    config = tmp_path / "config.toml"
+    config.write_text("max_restarts = 100\nrestart_window = 1\nrestart_backoff = 0\n")
+    code = (
+        "import json, sys; from ollamactl.cli import main; "
+        "rc = main(['restart', '--no-wait', '--timeout', '30', '--unit', 'ollama']); "
+        "print(json.dumps([rc, sorted(m for m in ('pydantic', 'loguru') if m in sys.modules)]))"
+    )
+    env = {"OLLAMACTL_CONFIG": str(config), "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={tmp_path}/nowhere"}
+    assert _in_subprocess(code, env) == [5, []]  # bus unavailable: everything before the bus was done
+    env["OLLAMACTL_HTTP_TIMEOUT"] = "3"  # a string to coerce: pydantic decides, as before
+    assert _in_subprocess(code, env) == [5, ["pydantic"]]
+
+
+def test_admin_cli_and_cli_do_not_import_each_other():
+    for module, other in (("admin_cli", "cli"), ("cli", "admin_cli")):
+        code = f"import json, sys, ollamactl.{module}; print(json.dumps('ollamactl.{other}' in sys.modules))"
+        assert _in_subprocess(code) is False, module  # cli imports admin_cli only to run one of its handlers
+
+
+def _paths(commands, prefix=()):
+    for cmd in commands:
+        yield (*prefix, cmd.name), cmd
+        yield from _paths(cmd.children, (*prefix, cmd.name))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["restart", "--no-wait"],
+        ["--json", "--unit", "status", "status"],
+        ["restart", "--reason", "probe", "--since", "1700000000", "--start", "--timeout", "9"],
+        ["probe", "--deep", "--model", "m", "-v"],
+        ["watch", "--model", "x"],
+        ["policy", "render", "--group", "g", "--verb", "restart", "--verb", "try-restart", "--offline"],
+        ["policy", "install", "--group", "g", "--name", "x.rules"],
+        ["policy", "show", "--json"],
+        ["doctor", "--user", "bob"],
+    ],
+)
+def test_the_parser_built_for_argv_parses_it_as_the_whole_parser_does(argv):
+    """build_parser(argv) fills in only the commands argv names; the result must not differ."""
+    assert vars(build_parser(argv).parse_args(argv)) == vars(build_parser().parse_args(argv))
+
+
+def test_every_command_has_a_handler_or_children_and_a_known_result_class():
+    from ollamactl import models
+    from ollamactl.cli import COMMANDS, _handler
+
+    for path, cmd in _paths(COMMANDS):
+        assert bool(cmd.handler) != bool(cmd.children), path
+        if cmd.handler:
+            assert callable(_handler(cmd.handler)), path
+        if cmd.result:
+            assert isinstance(getattr(models, cmd.result), type), path
+
+
+def test_the_man_page_lists_each_result_field_from_its_class():
+    from tests.unit.test_policy import _gen_files
+
+    man = _gen_files().man_page()
+    for name in ("RestartResult", "Status", "ProbeReport"):
+        fields = _gen_files().result_fields(name)
+        assert fields and f"these fields ({name})" in man
+        assert all(f"\\fB{field}\\fR (" in man for field, _, _ in fields), name
+
+
+class _Tty:
+    def __init__(self, tty=True):
+        self.tty, self.text, self.encoding = tty, "", "utf-8"
+
+    def isatty(self):
+        return self.tty
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+
+def test_progress_line_only_on_a_terminal_and_never_with_json(monkeypatch):
+    from ollamactl.output import Progress
+
+    monkeypatch.setattr(sys, "stderr", _Tty(tty=False))
+    assert Progress.for_stderr(as_json=False) is None
+    monkeypatch.setattr(sys, "stderr", _Tty(tty=True))
+    assert Progress.for_stderr(as_json=True) is None
+    assert Progress.for_stderr(as_json=False) is not None
+
+
+def test_progress_line_updates_in_place_with_the_time_spent_and_is_erased():
+    from ollamactl.output import Progress
+
+    now = [100.0]
+    tty = _Tty()
+    p = Progress(tty, clock=lambda: now[0])
+    p("stopping ollama.service (SIGKILL in 10s)")
+    now[0] += 3.2
+    p("stopping ollama.service (SIGKILL in 10s)")
+    p("waiting for the API \x1b[2J")
+    lines = tty.text.split("\r")[1:]
+    assert lines[0] == "stopping ollama.service (SIGKILL in 10s) (0s)"
+    assert lines[1] == "stopping ollama.service (SIGKILL in 10s) (3s)"
+    assert lines[2].startswith("waiting for the API \\x1b[2J (0s)")  # cleaned, padded over the longer line
+    assert len(lines[2]) == len(lines[1]) and "\n" not in tty.text
+    p.close()
+    assert tty.text.endswith("\r" + " " * len(lines[2].rstrip()) + "\r")
+
+
+def test_emit_prints_result_objects_from_to_dict(capsys):
+    from ollamactl.output import emit
+
+    class Result:
+        def to_dict(self):
+            return {"b": 1, "a": "\x7f"}
+
+    emit(Result(), True, str)
+    emit(Result(), False, lambda d: f"a={d['a']}")
+    assert capsys.readouterr().out == '{"a": "\\u007f", "b": 1}\na=\\x7f\n'
+
+
+@pytest.mark.parametrize("columns", [None, "60", "200", "0", "-5", "wide"])
+def test_help_width_is_shutils_without_importing_it(monkeypatch, columns):
+    import shutil
+
+    from ollamactl import cli
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    monkeypatch.setattr(cli, "_width", [])
+    assert cli._columns() == shutil.get_terminal_size().columns
+    assert "shutil" not in _in_subprocess(
+        "import json, sys; from ollamactl.cli import build_parser; build_parser(['restart']); "
+        "print(json.dumps(sorted(m for m in ('shutil', 'pydantic') if m in sys.modules)))"
+    )
+
+
+@pytest.mark.parametrize(
+    ("tty", "as_json", "hooked"), [(True, False, True), (True, True, False), (False, False, False)]
+)
+def test_restart_hands_a_progress_line_to_a_controller_that_takes_one(monkeypatch, capsys, tty, as_json, hooked):
+    from ollamactl import cli
+    from ollamactl.output import Progress
+
+    seen = {}
+
+    class Result:
+        def to_dict(self):
+            return {"action": "queued", "unit": "u.service", "job": "/j/1"}
+
+    class FakeController:
+        def restart(self, reason, *, wait, observed_at, start, progress=None):
+            seen["progress"] = progress
+            if progress is not None:
+                progress("stopping u.service")
+            return Result()
+
+    monkeypatch.setattr(cli, "controller", lambda args: FakeController())
+    monkeypatch.setattr(sys, "stderr", _Tty(tty=tty))
+    args = build_parser().parse_args(["restart", "--no-wait"])
+    assert cli._cmd_restart(args, as_json) == 0
+    assert isinstance(seen["progress"], Progress) is hooked
+    if hooked:
+        assert sys.stderr.text.startswith("\rstopping u.service (0s)") and sys.stderr.text.endswith("\r")
+    assert "u.service" in capsys.readouterr().out

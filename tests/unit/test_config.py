@@ -3,6 +3,8 @@
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ollamactl.config import KEYS, load_config
 from ollamactl.errors import ConfigError
@@ -187,3 +189,119 @@ def test_ollama_host_with_odd_digits_falls_back_as_ollama_does(tmp_path, host):
     """str.isdigit() accepts '፩' and '²', which int() refuses: that crashed load_config."""
     url = load(tmp_path, env={"OLLAMA_HOST": host}).url
     assert url.endswith((":11434", ":80"))
+
+
+def _pydantic_result(values):
+    from ollamactl._pydantic import ValidationError, to_dict, validate
+    from ollamactl.config import _settings_model
+
+    try:
+        return to_dict(validate(_settings_model(), values))
+    except ValidationError:
+        return "invalid"
+
+
+_ODD = [0, 1, -1, 3, 100, 101, 0.0, -0.0, 0.5, 1.0, 1.5, 86400, 86400.0, 86401, 3600.5, 2**53, 2**60, 1e308,
+        float("inf"), float("nan"), True, False, None, "", "5", "ollama", " 1 ", [], {}]  # fmt: skip
+
+
+@pytest.mark.parametrize("key", [k for k in KEYS])
+def test_the_fast_path_returns_exactly_what_pydantic_returns(key):
+    """_plain skips pydantic only where the outcome is certain: same values and types, or it defers."""
+    from ollamactl.config import _plain
+
+    defaults = {k: f.default for k, f in KEYS.items()}
+    assert _plain(defaults) == _pydantic_result(defaults)
+    for value in _ODD:
+        values = {**defaults, key: value}
+        fast = _plain(values)
+        if fast is not None:
+            slow = _pydantic_result(values)
+            assert fast == slow, (key, value)
+            assert {k: type(v) for k, v in fast.items()} == {k: type(v) for k, v in slow.items()}, (key, value)
+
+
+def test_settings_from_the_file_or_flags_need_no_pydantic(tmp_path):
+    """A CLI run with plain values must not pay pydantic's import (issue 9 section 3)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "c.toml"
+    path.write_text('max_restarts = 100\nrestart_window = 1\nrestart_backoff = 0\nunit = "ollama"\nmodel = "m"\n')
+    code = (
+        "import sys; from ollamactl.config import load_config; "
+        f"c = load_config({{'timeout': 12.5, 'url': 'http://[::1]:1'}}, config_file={str(path)!r}, environ={{}}); "
+        "assert (c.restart_window, c.unit, c.timeout) == (1.0, 'ollama.service', 12.5), c; "
+        "print('pydantic' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+_LINE_CASES = (
+    ["", "# a", "#", "  # x", "\t#\ty", "# ü €", "#\x00", "#\x7f", "# \u2028", "#\r", "[t]", "a.b = 1", "x = 1e3",
+     "timeout = 3", "timeout=3", "x = -0", "x = +7", "x = 007", "x = 1_0", "x = 0.5", "x = -0.0", "x = 1.", "x = .5",
+     "x = 99999999999999999999", 'x = "a#b" # c', 'x = "a\\tb"', 'x = "tab\there"', 'x = "q" z', "x = 3 # c",
+     "x = 3#c", 'y = "ünï"', "x = true", "x = inf", "x =", "= 1", "a b = 1", 'x = "open', "X-y_1 = 2"]
+)  # fmt: skip
+_LINES = st.sampled_from(_LINE_CASES)
+_TOMLISH = st.lists(
+    st.one_of(_LINES, _LINES, _LINES, st.text(max_size=8).map(lambda t: "#" + t), st.text(max_size=10)), max_size=5
+).map(lambda lines: "\n".join(lines))
+
+
+@pytest.mark.parametrize("line", _LINE_CASES)
+def test_each_tricky_line_alone_is_read_as_tomllib_reads_it(line):
+    for eol in ("", "\n", "\r\n"):
+        _same_as_tomllib(line + eol)
+
+
+@settings(max_examples=400)
+@given(_TOMLISH, st.sampled_from(["\n", "\r\n"]))
+def test_the_simple_toml_subset_reads_exactly_what_tomllib_reads(text, eol):
+    _same_as_tomllib(text.replace("\n", eol))
+
+
+def _same_as_tomllib(text):
+    """_simple_toml spares tomllib's import; what it accepts must be tomllib's very table, else it must defer."""
+    import math
+    import tomllib
+
+    from ollamactl.config import _simple_toml
+
+    simple = _simple_toml(text)
+    if simple is None:
+        return
+    expected = tomllib.loads(text)  # raises if _simple_toml accepted something invalid
+    assert simple == expected
+    assert [type(v) for v in simple.values()] == [type(v) for v in expected.values()]
+    assert [math.copysign(1, v) for v in simple.values() if isinstance(v, float)] == [
+        math.copysign(1, v) for v in expected.values() if isinstance(v, float)
+    ]
+
+
+def test_the_packaged_config_file_and_the_benchs_need_no_toml_parser():
+    from ollamactl.config import _simple_toml
+    from tests.unit.test_policy import _gen_files
+
+    assert _simple_toml(_gen_files().config_toml()) == {}
+    bench = "max_restarts = 100\nrestart_window = 1\nrestart_backoff = 0\n"
+    assert _simple_toml(bench) == {"max_restarts": 100, "restart_window": 1, "restart_backoff": 0}
+    assert _simple_toml('unit = "x" # the unit\r\ntimeout = 2.5\n') == {"unit": "x", "timeout": 2.5}
+    assert _simple_toml("[section]\n") is None
+
+
+def test_the_default_url_is_already_in_the_form_parse_url_gives():
+    """_check_url returns DEFAULT_URL unparsed, so that a CLI run with defaults does not import the HTTP module."""
+    from ollamactl.config import DEFAULT_URL
+    from ollamactl.probe import parse_url
+
+    assert parse_url(DEFAULT_URL).url == DEFAULT_URL
+
+
+def test_the_default_runtime_dir_is_the_runtime_modules():
+    """config spells the path out (to stay off the runtime module's import); they must agree."""
+    from ollamactl.config import Config
+    from ollamactl.runtime import RUN_DIR
+
+    assert Config().runtime_dir == str(RUN_DIR)
