@@ -2,9 +2,9 @@
 
 Boots a Debian container with real systemd, D-Bus and polkitd, installs
 ollamactl as an admin would, wedges the stand-in Ollama the way real Ollama
-wedges (version answers, generate hangs), and lets alice (group ollamactl)
-restart it.  bob (not in the group) is refused, and alice cannot touch
-another unit.
+wedges (version answers, generate hangs), shows ``ollamactl probe --deep``
+telling that wedge apart, and lets alice (group ollamactl) restart it.  bob
+(not in the group) is refused, and alice cannot touch another unit.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 from tests import testbed
 
 REPO = Path(__file__).resolve().parents[1]
+STARTUP_GRACE_S = 10.0  # watch_startup_grace's default
 BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
 
 GENERATE = (
@@ -29,10 +30,6 @@ GENERATE = (
     "except Exception as e:\n"
     "    print('generate did not answer within 3 s:', type(e).__name__)\n"
 )
-VERSION = (
-    "import urllib.request\n"
-    "print('/api/version:', urllib.request.urlopen('http://127.0.0.1:11434/api/version',timeout=3).read().decode())\n"
-)
 
 
 def step(text: str) -> None:
@@ -41,7 +38,7 @@ def step(text: str) -> None:
 
 def show(c: testbed.Container, argv: list[str], user: str | None = None) -> subprocess.CompletedProcess[str]:
     who = user or "root"
-    shown = " ".join(argv) if argv[0] != "python3" else "(python probe)"
+    shown = " ".join(argv) if argv[0] != "python3" else "(an app's POST /api/generate, 3 s timeout)"
     print(f"{DIM}{who}$ {shown}{RESET}", flush=True)
     r = c.run(argv, user=user, timeout=120)
     for line in (r.stdout + r.stderr).rstrip().splitlines():
@@ -70,18 +67,29 @@ def main() -> int:
     print(f"   and installing {deb.name} with apt-get, as an admin would")
     t0 = time.monotonic()
     with testbed.boot(args.suite, deb=deb, log=lambda m: print(f"{DIM}   {m}{RESET}")) as c:
-        print(f"   ready in {time.monotonic() - t0:.1f}s")
+        ready = time.monotonic()
+        print(f"   ready in {ready - t0:.1f}s")
         step("who is who")
         show(c, ["id", "alice"])
         show(c, ["id", "bob"])
         show(c, ["ollamactl", "status"], user="alice")
 
-        step("Ollama wedges: /api/version still answers, generate hangs")
-        # SIGUSR1 wedges the stand-in's generate for the life of its process, as a real
-        # wedge lasts until the process is restarted.
-        c.sh("kill -USR1 $(systemctl show -p MainPID --value ollama.service)", check=True)
-        show(c, ["python3", "-c", VERSION], user="alice")
+        step("an app uses Ollama: the model loads and answers")
         show(c, ["python3", "-c", GENERATE], user="alice")
+        if show(c, ["ollamactl", "probe", "--deep", "-v"], user="alice").returncode != 0:
+            failures.append("probe --deep of a healthy Ollama")
+
+        # The container has just booted; a probe calls any unit younger than watch_startup_grace (10 s)
+        # "starting".  A real Ollama has been up for longer when it wedges.
+        time.sleep(max(0.0, STARTUP_GRACE_S + 0.5 - (time.monotonic() - ready)))
+        step("Ollama wedges: /api/version still answers, generate hangs")
+        # SIGUSR1 is a stuck inference loop in the stand-in (ollama #15950), for the life of its
+        # process, as a real wedge lasts until the process is restarted.
+        c.sh("kill -USR1 $(systemctl show -p MainPID --value ollama.service)", check=True)
+        show(c, ["python3", "-c", GENERATE], user="alice")
+        step("ollamactl probe --deep tells it apart: the runner's /slots stays silent for deep_confirm (8 s)")
+        if show(c, ["ollamactl", "probe", "--deep", "-v"], user="alice").returncode != 12:
+            failures.append("probe --deep did not say deep-wedged (exit 12)")
         step("alice cannot kill it herself: the process belongs to user ollama")
         show(c, ["pkill", "-f", "ollama serve"], user="alice")
 

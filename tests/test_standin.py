@@ -676,8 +676,11 @@ def test_sigterm_ends_it_despite_hung_request(launch: Launcher) -> None:
         s.wait_log("POST /api/generate - mode=hang-generate")
         t0 = time.monotonic()
         s.proc.send_signal(signal.SIGTERM)
-        assert s.proc.wait(timeout=2) == 0
-        assert time.monotonic() - t0 < 2.0
+        assert s.proc.wait(timeout=30) == 0
+        took = time.monotonic() - t0
+        # It exits at once (a healthy Ollama takes about a second); a stop that waited for the hung
+        # handler would take its whole timeout.  The wait above is only the bound on a broken stand-in.
+        assert took < 1.0, f"SIGTERM took {took:.2f}s to end the stand-in with a request hung"
         assert sock.recv(100) == b""  # closed by the exit, with no answer sent
 
 

@@ -14,6 +14,8 @@ import pytest
 from tests.e2e.conftest import UNIT, Bed
 
 PERMISSION, UNIT_CODE, BUS, RESTART_FAILED, USAGE, NOT_ANSWERING, STOPPED = 3, 4, 5, 6, 2, 10, 14
+HTTP_TIMEOUT_S = 5.0  # README "Configuration": http_timeout, what one HTTP request to Ollama may take
+MARGIN_S = 3.0  # stated margin on every documented figure: process start-up and a busy 2-core host
 
 
 def test_member_restarts_ollama(healthy: Bed):
@@ -40,7 +42,10 @@ def test_member_restart_json(healthy: Bed):
 
 
 def model_fields(bed: Bed, model: str) -> list[str]:
-    code = f"import json; from ollamactl import models; print(json.dumps(sorted(models.{model}.__fields__)))"
+    code = (
+        "import json; from ollamactl import models; "
+        f"print(json.dumps(sorted(n for n, _, _ in models.fields_doc(models.{model}))))"
+    )
     return json.loads(bed.python(code).stdout)
 
 
@@ -76,12 +81,53 @@ def test_no_wait_returns_once_the_job_is_queued(healthy: Bed):
         time.sleep(0.1)
 
 
-def test_non_member_is_refused_with_the_usermod_hint(healthy: Bed):
+#: What bob (not in group ollamactl) sees from ``ollamactl restart``: the runtime directory refuses him.
+NON_MEMBER_CLI = (
+    "ollamactl: not allowed to restart through ollamactl: /run/ollamactl is only for group ollamactl "
+    "(Permission denied); add yourself to group ollamactl: sudo usermod -aG ollamactl bob\n"
+)
+#: What a call of bob's that reaches PID 1 gets: polkit's refusal, as ollamactl's adapter maps it.
+NON_MEMBER_POLKIT = (
+    "not allowed to try-restart ollama.service: add yourself to group ollamactl: sudo usermod -aG ollamactl bob"
+)
+
+
+def test_non_member_via_the_cli_is_refused_by_the_runtime_directory_before_any_bus_call(healthy: Bed):
+    """bob's ``ollamactl restart`` stops at /run/ollamactl (root:ollamactl 2770): the kernel refuses him
+    the directory, so the command never asks PID 1, and polkit is never consulted."""
     before = (healthy.prop("InvocationID"), healthy.prop("NRestarts"))
     r = healthy.ollamactl("restart", user="bob")
-    assert r.returncode == PERMISSION
-    assert "sudo usermod -aG ollamactl bob" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert (r.returncode, r.stdout, r.stderr) == (PERMISSION, "", NON_MEMBER_CLI)
+    rc, out = healthy.json("restart", user="bob")
+    assert rc == PERMISSION and out["error"] == "permission-denied" and out["exit_code"] == PERMISSION
+    assert out["message"] == NON_MEMBER_CLI.removeprefix("ollamactl: ").rstrip("\n")
+    assert out["path"] == "/run/ollamactl" and "bus_error" not in out  # refused here, not by systemd
+    assert (healthy.prop("InvocationID"), healthy.prop("NRestarts")) == before
+
+
+def test_non_member_whose_call_reaches_pid1_gets_polkits_refusal_as_permission_denied(healthy: Bed):
+    """The same restart through the library's systemd adapter, which skips the runtime directory:
+    systemd asks polkit, the rule does not match bob, and the bus error maps to PermissionDenied."""
+    code = """
+import asyncio, json
+from ollamactl.errors import PermissionDenied
+from ollamactl.systemd import SystemdBus
+async def main():
+    async with SystemdBus(call_timeout=20, group="ollamactl") as bus:
+        try:
+            await bus.restart_unit("ollama.service")
+        except PermissionDenied as err:
+            return {"exit_code": err.exit_code, "message": err.message, **err.details}
+        return {"job": "queued"}
+print(json.dumps(asyncio.run(main())))
+"""
+    before = (healthy.prop("InvocationID"), healthy.prop("NRestarts"))
+    r = healthy.python(code, user="bob")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["exit_code"] == PERMISSION, out
+    assert out["bus_error"] == "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired"
+    assert out["message"] == NON_MEMBER_POLKIT
     assert (healthy.prop("InvocationID"), healthy.prop("NRestarts")) == before
 
 
@@ -115,7 +161,9 @@ def test_start_that_fails_reports_the_units_result(healthy: Bed):
     assert out["error"] == "restart-failed" and out["result"] == "exit-code"
     assert out["sub_state"] in ("auto-restart", "failed", "dead")
     assert "journalctl -u ollama.service" in out["message"]
-    assert time.monotonic() - t0 < 15, "a dead start must be reported fast, not after the timeout"
+    took = time.monotonic() - t0
+    # README: "If the new process dies while starting it fails at once with the unit's Result"
+    assert took < MARGIN_S, f"a dead start must be reported at once, not after the timeout: {took:.1f}s"
 
 
 def test_root_restart_of_a_unit_that_cannot_start(healthy: Bed):
@@ -134,7 +182,8 @@ def test_no_bus_gives_bus_unavailable_within_the_timeout(healthy: Bed):
     env = {"DBUS_SYSTEM_BUS_ADDRESS": "unix:path=/run/nowhere/bus"}
     rc, out = healthy.json("restart", "--timeout", "3", env=env)
     assert rc == BUS and out["error"] == "bus-unavailable" and "/run/nowhere/bus" in out["message"]
-    assert time.monotonic() - t0 < 3 + 5
+    took = time.monotonic() - t0
+    assert took < 3 + MARGIN_S, f"--timeout 3 bounds the whole command; it took {took:.1f}s"
 
 
 def test_bad_config_value_is_named_and_nothing_restarts(healthy: Bed):
@@ -162,7 +211,8 @@ def test_status_reports_healthy_and_then_a_wedge(healthy: Bed):
     finally:
         healthy.set_mode("ok")
     assert r.returncode == NOT_ANSWERING and "NOT answering" in r.stdout
-    assert time.monotonic() - t0 < 5 + 5
+    took = time.monotonic() - t0
+    assert took < HTTP_TIMEOUT_S + MARGIN_S, f"status of a silent server took {took:.1f}s"
 
 
 def test_results_serialise_identically_on_this_releases_pydantic(bed: Bed):
@@ -177,7 +227,7 @@ print(pydantic.VERSION.split(".")[0], r.to_json())
     r = bed.python(code)
     assert r.returncode == 0, r.stderr
     major, payload = r.stdout.strip().split(" ", 1)
-    assert major == {"bookworm": "1", "trixie": "2"}[bed.suite]
+    assert major == {"bookworm": "1", "trixie": "2", "sid": "2"}[bed.suite]
     assert payload == (
         '{"action": "restarted", "api_version": "0.12.3", "job": "/j/1", "job_result": "done", '
         '"job_seconds": 0.25, "new_invocation_id": "bb", "observed_at": null, "ok": true, "old_invocation_id": "aa", '

@@ -161,3 +161,100 @@ def test_state_file_is_json_a_human_can_read(rundir):
     rd = rundir
     rd.write_state(State([Restart(at=2.0, unit="u.service", uid=0, pid=1)]))
     assert json.loads(rd.state_path.read_text())["restarts"][0]["unit"] == "u.service"
+
+
+# -- the budget holds: the watchdog over the real restart flow ------------------------------------------------
+
+
+class _Systemd:
+    """PID 1 as the restart flow sees it: ollama.service up for an hour; each restart job is recorded."""
+
+    def __init__(self, clock) -> None:
+        self.clock = clock
+        self.restarts: list[float] = []  # virtual times at which a restart job was queued
+
+    async def unit_state(self, name, timeout=None):
+        from ollamactl.systemd import UnitState
+
+        since = self.clock() - 3600
+        return UnitState(
+            name=name, load_state="loaded", active_state="active", sub_state="running", result="success",
+            main_pid=1, invocation_id=f"{len(self.restarts):032x}", active_enter_timestamp=since,
+            inactive_exit_timestamp=since, n_restarts=len(self.restarts), fragment_path=None,
+        )  # fmt: skip
+
+    async def subscribe(self):
+        pass
+
+    async def restart_unit(self, name, *, start=False):
+        self.restarts.append(self.clock())
+        return f"/org/freedesktop/systemd1/job/{len(self.restarts)}"
+
+    def close(self):
+        pass
+
+
+@needs_root
+def test_a_wedge_that_survives_every_restart_gets_the_budgets_restarts_and_no_more(rundir, monkeypatch):
+    """Nothing faked between the watchdog's verdict and the bus: Watcher.recover, AsyncController.restart,
+    its budget check and its record of each restart.  Ollama stays wedged through every restart, probed
+    once a second for 700 s of virtual time.  With the shipped budget (at most 3 in any 600 s, gaps of 10 s,
+    20 s, 40 s) the restarts come at 0, 10, 30, then 600 (the first left the window), 640 and 660 s; every
+    refused attempt holds the watchdog until the budget allows the next, so it asks once per hold, not once
+    per probe.
+    """
+    from types import SimpleNamespace
+
+    from ollamactl import controller as controller_mod
+    from ollamactl import watch
+    from ollamactl.config import load_config
+    from ollamactl.controller import AsyncController
+    from ollamactl.watch import Notifier, Watcher
+
+    t0 = time.time() - 3600  # virtual time in the past, so the shared history's entries are never "future"
+    now = [t0]
+    clock = SimpleNamespace(
+        time=lambda: now[0], monotonic=lambda: now[0], strftime=time.strftime, localtime=time.localtime
+    )
+    monkeypatch.setattr(controller_mod, "time", clock)
+    monkeypatch.setattr(watch, "time", clock)
+    monkeypatch.setattr(controller_mod, "audit", lambda *a, **k: None)
+    monkeypatch.setattr(controller_mod, "log", lambda *a, **k: None)
+    logged: list[tuple[str, str]] = []
+    monkeypatch.setattr(watch, "log", lambda level, message, **k: logged.append((level, message)))
+
+    cfg = load_config({"runtime_dir": str(rundir.path), "group": rundir.group}, environ={}, config_file="/dev/null")
+    assert (cfg.max_restarts, cfg.restart_window, cfg.restart_backoff) == (3, 600.0, 10.0)  # the shipped budget
+    actl = AsyncController(config=cfg)
+    systemd = _Systemd(lambda: now[0])
+    actl._bus = systemd
+
+    async def wedged(deep=False, judge=None):  # the verdict has its own tests: here it is always "wedged"
+        return SimpleNamespace(outcome="wedged", evidence="no answer", confirmed=True, since=now[0] - 3)
+
+    actl.probe = wedged
+    attempts: list[float] = []
+    restart = actl.restart
+
+    async def counted(*args, **kwargs):
+        attempts.append(now[0] - t0)
+        return await restart(*args, **kwargs)
+
+    actl.restart = counted
+    watcher = Watcher(actl, Notifier(address=""))
+
+    async def run(seconds: int) -> None:
+        for _ in range(seconds):
+            await watcher.tick(deep=True)
+            now[0] += 1.0
+
+    asyncio.run(run(700))
+    restarts = [0, 10, 30, 600, 640, 660]
+    assert [t - t0 for t in systemd.restarts] == restarts
+    # one refused attempt right after each restart, then nothing until the hold ends
+    assert attempts == sorted(restarts + [t + 1 for t in restarts]), attempts
+    refused = [m for lv, m in logged if lv == "WARNING" and m.startswith("not restarting ollama.service")]
+    assert len(refused) == 6 and "3 restart(s) in the last 600s" in refused[-1]
+    assert watcher.restarts == 6 and watcher.hold_until - t0 == 1200  # until 600 leaves the window
+    shared = rundir.read_state().restarts  # and members' budget sees the watchdog's restarts
+    assert [r.at - t0 for r in shared] == restarts
