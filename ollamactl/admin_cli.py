@@ -1,7 +1,7 @@
-"""Admin-facing subcommands (``policy``, ``doctor``); registered by cli.build_parser.
+"""Admin-facing subcommands (``policy``, ``doctor``, ``setup``): their handlers (cli.COMMANDS declares them).
 
-Imported on every CLI run, so only argparse at module level; each handler
-imports what it needs.
+Imported on every CLI run, so only argparse (and the tiny errors and units
+modules) at module level; each handler imports what it needs.
 """
 
 from __future__ import annotations
@@ -11,99 +11,7 @@ from typing import Any
 
 from ollamactl.errors import EXIT_DOCTOR
 
-VERB_CHOICES = ("restart", "try-restart", "start", "reload-or-restart")  # == policy.VERBS (unit-tested)
 BUS_TIMEOUT = 10.0  # seconds for the alias look-up (config's bus_timeout default; policy reads no config)
-
-
-def add_parsers(sub: Any, common: argparse.ArgumentParser, *, epilog: str) -> None:
-    """Register the admin subcommands on ``sub`` (argparse subparsers)."""
-    raw = argparse.RawDescriptionHelpFormatter
-    p = sub.add_parser(
-        "policy",
-        parents=[common],
-        help="show, render or install the polkit rule that grants restarts",
-        description="The polkit rule that lets one group restart one unit. "
-        "show: the grant in force; render: print a rule; install: write it to /etc/polkit-1/rules.d (root). "
-        "The default grant is try-restart only: members restart the unit while it runs and can never start it "
-        "once an admin stopped it (not even with busctl). To let them start it too (ollamactl restart --start), "
-        "grant restart as well: sudo ollamactl policy install --group ollamactl --verb restart --verb try-restart.",
-        epilog=epilog,
-        formatter_class=raw,
-    )
-    psub = p.add_subparsers(dest="policy_command", metavar="ACTION", parser_class=type(p))
-    psub.required = True
-
-    s = psub.add_parser(
-        "show",
-        parents=[common],
-        help="describe the grant in force: group, unit, verbs, file",
-        description="Describe every polkit rule written by ollamactl (in /etc/polkit-1/rules.d and "
-        "/usr/share/polkit-1/rules.d): who may do what to which unit, and from which file.",
-        epilog=epilog,
-        formatter_class=raw,
-    )
-    s.set_defaults(handler=_cmd_policy_show)
-
-    for name, help_, desc, handler in (
-        (
-            "render",
-            "print a polkit rule for a group and unit",
-            "Print an ECMAScript 5 polkit rule that lets members of GROUP use the given verbs on UNIT "
-            "(default ollama.service), and nothing else.",
-            _cmd_policy_render,
-        ),
-        (
-            "install",
-            "write that rule to /etc/polkit-1/rules.d (root only)",
-            "Write the rule that render prints to /etc/polkit-1/rules.d atomically (mode 0644); polkitd "
-            "picks it up at once. For installs without the Debian package, e.g. with pipx.",
-            _cmd_policy_install,
-        ),
-    ):
-        r = psub.add_parser(name, parents=[common], help=help_, description=desc, epilog=epilog, formatter_class=raw)
-        r.add_argument("--group", required=True, metavar="GROUP", help="the group whose members get the grant")
-        r.add_argument(
-            "--verb",
-            dest="verbs",
-            action="append",
-            choices=VERB_CHOICES,
-            metavar="VERB",
-            help=f"a verb to grant, repeatable: {', '.join(VERB_CHOICES)} (default: try-restart only, which never "
-            "starts a stopped unit; restart, start and reload-or-restart also start it, e.g. for "
-            "ollamactl restart --start, which needs restart)",
-        )
-        r.add_argument(
-            "--offline",
-            action="store_true",
-            help="do not ask systemd whether UNIT is an alias (polkit sees the primary name, so a rule for an "
-            "alias grants nothing); by default an alias is refused with its primary name",
-        )
-        if name == "install":
-            r.add_argument(
-                "--name",
-                metavar="FILE",
-                help="file name in /etc/polkit-1/rules.d (default: 50-ollamactl-GROUP-UNIT.rules)",
-            )
-        r.set_defaults(handler=handler)
-
-    d = sub.add_parser(
-        "doctor",
-        parents=[common],
-        help="check why you may or may not restart Ollama, and print the fix",
-        description="Check, for the calling user, everything a restart depends on: the system bus, the unit, "
-        "group membership (through NSS, as polkit sees it), the polkit rule and polkitd's version, polkit's own "
-        "verdict (CheckAuthorization, without side effects), /run/ollamactl, the config and Ollama's API. "
-        f"Each failed check prints the command that fixes it; exits {EXIT_DOCTOR} if any check failed.",
-        epilog=epilog,
-        formatter_class=raw,
-    )
-    d.add_argument(
-        "--user",
-        metavar="USER",
-        help="check for USER instead of yourself (root only); polkit's verdict is then asked about one of "
-        "USER's running processes",
-    )
-    d.set_defaults(handler=_cmd_doctor)
 
 
 def _grant(args: argparse.Namespace) -> Any:
@@ -138,8 +46,8 @@ def _cmd_policy_render(args: argparse.Namespace, as_json: bool) -> int:
     import sys
 
     from ollamactl import policy
-    from ollamactl.cli import emit, say
     from ollamactl.errors import BusUnavailable, TimedOut
+    from ollamactl.output import emit, say
 
     grant = _grant(args)
     note = None
@@ -159,12 +67,11 @@ def _cmd_policy_render(args: argparse.Namespace, as_json: bool) -> int:
 
 
 def _cmd_policy_install(args: argparse.Namespace, as_json: bool) -> int:
-    import grp
     import os
 
-    from ollamactl import policy
-    from ollamactl.cli import emit
+    from ollamactl import nss, policy
     from ollamactl.errors import BusUnavailable, TimedOut
+    from ollamactl.output import emit
 
     grant = _grant(args)
     if not args.offline and os.geteuid() == 0:  # not root: policy.install says so, with the command
@@ -176,10 +83,8 @@ def _cmd_policy_install(args: argparse.Namespace, as_json: bool) -> int:
                 **err.details,
             ) from None
     path = policy.install(grant, name=args.name)
-    try:
-        grp.getgrnam(grant.group)
-        note = None
-    except KeyError:
+    note = None
+    if nss.group_id(grant.group) is None:
         note = f"group {grant.group} does not exist yet: sudo groupadd --system {grant.group}"
     payload = {
         "ok": True,
@@ -199,24 +104,15 @@ def _cmd_policy_install(args: argparse.Namespace, as_json: bool) -> int:
 
 
 def _cmd_policy_show(args: argparse.Namespace, as_json: bool) -> int:
-    import grp
-    import pwd
     import stat
 
-    from ollamactl import policy
-    from ollamactl.cli import emit
+    from ollamactl import nss, policy
+    from ollamactl.output import emit
 
     scan = policy.scan()
     rules = []
     for r in scan.ours:
-        members: list[str] | None = None
-        if r.grant is not None:
-            try:
-                g = grp.getgrnam(r.grant.group)
-                primary = [p.pw_name for p in pwd.getpwall() if p.pw_gid == g.gr_gid]
-                members = sorted(set(g.gr_mem) | set(primary))
-            except KeyError:
-                members = None
+        members = nss.members(r.grant.group) if r.grant is not None else None
         rules.append(
             {
                 "path": str(r.path),
@@ -277,9 +173,9 @@ def _show_text(p: dict[str, Any]) -> str:
 
 def _cmd_doctor(args: argparse.Namespace, as_json: bool) -> int:
     from ollamactl import doctor
-    from ollamactl.cli import emit
     from ollamactl.config import load_config
     from ollamactl.errors import ConfigError
+    from ollamactl.output import emit
 
     flags = {"unit": "--unit", "url": "--url"}
     settings = {k: getattr(args, k, None) for k in flags}
@@ -290,3 +186,31 @@ def _cmd_doctor(args: argparse.Namespace, as_json: bool) -> int:
     report = doctor.run(config, error, user=args.user)
     emit(report.to_dict(), as_json, doctor.text)
     return 0 if report.ok else EXIT_DOCTOR
+
+
+def _cmd_setup(args: argparse.Namespace, as_json: bool) -> int:
+    from ollamactl import hostsetup
+    from ollamactl.output import emit
+
+    layout = hostsetup.Layout(unit=getattr(args, "unit", None) or hostsetup.Layout.unit)
+    run = hostsetup.undo if args.undo else hostsetup.setup
+    steps = run(layout, dry_run=args.dry_run)
+    payload = {
+        "ok": True,
+        "undo": bool(args.undo),
+        "dry_run": bool(args.dry_run),
+        "steps": [s.to_dict() for s in steps],
+    }
+
+    def text(p: dict[str, Any]) -> str:
+        lines = [f"{s['action']:>9}  {s['path']}  ({s['what']})" for s in p["steps"]]
+        if p["dry_run"]:
+            lines.append("dry run: nothing was changed")
+        elif not p["undo"]:
+            lines.append(hostsetup.NEXT_STEPS)
+        else:
+            lines.append(f"group and user {hostsetup.GROUP} were kept (groupdel/userdel remove them)")
+        return "\n".join(lines)
+
+    emit(payload, as_json, text)
+    return 0

@@ -1,0 +1,337 @@
+"""``ollamactl setup``: what the Debian package puts in place, for installs from the wheel.
+
+On Fedora, Arch, RHEL (or Debian without the .deb) ollamactl comes from pip or
+pipx, and this one root command does the rest, from the same files the .deb
+ships (ollamactl/_data, in the wheel as package data; the
+polkit rule is rendered by ``policy``): the group and the watchdog's user
+(systemd-sysusers), the runtime directory (systemd-tmpfiles), the grant, the
+TimeoutStopSec drop-in for Ollama's unit and the watchdog unit, left disabled.
+Then systemd reloads its units, which never restarts anything.
+
+Idempotent: a second run changes nothing.  It only ever overwrites or removes
+a file that carries its own marker, so an admin's file of the same name is
+left alone (an error says so).  ``--undo`` removes what it wrote; the group
+and the user stay, as Debian does for system accounts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+from ollamactl.errors import EXIT_USAGE, OllamactlError, PermissionDenied, UsageError
+from ollamactl.text import clean
+
+GROUP = "ollamactl"
+WATCHDOG = "ollamactl-watchdog.service"
+MARKER = "# Written by `ollamactl setup`; `ollamactl setup --undo` removes it."
+DPKG_LIST = Path("/var/lib/dpkg/info/ollamactl.list")
+TOOL_TIMEOUT = 60.0  # systemd-sysusers / systemd-tmpfiles: seconds
+RELOAD_TIMEOUT = 60.0  # systemd's Reload re-reads every unit file: seconds
+#: ProtectHome=yes and PrivateTmp=yes hide these from the watchdog, and the user ollamactl cannot read homes.
+_PRIVATE = ("/home/", "/root/", "/tmp/", "/var/tmp/", "/run/user/")
+
+
+class SetupError(OllamactlError):
+    """setup could not put a file in place, or must not (an admin's file, the Debian package).
+
+    Exit 2, like the policy writer: what was done so far stays (each step is idempotent; run again).
+    """
+
+    exit_code = EXIT_USAGE
+    kind = "setup"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One thing setup did: ``action`` is created, updated, unchanged, removed, absent or ran."""
+
+    action: str
+    path: str
+    what: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where setup writes; ``root`` is "/" except in tests."""
+
+    root: Path = Path("/")
+    unit: str = "ollama.service"
+
+    def at(self, path: str) -> Path:
+        return self.root / path.lstrip("/")
+
+    @property
+    def sysusers(self) -> Path:
+        return self.at("/etc/sysusers.d/ollamactl.conf")
+
+    @property
+    def tmpfiles(self) -> Path:
+        return self.at("/etc/tmpfiles.d/ollamactl.conf")
+
+    @property
+    def dropin(self) -> Path:
+        return self.at(f"/etc/systemd/system/{self.unit}.d/ollamactl.conf")
+
+    @property
+    def watchdog(self) -> Path:
+        return self.at(f"/etc/systemd/system/{WATCHDOG}")
+
+    @property
+    def rules_dir(self) -> Path:
+        return self.at("/etc/polkit-1/rules.d")
+
+    @property
+    def runtime_dir(self) -> Path:
+        from ollamactl.runtime import RUN_DIR
+
+        return self.at(str(RUN_DIR))
+
+
+def shipped(name: str) -> str:
+    """A file the .deb ships, from ollamactl/_data (package data in the wheel)."""
+    return resources.files("ollamactl").joinpath("_data", name).read_text(encoding="utf-8")
+
+
+def command_line() -> str:
+    """How the watchdog unit should start this very ollamactl: its script, or ``python -m ollamactl``."""
+    script = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if os.path.basename(script) == "ollamactl" and os.access(script, os.X_OK):
+        return script
+    return f"{os.path.abspath(sys.executable)} -m ollamactl"
+
+
+def check_reachable(argv0: str) -> None:
+    """The watchdog runs as user ollamactl with ProtectHome= and PrivateTmp=: it must be able to run us."""
+    path = argv0.split()[0]
+    if path.startswith(_PRIVATE):
+        raise SetupError(
+            f"{path} is under a home or temporary directory, which the watchdog (user {GROUP}, ProtectHome=yes) "
+            "cannot run; install system-wide first, e.g.: sudo python3 -m venv /opt/ollamactl && "
+            "sudo /opt/ollamactl/bin/pip install ollamactl && sudo /opt/ollamactl/bin/ollamactl setup",
+            path=path,
+        )
+    others_can_run(Path(path))
+
+
+def others_can_run(path: Path) -> None:
+    """Raise SetupError unless every directory down to ``path``, and ``path`` itself, is o+x."""
+    for d in (*reversed(path.parents), path):
+        try:
+            mode = d.stat().st_mode
+        except OSError as exc:
+            raise SetupError(f"cannot check {d}: {exc.strerror}", path=str(d)) from None
+        if not mode & 0o001:  # others may search the directory / execute the file
+            raise SetupError(
+                f"{d} is not readable/searchable by others, so the watchdog (user {GROUP}) could not run {path}; "
+                "install ollamactl where every user can run it (e.g. /opt/ollamactl)",
+                path=str(d),
+            )
+
+
+def planned(layout: Layout, argv: str) -> dict[Path, str]:
+    """The files setup owns and their content (each with the marker on its first line)."""
+    unit = shipped(WATCHDOG).replace("ExecStart=/usr/bin/ollamactl watch", f"ExecStart={argv} watch")
+    if f"ExecStart={argv} watch" not in unit:
+        raise SetupError(f"the shipped {WATCHDOG} has no 'ExecStart=/usr/bin/ollamactl watch' line to adapt")
+    return {
+        layout.sysusers: shipped("ollamactl.sysusers"),
+        layout.tmpfiles: shipped("ollamactl.tmpfiles"),
+        layout.dropin: shipped("ollama.service.d/ollamactl.conf"),
+        layout.watchdog: unit,
+    }
+
+
+def _read(path: Path) -> str | None:
+    """A file's text, None if absent; never follows a symlink (a link there is refused)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise SetupError(f"cannot read {path}: {exc.strerror}; nothing more was changed", path=str(path)) from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SetupError(f"{path} is not a regular file; nothing more was changed", path=str(path))
+        return fh.read(1 << 20).decode("utf-8", "replace")
+
+
+def _ours(text: str | None) -> bool:
+    return text is not None and MARKER in text
+
+
+def _write(path: Path, text: str) -> None:
+    """Atomically: a temp file in the same directory, fsync, rename."""
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        try:
+            os.fchmod(fd, 0o644)
+            os.write(fd, text.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise SetupError(f"cannot write {path}: {exc.strerror}; nothing more was changed", path=str(path)) from None
+
+
+def _put(path: Path, body: str, what: str, dry_run: bool) -> Step:
+    text = f"{MARKER}\n{body}"
+    existing = _read(path)
+    if existing == text:
+        return Step("unchanged", str(path), what)
+    if existing is not None and not _ours(existing):
+        raise SetupError(
+            f"{path} exists and was not written by ollamactl setup; nothing more was changed: "
+            "move it away (or merge it by hand) and run setup again",
+            path=str(path),
+        )
+    if not dry_run:
+        _write(path, text)
+    return Step("created" if existing is None else "updated", str(path), what)
+
+
+def _remove(path: Path, what: str, dry_run: bool) -> Step:
+    existing = _read(path)
+    if existing is None:
+        return Step("absent", str(path), what)
+    if not _ours(existing):
+        return Step("kept (not written by setup)", str(path), what)
+    if not dry_run:
+        path.unlink()
+    return Step("removed", str(path), what)
+
+
+def _tool(argv: list[str], what: str, dry_run: bool) -> Step:
+    """Run systemd-sysusers / systemd-tmpfiles on one file (never systemctl)."""
+    if not dry_run:
+        if shutil.which(argv[0]) is None:
+            raise SetupError(f"{argv[0]} not found: setup needs systemd's {argv[0]} (is this a systemd system?)")
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=TOOL_TIMEOUT, check=False)
+        except subprocess.TimeoutExpired:
+            raise SetupError(f"{' '.join(argv)} did not finish within {TOOL_TIMEOUT:g}s") from None
+        if r.returncode != 0:
+            last = clean((r.stderr or r.stdout).strip().splitlines()[-1:][0] if (r.stderr or r.stdout).strip() else "")
+            raise SetupError(f"{' '.join(argv)} failed (exit {r.returncode}): {last}", tool=argv[0])
+    return Step("ran", " ".join(argv), what)
+
+
+async def _reload(timeout: float) -> None:
+    """systemd's daemon-reload over D-Bus: rereads unit files, never restarts a unit."""
+    from ollamactl.systemd import SystemdBus
+
+    async with SystemdBus(call_timeout=timeout) as bus:
+        await bus.call("/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", "Reload", timeout=timeout)
+
+
+async def _watchdog_in_use(timeout: float) -> bool:
+    from ollamactl.systemd import SystemdBus
+
+    async with SystemdBus(call_timeout=timeout) as bus:
+        state = await bus.unit_state(WATCHDOG, timeout=timeout)
+    return state.active_state in ("active", "activating", "reloading", "deactivating")
+
+
+def _preflight(layout: Layout) -> None:
+    if os.geteuid() != 0:
+        raise PermissionDenied("setup writes to /etc and creates a system group: run it as root: sudo ollamactl setup")
+    if layout.at(str(DPKG_LIST)).exists():
+        raise SetupError(
+            "the Debian package ollamactl is installed and already set all of this up; nothing to do "
+            "(setup is for installs from the wheel)"
+        )
+
+
+def setup(layout: Layout = Layout(), *, dry_run: bool = False, reload: bool = True) -> list[Step]:
+    """Put every file in place, create the group/user and runtime directory, reload systemd."""
+    from ollamactl import policy
+    from ollamactl.units import check_unit_name
+
+    check_unit_name(layout.unit)
+    _preflight(layout)
+    argv = command_line()
+    check_reachable(argv)
+    files = planned(layout, argv)
+    steps = [
+        _put(layout.sysusers, files[layout.sysusers], f"group {GROUP} and the watchdog's user", dry_run),
+        _tool(["systemd-sysusers", str(layout.sysusers)], "create them", dry_run),
+        _put(layout.tmpfiles, files[layout.tmpfiles], "the runtime directory /run/ollamactl (2770)", dry_run),
+        _tool(["systemd-tmpfiles", "--create", str(layout.tmpfiles)], "create it", dry_run),
+    ]
+    grant = policy.make_grant(GROUP, layout.unit)
+    rule = layout.rules_dir / policy.default_file_name(grant)
+    before = _read(rule)
+    if before == policy.render(grant):
+        steps.append(Step("unchanged", str(rule), f"the polkit grant: {grant.describe()}"))
+    else:
+        if not dry_run:
+            policy.install(grant, layout.rules_dir)
+        action = "created" if before is None else "updated"
+        steps.append(Step(action, str(rule), f"the polkit grant: {grant.describe()}"))
+    steps.append(_put(layout.dropin, files[layout.dropin], f"TimeoutStopSec for {layout.unit}", dry_run))
+    steps.append(_put(layout.watchdog, files[layout.watchdog], f"the watchdog unit (disabled), runs {argv}", dry_run))
+    if reload and not dry_run and any(s.action in ("created", "updated") for s in steps):
+        asyncio.run(_reload(RELOAD_TIMEOUT))
+        steps.append(Step("ran", "daemon-reload (D-Bus Manager.Reload)", "systemd sees the drop-in and the unit"))
+    return steps
+
+
+def undo(layout: Layout = Layout(), *, dry_run: bool = False, reload: bool = True) -> list[Step]:
+    """Remove what setup wrote (never an admin's file); the group and user stay."""
+    from ollamactl import policy
+    from ollamactl.units import check_unit_name
+
+    check_unit_name(layout.unit)
+    _preflight(layout)
+    if layout.at(f"/etc/systemd/system/multi-user.target.wants/{WATCHDOG}").exists() or (
+        reload and asyncio.run(_watchdog_in_use(RELOAD_TIMEOUT))
+    ):
+        raise UsageError(
+            f"{WATCHDOG} is enabled or running; stop it first: sudo systemctl disable --now {WATCHDOG}",
+            unit=WATCHDOG,
+        )
+    grant = policy.make_grant(GROUP, layout.unit)
+    rule = layout.rules_dir / policy.default_file_name(grant)
+    text = _read(rule)
+    if text is None:
+        steps = [Step("absent", str(rule), "the polkit grant")]
+    elif policy.MARKER.strip() not in text:
+        steps = [Step("kept (not written by ollamactl)", str(rule), "the polkit grant")]
+    else:
+        if not dry_run:
+            rule.unlink()
+        steps = [Step("removed", str(rule), "the polkit grant")]
+    steps += [
+        _remove(layout.watchdog, "the watchdog unit", dry_run),
+        _remove(layout.dropin, f"TimeoutStopSec for {layout.unit}", dry_run),
+        _remove(layout.tmpfiles, "the runtime directory's tmpfiles entry", dry_run),
+        _remove(layout.sysusers, "the sysusers entry (group and user stay)", dry_run),
+    ]
+    if layout.runtime_dir.is_dir() and not layout.runtime_dir.is_symlink():
+        if not dry_run:
+            shutil.rmtree(layout.runtime_dir)  # fd-based on Linux: never follows a link a member planted inside
+        steps.append(Step("removed", str(layout.runtime_dir), "the runtime directory (restart history)"))
+    if reload and not dry_run and any(s.action == "removed" for s in steps):
+        asyncio.run(_reload(RELOAD_TIMEOUT))
+        steps.append(Step("ran", "daemon-reload (D-Bus Manager.Reload)", "systemd forgets the drop-in and the unit"))
+    return steps
+
+
+NEXT_STEPS = (
+    f"next: add users to the group (sudo usermod -aG {GROUP} USER; they log in again), check with "
+    f"ollamactl doctor, and to run the watchdog: sudo systemctl enable --now {WATCHDOG}"
+)
