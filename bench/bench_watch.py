@@ -1,6 +1,6 @@
 """The watchdog's figures, shipped defaults plus a model, on each release: wedges found, and no harm done.
 
-    python3 -m bench.bench_watch [--suite bookworm|trixie|all] [--runs 3] [--saturated 120] [--stream 180]
+    python3 -m bench.bench_watch [--suite bookworm|trixie|sid|all] [--runs 3] [--saturated 120] [--stream 180]
                                  [--load 60] [--stop 60] [--soak 60] [--cases wedges,harm,stop,soak]
                                  [--deb PATH] [--json FILE]
 
@@ -15,7 +15,7 @@ stand-in Ollama (its scheduler: slots, FIFO, load time, keep-alive), prints:
     (``--saturated`` s), one streamed generation of ``--stream`` s holding the only slot, two
     model loads of ``--load`` s each under load, and ``systemctl stop`` held ``--stop`` s
   - the watchdog's RSS and CPU over ``--soak`` s while idle (goals <= 30 MiB, <= 0.5 %)
-The cases are those of tests/e2e/test_harm.py (tests/e2e/harm_cases.py), run longer.
+The cases are those of tests/e2e/test_harm.py (bench/harm_bed.py), run longer than in CI.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import sys
 import time
 from typing import Any
 
+from bench import harm_bed as hc
 from bench._bed import booted
 from tests import testbed
-from tests.e2e import harm_cases as hc
 
 
 def soak(h: hc.HarmBed, seconds: float) -> tuple[float, float, float | None]:
@@ -187,8 +187,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="bookworm", choices=(*testbed.SUITES, "all"))
     parser.add_argument("--runs", type=int, default=3, help="runs per wedge kind and load (default 3)")
-    parser.add_argument("--saturated", type=float, default=120, help="saturated load, seconds (default 120)")
-    parser.add_argument("--stream", type=float, default=180, help="the one streamed generation, seconds (default 180)")
+    parser.add_argument(
+        "--saturated", type=float, default=hc.SATURATED_SECONDS, help="saturated load, seconds (default 120)"
+    )
+    parser.add_argument(
+        "--stream", type=float, default=hc.STREAM_SECONDS, help="the one streamed generation, seconds (default 180)"
+    )
     parser.add_argument("--load", type=float, default=hc.LOAD_SECONDS, help="each model load, seconds (default 60)")
     parser.add_argument("--stop", type=float, default=hc.STOP_SECONDS, help="how long a stop is held (default 60)")
     parser.add_argument("--soak", type=float, default=60, help="watchdog RSS/CPU soak, seconds; 0: skip")

@@ -4,8 +4,8 @@
 Why: ollamactl's whole job is "an unprivileged user asks systemd over the system bus to
 restart a unit, and polkit says yes or no".  Mocks cannot tell us whether the packaged
 polkit rule, sysusers and tmpfiles files really work on systemd 252 / polkitd 122
-(bookworm) and systemd 257 / polkitd 126 (trixie), so the end-to-end tests boot the real
-thing with systemd-nspawn.
+(bookworm), systemd 257 / polkitd 126 (trixie) and systemd 26x / polkitd 12x (sid), so the
+end-to-end tests boot the real thing with systemd-nspawn.
 
 Standard library only; runs under the host's python3 as root.  Layout under CACHE_DIR:
 
@@ -19,7 +19,7 @@ Usage from tests::
     with testbed.boot("bookworm", deb=deb_path) as c:
         c.run(["busctl", ...], user="alice", check=True)
 
-CLI for humans: ``python3 tests/testbed.py build SUITE | shell SUITE --deb D | gc``.
+CLI for humans: ``python3 tests/testbed.py build SUITE | build --all | shell SUITE --deb D | gc``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-SUITES = ("bookworm", "trixie")
+#: Debian 12, 13 and unstable (what Ubuntu 26.04 is built from); tests run on each, in this order.
+SUITES = ("bookworm", "trixie", "sid")
 CACHE_DIR = Path(os.environ.get("OLLAMACTL_TESTBED_CACHE", "/var/cache/ollamactl-testbed"))
 
 #: Bump whenever the base recipe (packages aside) changes, so stale caches are not reused.
@@ -87,8 +88,8 @@ STANDIN_FILES = {
 }
 POLICY_FILES = {
     "packaging/polkit/50-ollamactl.rules": ("/usr/share/polkit-1/rules.d/50-ollamactl.rules", 0o644),
-    "packaging/systemd/ollamactl.sysusers": ("/usr/lib/sysusers.d/ollamactl.conf", 0o644),
-    "packaging/systemd/ollamactl.tmpfiles": ("/usr/lib/tmpfiles.d/ollamactl.conf", 0o644),
+    "ollamactl/_data/ollamactl.sysusers": ("/usr/lib/sysusers.d/ollamactl.conf", 0o644),
+    "ollamactl/_data/ollamactl.tmpfiles": ("/usr/lib/tmpfiles.d/ollamactl.conf", 0o644),
 }
 
 #: Extra units the tests poke at: a harmless running one, one that fails, one that is masked.
@@ -161,14 +162,25 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(data.splitlines()[-lines:])
 
 
-def host_mirror() -> str:
-    """The Debian mirror the host's own apt uses (so CI hits its nearby mirror/proxy)."""
-    override = os.environ.get("OLLAMACTL_TESTBED_MIRROR")
+#: The setting that names the Debian mirror for the test roots, honoured before the host's apt sources.
+MIRROR_ENV = "OLLAMACTL_TESTBED_MIRROR"
+
+
+def host_mirror(apt_dir: Path = Path("/etc/apt"), environ: dict[str, str] | None = None) -> str:
+    """The Debian mirror for debootstrap: $OLLAMACTL_TESTBED_MIRROR, else the one the host's apt uses.
+
+    Why the host's: CI then hits its nearby mirror or proxy.  With neither there is no guess (a
+    hard-coded mirror may be unreachable or not the one wanted): a one-line error names the setting.
+    """
+    env = os.environ if environ is None else environ
+    override = env.get(MIRROR_ENV, "").strip()
     if override:
-        return override
+        if not re.match(r"^(https?|file)://\S+$", override):
+            raise TestbedError(f"{MIRROR_ENV}={override!r} is not a mirror URL (e.g. http://deb.debian.org/debian)")
+        return override.rstrip("/")
     uris: list[str] = []
-    files = [Path("/etc/apt/sources.list")]
-    d = Path("/etc/apt/sources.list.d")
+    files = [apt_dir / "sources.list"]
+    d = apt_dir / "sources.list.d"
     if d.is_dir():
         files += sorted(d.glob("*.list")) + sorted(d.glob("*.sources"))
     for f in files:
@@ -189,7 +201,9 @@ def host_mirror() -> str:
     for uri in uris:
         if re.match(r"^https?://", uri) and re.search(r"/debian/?$", uri):
             return uri.rstrip("/")
-    return "http://deb.debian.org/debian"
+    raise TestbedError(
+        f"no Debian mirror in {apt_dir}/sources.list{{,.d}}: set {MIRROR_ENV} (e.g. http://deb.debian.org/debian)"
+    )
 
 
 def _cache_key(suite: str, extra: Sequence[str] = ()) -> str:
@@ -322,6 +336,7 @@ def base_rootfs(suite: str, log: Log = print, *, extra: Sequence[str] = ()) -> P
         return final
     _require_root()
     _require_tools("debootstrap", "chroot")
+    mirror = host_mirror()  # before anything is created: a missing mirror is a one-line error
     for sub in ("build", "locks"):
         (CACHE_DIR / sub).mkdir(parents=True, exist_ok=True)
     with open(CACHE_DIR / "locks" / f"{key}.lock", "w") as lock:
@@ -338,7 +353,6 @@ def base_rootfs(suite: str, log: Log = print, *, extra: Sequence[str] = ()) -> P
         _remove_tree(tmp)  # we hold the lock: any existing one is from an interrupted build
         tmp.mkdir()
         t0 = time.monotonic()
-        mirror = host_mirror()
         log(f"testbed: debootstrap {suite} from {mirror} into {tmp} (once; takes ~1-2 min)")
         build_log = CACHE_DIR / "build" / f"{key}.log"
         argv = [
@@ -393,6 +407,33 @@ def base_rootfs(suite: str, log: Log = print, *, extra: Sequence[str] = ()) -> P
         build_log.unlink(missing_ok=True)
         log(f"testbed: built {final} in {time.monotonic() - t0:.0f} s")
         return final
+
+
+def build_all(log: Log = print) -> list[Path]:
+    """Every release's test root and the Debian build root, built side by side (cached ones are reused).
+
+    Why in parallel: on a fresh machine the four debootstraps are mostly downloads and dpkg unpacks,
+    about 1-3 min each; one after another they are the first minutes of every CI run.
+    """
+    jobs: list[tuple[str, Sequence[str]]] = [(s, ()) for s in SUITES] + [(BUILD_SUITE, BUILD_PACKAGES)]
+    results: dict[int, Path] = {}
+    errors: dict[int, BaseException] = {}
+
+    def one(i: int, suite: str, extra: Sequence[str]) -> None:
+        try:
+            results[i] = base_rootfs(suite, log=log, extra=extra)
+        except Exception as e:  # noqa: BLE001 - re-raised below, with the others, in the caller's thread
+            errors[i] = e
+
+    threads = [threading.Thread(target=one, args=(i, s, x), daemon=True) for i, (s, x) in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        names = ", ".join(f"{jobs[i][0]}{'-build' if jobs[i][1] else ''}" for i in sorted(errors))
+        raise TestbedError(f"building {names} failed:\n" + "\n".join(str(errors[i]) for i in sorted(errors)))
+    return [results[i] for i in range(len(jobs))]
 
 
 def _customise_base(root: Path) -> None:
@@ -1011,8 +1052,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="testbed.py", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="debootstrap (or reuse) the cached base tree")
-    b.add_argument("suite", choices=SUITES)
+    b.add_argument("suite", choices=SUITES, nargs="?")
     b.add_argument("--toolchain", action="store_true", help="the Debian build root (base + packaging tools)")
+    b.add_argument("--all", action="store_true", help="every release's root and the build root, in parallel")
     s = sub.add_parser("shell", help="boot a container and wait for Ctrl-C")
     s.add_argument("suite", choices=SUITES)
     what = s.add_mutually_exclusive_group()
@@ -1023,7 +1065,13 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--all", action="store_true", help="also stop containers of live processes")
     a = p.parse_args(argv)
     try:
-        if a.cmd == "build":
+        if a.cmd == "build" and a.all:
+            t0 = time.monotonic()
+            roots = build_all()
+            print("\n".join(map(str, roots)) + f"\n({len(roots)} roots ready in {time.monotonic() - t0:.0f} s)")
+        elif a.cmd == "build":
+            if a.suite is None:
+                p.error("build: give a SUITE or --all")
             print(base_rootfs(a.suite, extra=BUILD_PACKAGES if a.toolchain else ()))
         elif a.cmd == "gc":
             gc(all_=a.all)

@@ -27,7 +27,32 @@ PACKAGE_REPORT: list[str] = []
 ATTACKS: list[tuple[str, str, str, str, str, str]] = []
 
 
+#: Seconds spent per release (setup, call and teardown of its tests, boots included), for the CI budget.
+SUITE_SECONDS: dict[str, float] = {}
+
+
+def _suite_of(nodeid: str) -> str | None:
+    """The Debian release a test ran on, from its id (``test_x[bookworm-...]``), or None."""
+    if not nodeid.endswith("]") or "[" not in nodeid:
+        return None
+    params = nodeid[nodeid.rindex("[") + 1 : -1].split("-")
+    return next((p for p in params if p in testbed.SUITES), None)
+
+
+def pytest_runtest_logreport(report):
+    suite = _suite_of(report.nodeid)
+    if suite is not None and "e2e/" in report.nodeid:
+        SUITE_SECONDS[suite] = SUITE_SECONDS.get(suite, 0.0) + report.duration
+
+
 def pytest_terminal_summary(terminalreporter):
+    if SUITE_SECONDS:
+        terminalreporter.section("end-to-end time per release")
+        for suite in testbed.SUITES:
+            if suite in SUITE_SECONDS:
+                terminalreporter.write_line(f"{suite:9} {SUITE_SECONDS[suite] / 60:5.1f} min")
+        total = sum(SUITE_SECONDS.values())
+        terminalreporter.write_line(f"{'all':9} {total / 60:5.1f} min ({len(SUITE_SECONDS)} releases)")
     if TIMINGS:
         terminalreporter.section("recovery timings")
         for line in TIMINGS:

@@ -2,7 +2,7 @@
 """Runs inside a test container: load, wedges and watching for the do-no-harm cases.
 
 Copied to /root/harm_driver.py (with tests/loadgen.py as /root/loadgen.py) by
-tests/e2e/harm_cases.py and run there as root, so that every request goes over
+bench/harm_bed.py and run there as root, so that every request goes over
 the container's loopback and every timing is taken next to the unit, not
 through nsenter.  Standard library only (Python 3.11 on Debian 12).
 

@@ -22,7 +22,11 @@ import pytest
 
 from tests.e2e.conftest import UNIT, Bed
 
-CLIENT = {"bookworm": ("3.11", ["ollama==0.3.3", "httpx<0.28"]), "trixie": ("3.13", ["ollama"])}
+CLIENT = {
+    "bookworm": ("3.11", ["ollama==0.3.3", "httpx<0.28"]),
+    "trixie": ("3.13", ["ollama"]),
+    "sid": ("3.14", ["ollama"]),
+}
 FROM_DEBIAN = ("pydantic", "pydantic_core")  # the client runs on the release's own pydantic
 
 APP = r"""

@@ -11,20 +11,22 @@ stand-in models is recovered (new InvocationID, API answering, a generate
 working), with the time from the wedge to the API answering again in the
 "recovery timings" summary.  A scheduler stuck on an eviction (#17408) leaves
 no evidence the verdict can use: that case checks no restart and no harm, and
-says "not detected" (harm_cases.UNDETECTABLE has the reason).
+says "not detected" (bench/harm_bed.py UNDETECTABLE has the reason).
 
-The cases live in tests/e2e/harm_cases.py, shared with bench/bench_watch.py,
-which runs them longer.  Lengths in CI: saturated load 60 s, the stream 90 s
-(180 s in bench: the module takes about 10.5 min per release with 90 s, so
-180 s would not fit), each model load 60 s, the stop 60 s.  Cases run one
-after another: they share one ollama.service.
+The cases live in bench/harm_bed.py, shared with bench/bench_watch.py, which
+runs them longer; the CI lengths are in tests/e2e/harm_cases.py (saturated
+load 30 s, the stream 45 s, each model load 30 s, the stop 30 s: each outlasts
+the watchdog's longest window, 10 s of startup grace or 8 s of deep_confirm,
+at least three times; bench: 120 / 180 / 60 / 60 s).  Cases run one after
+another: they share one ollama.service.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from tests.e2e import harm_cases as hc
+from bench import harm_bed as hc
+from tests.e2e import harm_cases as ci
 from tests.e2e.conftest import TIMINGS, Bed
 
 STOPPED = 14  # exit code: probe outcome stopped; restart refused on a stopped unit
@@ -60,7 +62,7 @@ def _verdicts(r: hc.Restarts) -> str:
 
 
 def test_saturated_load_is_not_restarted(harm: hc.HarmBed):
-    r = hc.saturated_load(harm)
+    r = hc.saturated_load(harm, ci.SATURATED_SECONDS)
     assert r.restarts.count == 0, _no_restart(harm, r)
     assert not _alarms(r.restarts), _no_restart(harm, r)
     (load,) = r.loads()
@@ -68,37 +70,37 @@ def test_saturated_load_is_not_restarted(harm: hc.HarmBed):
     assert set(r.hold["states"]) == {"active/running"}, r.hold["states"]
     harm.report(
         f"saturated load ({2 * hc.SATURATED_PARALLEL} clients, NUM_PARALLEL={hc.SATURATED_PARALLEL},"
-        f" {hc.SATURATED_SECONDS:g} s)",
+        f" {ci.SATURATED_SECONDS:g} s)",
         f"restarts {r.restarts.count}, requests {load['requests']} ok {load['ok']} failed {load['failed']},"
         f" p50 {load['p50']} s max {load['max']} s; watchdog verdicts: {_verdicts(r.restarts)}",
     )
 
 
 def test_one_long_stream_is_not_restarted(harm: hc.HarmBed):
-    r = hc.long_stream(harm)
+    r = hc.long_stream(harm, ci.STREAM_SECONDS)
     assert r.restarts.count == 0, _no_restart(harm, r)
     assert not _alarms(r.restarts), _no_restart(harm, r)
     (load,) = r.loads()
     assert (load["requests"], load["ok"], load["failed"]) == (1, 1, 0), load
-    assert load["max"] >= hc.STREAM_SECONDS * 0.9, load  # it really took the slot that long
+    assert load["max"] >= ci.STREAM_SECONDS * 0.9, load  # it really took the slot that long
     harm.report(
-        f"one streamed generation of {hc.STREAM_SECONDS:g} s (the only slot)",
+        f"one streamed generation of {ci.STREAM_SECONDS:g} s (the only slot)",
         f"restarts {r.restarts.count}, the stream completed in {load['max']} s;"
         f" watchdog verdicts: {_verdicts(r.restarts)}",
     )
 
 
 def test_slow_model_loads_under_load_are_not_restarted(harm: hc.HarmBed):
-    r = hc.slow_loads(harm)
+    r = hc.slow_loads(harm, ci.LOAD_SECONDS)
     assert r.restarts.count == 0, _no_restart(harm, r)
     assert not _alarms(r.restarts), _no_restart(harm, r)
     first, second = r.loads()
     assert first["requests"] > 0 and first["failed"] == 0, first
-    assert first["max"] >= hc.LOAD_SECONDS * 0.9, first  # the clients' first requests waited out the load
+    assert first["max"] >= ci.LOAD_SECONDS * 0.9, first  # the clients' first requests waited out the load
     assert (second["requests"], second["failed"]) == (1, 0), second
-    assert second["max"] >= hc.LOAD_SECONDS * 0.9, second
+    assert second["max"] >= ci.LOAD_SECONDS * 0.9, second
     harm.report(
-        f"two model loads of {hc.LOAD_SECONDS:g} s under load ({hc.LOAD_CLIENTS} clients; standin2 queued)",
+        f"two model loads of {ci.LOAD_SECONDS:g} s under load ({hc.LOAD_CLIENTS} clients; standin2 queued)",
         f"restarts {r.restarts.count}, clients: requests {first['requests']} failed {first['failed']}"
         f" (first waited {first['max']} s), standin2 answered after {second['max']} s;"
         f" watchdog verdicts: {_verdicts(r.restarts)}; its GET /api/ps: {r.extra['ps_requests']},"
@@ -121,7 +123,7 @@ def test_deep_probes_do_not_load_queue_or_touch_keep_alive(harm: hc.HarmBed):
 
 
 def test_an_admin_stop_is_respected(harm: hc.HarmBed):
-    r = hc.admin_stop(harm)
+    r = hc.admin_stop(harm, ci.STOP_SECONDS)
     detail = f"{r.restarts}; states {r.hold['states']}\n{harm.watchdog_log(0, 40)}"
     assert set(r.hold["states"]) == {"inactive/dead"}, detail
     assert r.restarts.count == 0, detail
@@ -131,7 +133,7 @@ def test_an_admin_stop_is_respected(harm: hc.HarmBed):
     assert (r.probe["rc"], r.probe.get("outcome")) == (STOPPED, "stopped"), r.probe
     assert r.stopped_logged, detail
     harm.report(
-        f"systemctl stop with the watchdog running ({hc.STOP_SECONDS:g} s)",
+        f"systemctl stop with the watchdog running ({ci.STOP_SECONDS:g} s)",
         f"stayed {r.state_after}, starts {r.restarts.count}; alice's restart exit {r.restart_rc};"
         f" probe {r.probe.get('outcome')}",
     )

@@ -1,4 +1,4 @@
-"""The Debian package as an admin meets it, on booted Debian 12 and 13.
+"""The Debian package as an admin meets it, on booted Debian 12, 13 and unstable.
 
 What it installs (paths, modes, users, conffile, drop-in, man page, completion),
 that lintian is clean, and a whole life cycle on a bare box: install an older
@@ -25,7 +25,7 @@ CONFIG = "/etc/ollamactl/config.toml"
 STOP_S = int(
     next(
         line.split("=", 1)[1].strip().removesuffix("s")
-        for line in (testbed.REPO_ROOT / "packaging/systemd/ollama.service.d/ollamactl.conf").read_text().splitlines()
+        for line in (testbed.REPO_ROOT / "ollamactl/_data/ollama.service.d/ollamactl.conf").read_text().splitlines()
         if line.startswith("TimeoutStopSec=")
     )
 )
