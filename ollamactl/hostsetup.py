@@ -111,30 +111,64 @@ def command_line() -> str:
     return f"{os.path.abspath(sys.executable)} -m ollamactl"
 
 
-def check_reachable(argv0: str) -> None:
-    """The watchdog runs as user ollamactl with ProtectHome= and PrivateTmp=: it must be able to run us."""
-    path = argv0.split()[0]
-    if path.startswith(_PRIVATE):
-        raise SetupError(
-            f"{path} is under a home or temporary directory, which the watchdog (user {GROUP}, ProtectHome=yes) "
-            "cannot run; install system-wide first, e.g.: sudo python3 -m venv /opt/ollamactl && "
-            "sudo /opt/ollamactl/bin/pip install ollamactl && sudo /opt/ollamactl/bin/ollamactl setup",
-            path=path,
-        )
-    others_can_run(Path(path))
+def check_reachable(argv: str) -> None:
+    """What the watchdog unit will run must be reachable by it and writable by root alone.
+
+    The watchdog (user ollamactl, ProtectHome=yes, PrivateTmp=yes) runs the command ``argv``
+    names, with this interpreter and this package.  Whoever can write any of those (or a
+    directory above them) would run code as the watchdog, which may restart Ollama and read
+    the whole journal: more than "restart Ollama".  So each must be root's.
+    """
+    import ollamactl
+
+    paths = [Path(argv.split()[0]), Path(sys.executable), Path(ollamactl.__file__).parent]
+    for path in paths:
+        if str(path).startswith(_PRIVATE):
+            raise SetupError(
+                f"{path} is under a home or temporary directory, which the watchdog (user {GROUP}, "
+                "ProtectHome=yes) cannot run; install system-wide first, e.g.: sudo python3 -m venv "
+                "--system-site-packages /opt/ollamactl && sudo /opt/ollamactl/bin/pip install ollamactl && "
+                "sudo /opt/ollamactl/bin/ollamactl setup",
+                path=str(path),
+            )
+    for path in paths:
+        root_only(path)
+        if path.is_symlink():  # e.g. a venv's bin/python: what it points to counts as well
+            root_only(path.resolve())
 
 
-def others_can_run(path: Path) -> None:
-    """Raise SetupError unless every directory down to ``path``, and ``path`` itself, is o+x."""
+#: Groups whose write access is root's own: root, and Debian's staff (it owns /usr/local, on root's PATH).
+_ROOTS_GROUPS = ("root", "staff")
+
+
+def root_only(path: Path) -> None:
+    """Raise SetupError unless ``path`` and every directory above it are owned by root, writable by root
+    (or a root-equivalent group) alone, and searchable by others (the watchdog's user)."""
+    import grp
+
+    trusted_gids = set()
+    for name in _ROOTS_GROUPS:
+        try:
+            trusted_gids.add(grp.getgrnam(name).gr_gid)
+        except KeyError:
+            continue
     for d in (*reversed(path.parents), path):
         try:
-            mode = d.stat().st_mode
+            st = d.stat()
         except OSError as exc:
             raise SetupError(f"cannot check {d}: {exc.strerror}", path=str(d)) from None
-        if not mode & 0o001:  # others may search the directory / execute the file
+        writable_by_group = st.st_mode & 0o020 and st.st_gid not in trusted_gids
+        if st.st_uid != 0 or st.st_mode & 0o002 or writable_by_group:
             raise SetupError(
-                f"{d} is not readable/searchable by others, so the watchdog (user {GROUP}) could not run {path}; "
-                "install ollamactl where every user can run it (e.g. /opt/ollamactl)",
+                f"{d} can be changed by someone other than root (owner uid {st.st_uid}, mode "
+                f"{stat.S_IMODE(st.st_mode):04o}), and the watchdog would run code from under it; install "
+                "ollamactl where only root can write (e.g. a venv in /opt/ollamactl made by root)",
+                path=str(d),
+            )
+        if not st.st_mode & 0o001:  # others may search the directory / execute the file
+            raise SetupError(
+                f"{d} is not readable/searchable by others, so the watchdog (user {GROUP}) could not run "
+                f"{path}; install ollamactl where every user can run it (e.g. /opt/ollamactl)",
                 path=str(d),
             )
 

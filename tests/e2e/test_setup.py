@@ -59,6 +59,20 @@ def _setup(bed: Bed, *args: str) -> tuple[int, list[dict], str]:
     return r.returncode, out.get("steps", []), out.get("message", r.stderr)
 
 
+def test_an_install_a_user_can_write_is_refused(bare: Bed):
+    """The watchdog would run that code as user ollamactl (restarts, the whole journal): setup writes nothing."""
+    c = bare.c
+    pkg = bare.python("import ollamactl, os; print(os.path.dirname(ollamactl.__file__))", user="root").stdout.strip()
+    c.run(["chmod", "o+w", pkg], check=True)
+    try:
+        rc, steps, message = _setup(bare)
+    finally:
+        c.run(["chmod", "o-w", pkg], check=True)
+    assert rc == 2 and steps == [] and f"{pkg} can be changed by someone other than root" in message
+    for path in FILES:
+        assert c.run(["test", "-e", path]).returncode != 0, path
+
+
 def test_setup_from_the_wheel_lets_a_member_restart_and_nobody_else(bare: Bed):
     c = bare
     inv0 = c.prop("InvocationID")

@@ -7,6 +7,9 @@ host); tests/e2e/test_setup.py runs the real thing in a bare container from the 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -136,19 +139,54 @@ def test_an_ollamactl_the_watchdog_cannot_run_is_refused(exe):
         hostsetup.check_reachable(exe)
 
 
-def test_a_directory_others_cannot_search_is_refused(tmp_path):
-    d = tmp_path / "private"
-    d.mkdir()
-    exe = d / "ollamactl"
-    exe.write_text("#!/bin/sh\n")
-    exe.chmod(0o755)
-    for parent in exe.parents:  # pytest's tmp dirs are 0700: open the path down to d
-        if parent.stat().st_mode & 0o001 == 0:
-            parent.chmod(parent.stat().st_mode | 0o005)
-    hostsetup.others_can_run(exe)
-    d.chmod(0o700)
-    with pytest.raises(SetupError, match=f"{d} is not readable/searchable by others"):
-        hostsetup.others_can_run(exe)
+@pytest.fixture
+def tree():
+    """A root-owned tree others can search, down to an executable: what check_reachable accepts.
+
+    Under /run (root's 0755), not pytest's tmp dir: /tmp is writable by everyone, so nothing
+    under it is acceptable.
+    """
+    if os.geteuid() != 0 or not os.access("/run", os.W_OK):
+        pytest.skip("needs root (a root-owned directory outside /tmp)")
+    top = Path(tempfile.mkdtemp(dir="/run", prefix="ollamactl-test-"))
+    try:
+        d = top / "opt" / "ollamactl" / "bin"
+        d.mkdir(parents=True)
+        exe = d / "ollamactl"
+        exe.write_text("#!/bin/sh\n")
+        for p in (exe, *exe.parents):
+            if p == top.parent:
+                break
+            p.chmod(0o755)
+        yield exe
+    finally:
+        shutil.rmtree(top)
+
+
+def test_a_root_owned_tree_is_accepted(tree):
+    hostsetup.root_only(tree)
+
+
+def test_a_directory_others_cannot_search_is_refused(tree):
+    tree.parent.chmod(0o700)
+    with pytest.raises(SetupError, match=f"{tree.parent} is not readable/searchable by others"):
+        hostsetup.root_only(tree)
+
+
+@pytest.mark.parametrize("how", ["world-writable", "group-writable", "a user's"])
+def test_what_a_user_can_change_is_refused(tree, how):
+    """Whoever can write the watchdog's executable (or a directory above it) would run code as the watchdog."""
+    target = tree.parent.parent  # /opt/ollamactl
+    if how == "world-writable":
+        target.chmod(0o777)
+    elif how == "group-writable":
+        os.chown(target, 0, 65534)  # nogroup
+        target.chmod(0o775)
+    else:
+        os.chown(tree, 65534, 0)  # nobody
+    with pytest.raises(SetupError, match="can be changed by someone other than root") as info:
+        hostsetup.root_only(tree)
+    assert info.value.exit_code == 2 and "\n" not in info.value.message
 
 
 @pytest.mark.parametrize("argv", [["setup"], ["setup", "--undo"], ["setup", "--unit", "ollama@gpu0.service"]])
