@@ -13,7 +13,7 @@ is cleaned (``text.clean``) before it can reach a terminal.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from ollamactl.errors import (
     OllamactlError,
@@ -22,7 +22,7 @@ from ollamactl.errors import (
     PolkitUnavailable,
     TimedOut,
 )
-from ollamactl.systemd import DENIED, NO_OWNER, NO_REPLY, POLKIT_NOT_AUTHORIZED, Reply
+from ollamactl.systemd import DENIED, NO_OWNER, NO_REPLY, POLKIT_NOT_AUTHORIZED, SystemdBus
 from ollamactl.text import clean
 
 POLKIT = "org.freedesktop.PolicyKit1"
@@ -35,21 +35,8 @@ NO_INTERACTION = 0
 _VERSION_LIMIT = 64  # polkitd's BackendVersion, e.g. "126" or "0.105"
 
 
-class Transport(Protocol):
-    """What the adapter needs from a bus connection (``SystemdBus`` has it; tests use an in-memory fake)."""
-
-    async def send(
-        self,
-        destination: str,
-        path: str,
-        interface: str,
-        member: str,
-        signature: str = "",
-        body: list[Any] | None = None,
-        *,
-        timeout: float,
-        peer: str = "systemd",
-    ) -> Reply: ...
+#: What the adapter talks through: ``SystemdBus.send`` (tests pass an object with the same ``send``).
+Transport = SystemdBus
 
 
 @dataclass(frozen=True)
