@@ -442,28 +442,16 @@ def controller(args: argparse.Namespace) -> Controller:
 
 def _cmd_restart(args: argparse.Namespace, as_json: bool) -> int:
     ctl = controller(args)
-    kwargs: dict[str, Any] = {"wait": not args.no_wait, "observed_at": args.since, "start": args.start}
-    progress = Progress.for_stderr(as_json) if _takes_progress(ctl.restart) else None
-    if progress is not None:
-        kwargs["progress"] = progress
+    progress = Progress.for_stderr(as_json)  # on a terminal: one line says what the restart waits for
     try:
-        result = ctl.restart(args.reason, **kwargs)
+        result = ctl.restart(
+            args.reason, wait=not args.no_wait, observed_at=args.since, start=args.start, progress=progress
+        )
     finally:
         if progress is not None:
             progress.close()
     emit(result, as_json, _restart_text)
     return 0
-
-
-def _takes_progress(method: Callable[..., Any]) -> bool:
-    """Whether ``method`` accepts ``progress=`` (the TTY line's hook; see output.Progress).
-
-    The hook: ``progress: Callable[[str], None] | None`` keyword, called with one line saying what
-    is being waited for (e.g. "stopping ollama.service, SIGKILL in 7s"), on every change and at
-    least every half second while waiting; the line shows the time spent on it.
-    """
-    code = getattr(method, "__code__", None)
-    return code is not None and "progress" in code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
 
 
 def _cmd_status(args: argparse.Namespace, as_json: bool) -> int:
@@ -494,12 +482,11 @@ def _cmd_watch(args: argparse.Namespace, as_json: bool) -> int:
     # Run by hand on a terminal: one updating line says what it waits for (not under systemd, not with -v,
     # whose log lines go to the same stderr).
     progress = None if journal or getattr(args, "verbose", False) else Progress.for_stderr(as_json)
-    if progress is None or not _takes_progress(watch):
-        return asyncio.run(watch(actl))
     try:
         return asyncio.run(watch(actl, progress=progress))
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
 
 
 def _without_gi() -> None:

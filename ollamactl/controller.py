@@ -131,11 +131,6 @@ class AsyncController(_Client):
         # Root acts by hand as the admin: the shared history, which any member can forge, is advisory for it.
         self._admin = os.geteuid() == 0
 
-    @property
-    def _http(self) -> dict[str, Any]:
-        """The keyword that hands the HTTP transport to ``probe`` (none: probe's own default)."""
-        return {} if self.http_transport is None else {"transport": self.http_transport}
-
     async def __aenter__(self) -> AsyncController:
         self._bus = await self._connect()
         return self
@@ -388,7 +383,7 @@ class AsyncController(_Client):
                     death.result()  # raises RestartFailed (or the bus's error)
                 try:
                     version = await probe.api_version(
-                        endpoint, min(self.config.http_timeout, clock.left()), **self._http
+                        endpoint, min(self.config.http_timeout, clock.left()), transport=self.http_transport
                     )
                     return version, time.monotonic() - t0
                 except (probe.HTTPError, TimeoutError) as exc:
@@ -425,7 +420,9 @@ class AsyncController(_Client):
             async with self._systemd() as bus:
                 return await bus.unit_state(cfg.unit)
 
-        state, live = await asyncio.gather(unit(), probe.liveness(endpoint, cfg.http_timeout, **self._http))
+        state, live = await asyncio.gather(
+            unit(), probe.liveness(endpoint, cfg.http_timeout, transport=self.http_transport)
+        )
         version, api_error = live.api_version, live.detail or None
         if state.load_state == "not-found":
             state.check_loadable()
@@ -500,9 +497,9 @@ class AsyncController(_Client):
             await reader.update(state.invocation_id)  # a new invocation: its runners' ports come from here
         ports = _runner_ports(reader.facts, endpoint) if deep else []
         live, ps, *runners = await asyncio.gather(
-            probe.liveness(endpoint, cfg.probe_timeout, **self._http),
-            probe.loaded_models(endpoint, cfg.deep_timeout, **self._http) if deep else _nothing(),
-            *(probe.runner(port, cfg.deep_timeout, **self._http) for port in ports),
+            probe.liveness(endpoint, cfg.probe_timeout, transport=self.http_transport),
+            probe.loaded_models(endpoint, cfg.deep_timeout, transport=self.http_transport) if deep else _nothing(),
+            *(probe.runner(port, cfg.deep_timeout, transport=self.http_transport) for port in ports),
         )
         facts = None
         if deep or live.outcome != probe.HEALTHY:  # completions up to now, and loads

@@ -144,14 +144,9 @@ _ROOTS_GROUPS = ("root", "staff")
 def root_only(path: Path) -> None:
     """Raise SetupError unless ``path`` and every directory above it are owned by root, writable by root
     (or a root-equivalent group) alone, and searchable by others (the watchdog's user)."""
-    import grp
+    from ollamactl.nss import group_id
 
-    trusted_gids = set()
-    for name in _ROOTS_GROUPS:
-        try:
-            trusted_gids.add(grp.getgrnam(name).gr_gid)
-        except KeyError:
-            continue
+    trusted_gids = {gid for gid in map(group_id, _ROOTS_GROUPS) if gid is not None}
     for d in (*reversed(path.parents), path):
         try:
             st = d.stat()
@@ -200,8 +195,8 @@ def _read(path: Path) -> str | None:
         return fh.read(1 << 20).decode("utf-8", "replace")
 
 
-def _ours(text: str | None) -> bool:
-    return text is not None and MARKER in text
+def _ours(text: str | None, marker: str = MARKER) -> bool:
+    return text is not None and marker in text
 
 
 def _write(path: Path, text: str) -> None:
@@ -238,12 +233,13 @@ def _put(path: Path, body: str, what: str, dry_run: bool) -> Step:
     return Step("created" if existing is None else "updated", str(path), what)
 
 
-def _remove(path: Path, what: str, dry_run: bool) -> Step:
+def _remove(path: Path, what: str, dry_run: bool, *, marker: str = MARKER, writer: str = "setup") -> Step:
+    """Remove ``path`` if it carries ``marker`` (what ``writer`` puts in its files); never an admin's file."""
     existing = _read(path)
     if existing is None:
         return Step("absent", str(path), what)
-    if not _ours(existing):
-        return Step("kept (not written by setup)", str(path), what)
+    if not _ours(existing, marker):
+        return Step(f"kept (not written by {writer})", str(path), what)
     if not dry_run:
         path.unlink()
     return Step("removed", str(path), what)
@@ -340,16 +336,8 @@ def undo(layout: Layout = Layout(), *, dry_run: bool = False, reload: bool = Tru
         )
     grant = policy.make_grant(GROUP, layout.unit)
     rule = layout.rules_dir / policy.default_file_name(grant)
-    text = _read(rule)
-    if text is None:
-        steps = [Step("absent", str(rule), "the polkit grant")]
-    elif policy.MARKER.strip() not in text:
-        steps = [Step("kept (not written by ollamactl)", str(rule), "the polkit grant")]
-    else:
-        if not dry_run:
-            rule.unlink()
-        steps = [Step("removed", str(rule), "the polkit grant")]
-    steps += [
+    steps = [
+        _remove(rule, "the polkit grant", dry_run, marker=policy.MARKER.strip(), writer="ollamactl"),
         _remove(layout.watchdog, "the watchdog unit", dry_run),
         _remove(layout.dropin, f"TimeoutStopSec for {layout.unit}", dry_run),
         _remove(layout.tmpfiles, "the runtime directory's tmpfiles entry", dry_run),

@@ -62,13 +62,13 @@ class Harness:
         monkeypatch.setattr(controller_mod, "time", clock)
         monkeypatch.setattr(watch, "time", clock)
 
-        async def liveness(endpoint, timeout):
+        async def liveness(endpoint, timeout, transport=None):
             return world.live()
 
-        async def loaded_models(endpoint, timeout):
+        async def loaded_models(endpoint, timeout, transport=None):
             return world.ps()
 
-        async def runner(port, timeout):
+        async def runner(port, timeout, transport=None):
             return world.runner(port)
 
         monkeypatch.setattr(probe, "liveness", liveness)
