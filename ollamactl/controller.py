@@ -271,8 +271,17 @@ class AsyncController(_Client):
         )  # fmt: skip
 
     async def _look(self, bus: SystemdBus, clock: _Deadline, start: bool) -> UnitState:
-        """The unit's state, if it is ours to restart: UnitNotFound/UnitMasked, UnitStopped/UnitFailed otherwise."""
+        """The unit's state, if it is ours to restart: UnitNotFound/UnitMasked, UnitStopped/UnitFailed otherwise.
+
+        A unit that is down with a job pending is being (re)started, e.g. by
+        another detector's restart between its stop and its start (or after a
+        SIGKILL, with Result=timeout): not an admin's stop nor a failure to
+        respect, so we wait for that job to be taken up, then judge.
+        """
         state = await bus.unit_state(self.config.unit, timeout=clock.left())
+        while state.job_id is not None and state.active_state in ("inactive", "failed"):
+            await asyncio.sleep(min(0.02, clock.left()))
+            state = await bus.unit_state(self.config.unit, timeout=clock.left())
         state.check_loadable()
         if not start:
             refuse_if_down(state)

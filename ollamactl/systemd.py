@@ -18,8 +18,9 @@ from typing import Any
 
 from dbus_next import BusType, Message, MessageType
 from dbus_next.aio import MessageBus
-from dbus_next.errors import DBusError, InvalidAddressError
+from dbus_next.errors import AuthError, DBusError, InvalidAddressError
 
+from ollamactl._log import log
 from ollamactl.errors import (
     BusUnavailable,
     OllamactlError,
@@ -90,6 +91,7 @@ class UnitState:
     cpu_usage_nsec: int | None = None  # CPU time of the unit's processes (CPUAccounting=, on by default)
     timeout_stop: float | None = None  # TimeoutStopSec= in seconds: SIGKILL that long after the stop began
     state_change_timestamp: float | None = None  # when the unit entered its current state (epoch seconds)
+    job_id: int | None = None  # the unit's pending job (Job property), if any: e.g. a restart between stop and start
 
     @property
     def started_at(self) -> float | None:
@@ -182,29 +184,66 @@ class SystemdBus:
         self.close()
 
     async def connect(self) -> None:
+        """Connect within ``call_timeout``, retrying a connection the bus dropped during the handshake.
+
+        dbus-daemon drops connections that have not authenticated within its
+        auth_timeout (5 s) and the oldest once more than 64 are incomplete: what
+        a burst of detectors on a busy machine meets (100 at once, on 2 cores).
+        Such a drop is retried with a short backoff; a bus that is not there
+        (no socket, refused) fails at once.
+        """
         address = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/run/dbus/system_bus_socket")
-        try:
-            bus = self._transport() if self._transport is not None else MessageBus(bus_type=BusType.SYSTEM)
-            self._bus = await asyncio.wait_for(bus.connect(), self.call_timeout)
-        except TimeoutError:
-            raise BusUnavailable(
-                f"the system bus at {address} did not answer within {self.call_timeout:g}s; "
-                "check that dbus is running: systemctl status dbus",
-                address=address,
-            ) from None
-        except (OSError, InvalidAddressError, EOFError) as exc:
-            raise BusUnavailable(
-                f"cannot connect to the system bus at {address}: {_reason(exc)}; "
-                "check that dbus is running (systemctl status dbus) and DBUS_SYSTEM_BUS_ADDRESS",
-                address=address,
-            ) from None
-        except DBusError as exc:  # e.g. the auth handshake was refused
-            raise BusUnavailable(f"the system bus refused the connection: {exc.text}", address=address) from None
+        deadline = asyncio.get_running_loop().time() + self.call_timeout
+        delay = 0.05
+        while True:
+            try:
+                self._bus = await self._connect_once(address, deadline)
+                break
+            except (EOFError, ConnectionResetError, BrokenPipeError) as exc:
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= delay:
+                    raise BusUnavailable(
+                        f"the system bus at {address} kept closing the connection during the handshake "
+                        f"({_reason(exc)}) for {self.call_timeout:g}s; the machine may be overloaded: "
+                        "check systemctl status dbus",
+                        address=address,
+                    ) from None
+                log("DEBUG", "the system bus dropped the connection during the handshake; retrying", error=_reason(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
         self._bus.add_message_handler(self._on_message)
+
+    async def _connect_once(self, address: str, deadline: float) -> MessageBus:
+        bus = None
+        try:
+            bus = self._transport() if self._transport is not None else _MessageBus(bus_type=BusType.SYSTEM)
+            return await asyncio.wait_for(bus.connect(), max(deadline - asyncio.get_running_loop().time(), 0.001))
+        except BaseException as exc:
+            if bus is not None:
+                _close_bus(bus)
+            if isinstance(exc, TimeoutError):
+                raise BusUnavailable(
+                    f"the system bus at {address} did not answer within {self.call_timeout:g}s; "
+                    "check that dbus is running: systemctl status dbus",
+                    address=address,
+                ) from None
+            if isinstance(exc, EOFError | ConnectionResetError | BrokenPipeError):
+                raise  # dropped during the handshake: connect() retries
+            if isinstance(exc, OSError | InvalidAddressError):
+                raise BusUnavailable(
+                    f"cannot connect to the system bus at {address}: {_reason(exc)}; "
+                    "check that dbus is running (systemctl status dbus) and DBUS_SYSTEM_BUS_ADDRESS",
+                    address=address,
+                ) from None
+            if isinstance(exc, DBusError | AuthError):  # e.g. the auth handshake was refused
+                raise BusUnavailable(
+                    f"the system bus refused the connection: {_reason(exc)}", address=address
+                ) from None
+            raise
 
     def close(self) -> None:
         if self._bus is not None:
-            self._bus.disconnect()
+            _close_bus(self._bus)
             self._bus = None
 
     async def send(
@@ -387,6 +426,7 @@ class SystemdBus:
             cpu_usage_nsec=cpu if isinstance(cpu, int) and 0 <= cpu < (1 << 64) - 1 else None,  # 2^64-1: not counted
             timeout_stop=_usec(props.get("TimeoutStopUSec")),
             state_change_timestamp=_usec(props.get("StateChangeTimestamp")),
+            job_id=_job_id(props.get("Job")),
         )
 
     async def primary_name(self, unit: str, timeout: float | None = None) -> str:
@@ -423,6 +463,60 @@ def _usec(value: Any) -> float | None:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < (1 << 64) - 1:
         return None
     return value / 1e6
+
+
+class _MessageBus(MessageBus):
+    """dbus-next's MessageBus, with an auth handshake that ends when the bus closes the socket.
+
+    dbus-next 0.2.3 reads the handshake with ``buf += sock_recv(2)`` until CRLF,
+    which spins forever at full CPU once the peer has closed (recv returns b"").
+    """
+
+    _AUTH_LINE_MAX = 16384  # the auth lines are a few dozen bytes (a GUID, a mechanism list)
+
+    def _setup_socket(self) -> None:
+        try:
+            super()._setup_socket()
+        except BaseException:
+            _close_bus_fds(self)  # upstream leaves the socket of a failed connect() open
+            raise
+
+    async def _auth_readline(self) -> str:
+        buf = b""
+        while not buf.endswith(b"\r\n"):
+            chunk = await self._loop.sock_recv(self._sock, 2)  # 2 as upstream: never read past the auth line
+            if not chunk:
+                raise EOFError("the bus closed the connection during authentication")
+            buf += chunk
+            if len(buf) > self._AUTH_LINE_MAX:
+                raise AuthError("the bus sent an over-long authentication line")
+        return buf[:-2].decode(errors="replace")
+
+
+def _close_bus(bus: Any) -> None:
+    """Close a dbus-next bus for good: its disconnect() only shuts the socket down, and nothing closes the fd."""
+    try:
+        bus.disconnect()
+        finalize = getattr(bus, "_finalize", None)
+        if finalize is not None:
+            finalize(None)  # unregisters the fd from the loop (and fails pending calls) before it is closed
+    except Exception as exc:  # e.g. a half-made connection: closing must not hide the error that ended it
+        log("DEBUG", "closing a bus connection", error=_reason(exc))
+    _close_bus_fds(bus)
+
+
+def _close_bus_fds(bus: Any) -> None:
+    for part in ("_stream", "_sock"):  # the socket's fd stays open while its makefile() stream is
+        obj = getattr(bus, part, None)
+        if obj is not None:
+            obj.close()
+
+
+def _job_id(value: Any) -> int | None:
+    """The id in a Job property, ``(uint32 id, object path)``; None for none (id 0) or a malformed value."""
+    if isinstance(value, list | tuple) and value and isinstance(value[0], int) and 0 < value[0] < 1 << 32:
+        return value[0]
+    return None
 
 
 def _reason(exc: BaseException) -> str:

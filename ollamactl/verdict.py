@@ -99,6 +99,7 @@ class UnitFacts:
     invocation_id: str | None = None
     started_at: float | None = None
     cpu_usage_nsec: int | None = None
+    job_id: int | None = None  # a pending job: a unit that is down with one is being (re)started
 
 
 @dataclass
@@ -191,6 +192,8 @@ class Judge:
 
     def _unit_verdict(self, unit: Any, at: float) -> Verdict | None:
         name, state, result = unit.name, unit.active_state, unit.result
+        if state in ("inactive", "failed") and unit.job_id is not None:
+            return Verdict(STARTING, f"{name} is {state} with a job pending (a restart between its stop and start?)")
         if state == "failed" or (state == "inactive" and result not in (None, "", "success")):
             return Verdict(
                 FAILED,

@@ -137,7 +137,8 @@ def test_100_concurrent_detectors_cause_exactly_one_restart(healthy: Bed):
     results = [json.loads(line) for line in r.stdout.splitlines()]
     assert len(results) == 100, r.stdout[-2000:]
     actions = sorted(o.get("action", o.get("error")) for o in results)
-    assert actions.count("restarted") == 1 and actions.count("skipped") == 99, actions
+    odd = [o for o in results if o.get("action") not in ("restarted", "skipped")]
+    assert actions.count("restarted") == 1 and actions.count("skipped") == 99, odd
     assert all(o.get("exit_code", 0) == 0 and o["ok"] for o in results)
     inv = {o["new_invocation_id"] for o in results}
     assert len(inv) == 1 and inv != {before[0]}

@@ -85,6 +85,26 @@ def test_late_detectors_do_not_queue_on_the_lock(wire):
     assert systemd.jobs == []
 
 
+def test_a_detector_that_looks_between_a_restarts_stop_and_start_skips_instead_of_seeing_a_stop(wire):
+    """systemd's restart job leaves the unit inactive, its job pending, between stop and start: that is no
+    admin's stop.  A detector of the same wedge looking then waits for the start and skips (the CI once saw
+    2 of 100 concurrent detectors answer "stopped")."""
+    _, systemd, _ = wire
+    systemd.set(stop_seconds=0.05, dead_seconds=0.3)
+    seen = time.time()
+
+    async def two() -> list[RestartResult]:
+        first = asyncio.create_task(make(wire).restart("first", observed_at=seen))
+        while systemd.active_state != "inactive":
+            await asyncio.sleep(0.005)
+        second = await make(wire).restart("second", observed_at=seen)  # looks while the unit is down, job pending
+        return [await first, second]
+
+    first, second = asyncio.run(two())
+    assert (first.action, second.action) == ("restarted", "skipped") and systemd.jobs == ["TryRestartUnit"]
+    assert second.new_invocation_id == first.new_invocation_id
+
+
 def test_a_tty_progress_line_says_what_the_restart_waits_for(wire):
     """Stopping (with the time left until SIGKILL from TimeoutStopUSec), then the API; nothing without a hook."""
     _, systemd, _ = wire

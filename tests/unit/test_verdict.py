@@ -69,6 +69,15 @@ def test_stopped_is_never_restarted_and_says_how_to_start():
     assert v.exit_code == 14 and "sudo systemctl start ollama.service" in v.evidence and not v.restart
 
 
+@pytest.mark.parametrize(("state", "result"), [("inactive", "success"), ("inactive", "timeout"), ("failed", "signal")])
+def test_down_with_a_job_pending_is_a_restart_under_way_not_an_admins_stop_or_a_failure(state, result):
+    """systemd's restart job leaves the unit down, job pending, between stop and start (after a SIGKILL with
+    Result=timeout); PID 1 answers D-Bus before it runs the start, so a busy bus sees this for a while."""
+    out = run(World(active_state=state, result=result, job_id=7), 30)
+    assert restarts(out) == [] and outcomes(out) == {STARTING}
+    assert "job pending" in out[-1][1].evidence
+
+
 @pytest.mark.parametrize(
     ("state", "result"), [("failed", "exit-code"), ("failed", "start-limit-hit"), ("inactive", "signal")]
 )

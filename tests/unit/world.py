@@ -52,6 +52,7 @@ class World:
     deep_timeout: float = 1.0
     restarts: list[float] = field(default_factory=list)
     health_answers: bool = True  # the runner's /health (its HTTP thread)
+    job_id: int | None = None  # the unit's pending job
 
     def clock(self) -> float:
         return self.now + self.elapsed
@@ -70,6 +71,7 @@ class World:
             invocation_id=self.invocation if self.active_state == "active" else None,
             started_at=self.started_at,
             cpu_usage_nsec=self.cpu_ns + int(self.elapsed * self.cpus * 1e9),
+            job_id=self.job_id,
         )
 
     def restart(self) -> None:
@@ -186,6 +188,9 @@ class FakeSystemd:
         self.on_queue: Callable[[FakeSystemd], None] | None = None  # runs as a restart job is queued
         self.job_seconds = 0.01
         self.stop_seconds = 0.0  # how long a restart job keeps the unit "deactivating" (its stop) before it runs
+        self.dead_seconds = 0.0  # then how long it stays "inactive", the job pending, before the start (systemd's
+        # restart job turns into a start job once the stop is done: ActiveState=inactive with Job set meanwhile)
+        self.job_id = 0  # the pending job's id (Job property), 0 for none
         self.timeout_stop = 10.0  # TimeoutStopSec=
         self.state_changed = self.started_at
         self.calls: list[str] = []  # members called, in order, on every connection
@@ -227,6 +232,7 @@ class FakeSystemd:
                 "InactiveExitTimestamp": Variant("t", ts),
                 "FragmentPath": Variant("s", f"/lib/systemd/system/{self.unit}"),
                 "StateChangeTimestamp": Variant("t", int(self.state_changed * 1e6)),
+                "Job": Variant("(uo)", [self.job_id, f"{MANAGER_PATH}/job/{self.job_id}" if self.job_id else "/"]),
             }
         return {
             "TimeoutStopUSec": Variant("t", int(self.timeout_stop * 1e6)),
@@ -242,8 +248,13 @@ class FakeSystemd:
         if self.on_queue is not None:
             self.on_queue(self)
 
+        def stopped() -> None:  # the stop part is done; the start part runs dead_seconds later
+            self.set(active_state="inactive", sub_state="dead", state_changed=time.time())
+            asyncio.get_running_loop().call_later(self.dead_seconds, run)
+
         def run() -> None:
-            if self.active_state in ("active", "deactivating") or start:
+            self.job_id = 0
+            if self.active_state in ("active", "deactivating") or start or self.dead_seconds:
                 self.set(active_state="active", sub_state="running", result="success", started_at=time.time())
                 self.invocation = f"{job_id:032x}"
                 if self.on_restart is not None:
@@ -258,7 +269,11 @@ class FakeSystemd:
 
         if self.stop_seconds and self.active_state == "active":
             self.set(active_state="deactivating", sub_state="stop-sigterm", state_changed=time.time())
-        asyncio.get_running_loop().call_later(self.job_seconds + self.stop_seconds, run)
+        self.job_id = job_id
+        if self.dead_seconds and self.active_state in ("active", "deactivating"):
+            asyncio.get_running_loop().call_later(self.job_seconds + self.stop_seconds, stopped)
+        else:
+            asyncio.get_running_loop().call_later(self.job_seconds + self.stop_seconds, run)
         return job
 
 
