@@ -177,8 +177,17 @@ class Command:
 #: Accepted before and after the command (every (sub)command has them).
 GLOBAL_OPTIONS: tuple[Option, ...] = (
     Option("--json", action="store_true", help="print exactly one JSON object on stdout, errors included"),
-    Option("--unit", metavar="UNIT", help="systemd unit to act on (default: ollama.service)"),
-    Option("--url", metavar="URL", help="Ollama's base URL (default: from OLLAMA_HOST, else http://127.0.0.1:11434)"),
+    Option(
+        "--unit",
+        metavar="UNIT",
+        help="systemd unit, or instance name from the config, to act on (default: ollama.service)",
+    ),
+    Option(
+        "--url",
+        metavar="URL",
+        help="Ollama's base URL (default: the instance's url, else OLLAMA_HOST: the caller's for ollama.service, "
+        "else the unit's own; else http://127.0.0.1:11434)",
+    ),
     Option("--config", metavar="FILE", complete="file", help="config file (default: /etc/ollamactl/config.toml)"),
     Option("-v", "--verbose", action="store_true", help="log each step to stderr"),
 )
@@ -256,6 +265,17 @@ COMMANDS: tuple[Command, ...] = (
         f"Exits {EXIT_NOT_ANSWERING} if the unit is not active or the API does not answer.",
         handler="cli:_cmd_status",
         result="Status",
+    ),
+    Command(
+        "instances",
+        help="list the Ollama instances (one per GPU): unit, URL and health",
+        description="List every Ollama instance of this host, from the [instances.NAME] tables of the config "
+        "(without them, the one unit), with its unit, the URL it listens on (as given, else the OLLAMA_HOST "
+        "of the unit's own Environment= and EnvironmentFile=) and whether it is active and answering. Every "
+        "command takes an instance's name as --unit. "
+        f"Exits {EXIT_NOT_ANSWERING} if any instance is not active or does not answer.",
+        handler="cli:_cmd_instances",
+        result="Instances",
     ),
     Command(
         "probe",
@@ -460,6 +480,12 @@ def _cmd_status(args: argparse.Namespace, as_json: bool) -> int:
     return 0 if status.healthy else EXIT_NOT_ANSWERING
 
 
+def _cmd_instances(args: argparse.Namespace, as_json: bool) -> int:
+    found = controller(args).instances()
+    emit(found, as_json, _instances_text)
+    return 0 if found.healthy else EXIT_NOT_ANSWERING
+
+
 def _cmd_probe(args: argparse.Namespace, as_json: bool) -> int:
     report = controller(args).probe(deep=args.deep)
     verbose = getattr(args, "verbose", False)
@@ -541,6 +567,19 @@ def _status_text(s: dict[str, Any]) -> str:
     restarts = f", {s['n_restarts']} automatic restarts" if s["n_restarts"] else ""
     api = f"answering (Ollama {s['api_version']})" if s["api_ok"] else f"NOT answering: {s['api_error']}"
     return f"{s['unit']}: {s['active_state']} ({s['sub_state']}){since}{pid}{restarts}\nAPI {s['url']}: {api}"
+
+
+def _instances_text(found: dict[str, Any]) -> str:
+    rows = [("NAME", "UNIT", "URL", "STATE", "API")]
+    for s in found["instances"]:
+        if s["load_state"] == "error":
+            state, api = "?", s["api_error"]
+        else:
+            state = f"{s['active_state']} ({s['sub_state']})"
+            api = f"answering (Ollama {s['api_version']})" if s["api_ok"] else f"NOT answering: {s['api_error']}"
+        rows.append((s["instance"] or s["unit"].removesuffix(".service"), s["unit"], s["url"] or "-", state, api))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows)
 
 
 def _probe_text(p: dict[str, Any], verbose: bool = False) -> str:

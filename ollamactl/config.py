@@ -11,7 +11,7 @@ import functools
 import json
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -120,12 +120,50 @@ class Config:
     )
     watch_deep_every: int = _key(1, "watch: run the deep probe every k-th period", ge=1, le=10000)
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    #: The [instances.NAME] tables: one Ollama per GPU (or port), each its own unit and URL.
+    instances: tuple[Instance, ...] = ()
+    #: The instance this config acts on (its unit, URL and model are the ones above), if it is a named one.
+    instance: str | None = None
+    #: No URL was given for this unit: read OLLAMA_HOST from the unit's own environment (``url`` is the fallback).
+    url_from_unit: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in KEYS}
 
+    def all_instances(self) -> tuple[Instance, ...]:
+        """The configured instances, or the one unit this config names (no [instances] tables)."""
+        if self.instances:
+            return self.instances
+        name = self.unit.removesuffix(".service")
+        return (Instance(name, self.unit, None if self.url_from_unit else self.url, self.model),)
 
-KEYS: dict[str, Any] = {f.name: f for f in fields(Config) if f.name != "sources"}
+    def for_instance(self, inst: Instance) -> Config:
+        """This config acting on ``inst``: its unit, its URL (or the unit's OLLAMA_HOST), its model."""
+        return replace(
+            self,
+            unit=inst.unit,
+            url=inst.url or DEFAULT_URL,
+            url_from_unit=inst.url is None,
+            model=inst.model if inst.model is not None else self.model,
+            instance=inst.name if self.instances else None,
+        )
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One Ollama server: a name (what --unit also accepts), its unit, and its URL (None: from the unit)."""
+
+    name: str
+    unit: str
+    url: str | None = None
+    model: str | None = None
+
+
+_NOT_KEYS = frozenset({"sources", "instances", "instance", "url_from_unit"})
+KEYS: dict[str, Any] = {f.name: f for f in fields(Config) if f.name not in _NOT_KEYS}
+INSTANCE_KEYS = ("unit", "url", "model")
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.")
+MAX_INSTANCES = 64  # GPUs on one host: 8 or 16; a config with thousands is a mistake (or an attack on watch)
 
 
 @functools.cache
@@ -167,7 +205,9 @@ def load_config(
 
     path = Path(config_file or env.get(ENV_PREFIX + "CONFIG") or DEFAULT_CONFIG_FILE)
     explicit = config_file is not None or bool(env.get(ENV_PREFIX + "CONFIG"))
-    for key, value in _read_file(path, explicit).items():
+    data = _read_file(path, explicit)
+    instances = _instances(data.pop("instances", {}), path)
+    for key, value in data.items():
         if key not in KEYS:
             raise ConfigError(f"{path}: unknown key {key!r} (known: {', '.join(KEYS)})", source=str(path), key=key)
         values[key], sources[key] = value, str(path)
@@ -184,9 +224,83 @@ def load_config(
             label = (labels or {}).get(key, f"argument {key}=")
             values[key], sources[key] = value, label
 
+    chosen = _chosen(instances, values["unit"])
+    if chosen is not None:  # --unit (or unit=) names an instance, or its unit: that instance's URL and model
+        sources["unit"] += f" (instance {chosen.name})"
+        values["unit"] = chosen.unit
+        if chosen.url is not None and sources["url"] in ("default", "environment variable OLLAMA_HOST"):
+            values["url"], sources["url"] = chosen.url, f"{path} [instances.{chosen.name}]"
+        if chosen.model is not None and sources["model"] == "default":
+            values["model"], sources["model"] = chosen.model, f"{path} [instances.{chosen.name}]"
+    if sources["url"] == "environment variable OLLAMA_HOST" and str(values["unit"]).strip() != KEYS["unit"].default:
+        # the caller's OLLAMA_HOST names its server: ollama.service's, not another instance's
+        values["url"], sources["url"] = DEFAULT_URL, "default"
+    from_unit = sources["url"] == "default"
+
     isolate = isolate and _plain(values) is None  # plain values are checked without pydantic anyway
     checked = _validate_in_child(values, sources) if isolate else _validate(values, sources)
-    return Config(**checked, sources=sources)
+    return Config(
+        **checked,
+        sources=sources,
+        instances=instances,
+        instance=chosen.name if chosen else None,
+        url_from_unit=from_unit,
+    )
+
+
+def _chosen(instances: tuple[Instance, ...], unit: Any) -> Instance | None:
+    """The instance ``unit`` names: by its name, else by its unit."""
+    if not isinstance(unit, str):
+        return None
+    for inst in instances:
+        if unit.strip() == inst.name:
+            return inst
+    try:
+        wanted = _check_unit(unit)
+    except ValueError:
+        return None  # validation says what is wrong with it
+    return next((inst for inst in instances if inst.unit == wanted), None)
+
+
+def _instances(table: Any, path: Path) -> tuple[Instance, ...]:
+    """The [instances.NAME] tables, checked: ConfigError names the bad one."""
+
+    def bad(what: str, name: str = "") -> ConfigError:
+        where = f"[instances.{name}]" if name else "[instances]"
+        return ConfigError(f"{path}: {where}: {what}", source=str(path), key="instances")
+
+    if not isinstance(table, dict):
+        raise bad('must be tables: [instances.NAME] with unit = "..." (and url, model)')
+    if len(table) > MAX_INSTANCES:
+        raise bad(f"more than {MAX_INSTANCES} instances")
+    out: list[Instance] = []
+    units: dict[str, str] = {}
+    for name, spec in table.items():
+        if not (0 < len(name) <= 64 and _NAME_CHARS.issuperset(name) and name[0] not in ".-"):
+            raise bad(f"instance name {name!r} must be 1-64 of A-Z a-z 0-9 _ - . (not starting with . or -)")
+        if not isinstance(spec, dict):
+            raise bad('must be a table with unit = "..."', name)
+        unknown = sorted(set(spec) - set(INSTANCE_KEYS))
+        if unknown:
+            raise bad(f"unknown key {unknown[0]!r} (known: {', '.join(INSTANCE_KEYS)})", name)
+        if not isinstance(spec.get("unit"), str):
+            raise bad('needs unit = "NAME.service", e.g. unit = "ollama@11435.service"', name)
+        checked: dict[str, Any] = {}
+        for key, check in (("unit", _check_unit), ("url", _check_url), ("model", str.strip)):
+            value = spec.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                raise bad(f"{key} must be a string (got {value!r})", name)
+            try:
+                checked[key] = check(value)
+            except ValueError as exc:
+                raise bad(f"invalid {key}: {exc}", name) from None
+        if checked["unit"] in units:
+            raise bad(f"unit {checked['unit']} is also instance {units[checked['unit']]!r}'s", name)
+        units[checked["unit"]] = name
+        out.append(Instance(name, checked["unit"], checked.get("url"), checked.get("model") or None))
+    return tuple(out)
 
 
 def _validate(values: dict[str, Any], sources: dict[str, str]) -> dict[str, Any]:

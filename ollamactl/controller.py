@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from ollamactl import probe, sockets
+from ollamactl import probe, sockets, unitenv
 from ollamactl._log import audit, log
 from ollamactl.budget import Budget
-from ollamactl.config import TIMEOUT_RANGE, Config, in_timeout_range, load_config
+from ollamactl.config import TIMEOUT_RANGE, Config, Instance, in_timeout_range, load_config
 from ollamactl.errors import (
     BudgetExhausted,
+    BusUnavailable,
     OllamactlError,
     RestartFailed,
     TimedOut,
@@ -38,7 +39,7 @@ from ollamactl.errors import (
     UnitStopped,
     UsageError,
 )
-from ollamactl.models import ProbeReport, RestartResult, Status
+from ollamactl.models import Instances, ProbeReport, RestartResult, Status
 from ollamactl.nss import current_user
 from ollamactl.runtime import MAX_HISTORY, Restart, RuntimeDir, State
 from ollamactl.systemd import SystemdBus, UnitState
@@ -128,6 +129,7 @@ class AsyncController(_Client):
         super().__init__(**kwargs)
         self._bus: SystemdBus | None = None
         self._journal: JournalReader | None = None  # kept between probes: it reads on from its cursor
+        self._url: tuple[Any, str] | None = None  # (the unit's environment, the URL it gives): read once per start
         # Root acts by hand as the admin: the shared history, which any member can forge, is advisory for it.
         self._admin = os.geteuid() == 0
 
@@ -260,7 +262,7 @@ class AsyncController(_Client):
             if action == "skipped":
                 log("INFO", "already restarted since the wedge was seen; skipping", unit=before.name)
             if wait:
-                url = probe.parse_url(self.config.url).url
+                url = self._endpoint(after).url
                 async with _ticking(progress, lambda: _constant(f"waiting for Ollama's API at {url}")):
                     api_version, ready = await self._wait_ready(bus, after, clock)
                 ready_seconds = round(ready, 4)
@@ -381,7 +383,7 @@ class AsyncController(_Client):
         systemd is asked whether the new process died every _UNIT_CHECK_EVERY
         seconds in a task of its own, so no poll waits for a bus round trip.
         """
-        endpoint = probe.parse_url(self.config.url)
+        endpoint = self._endpoint(started)
         t0 = time.monotonic()
         delay = _POLL_FIRST
         last_error = "no answer yet"
@@ -423,15 +425,20 @@ class AsyncController(_Client):
     async def status(self) -> Status:
         """The unit's state and whether Ollama's API answers (never restarts)."""
         cfg = self.config
-        endpoint = probe.parse_url(cfg.url)
 
         async def unit() -> UnitState:
             async with self._systemd() as bus:
                 return await bus.unit_state(cfg.unit)
 
-        state, live = await asyncio.gather(
-            unit(), probe.liveness(endpoint, cfg.http_timeout, transport=self.http_transport)
-        )
+        if cfg.url_from_unit:  # the URL is in the unit's environment: ask systemd first
+            state = await unit()
+            endpoint = self._endpoint(state)
+            live = await probe.liveness(endpoint, cfg.http_timeout, transport=self.http_transport)
+        else:
+            endpoint = probe.parse_url(cfg.url)
+            state, live = await asyncio.gather(
+                unit(), probe.liveness(endpoint, cfg.http_timeout, transport=self.http_transport)
+            )
         version, api_error = live.api_version, live.detail or None
         if state.load_state == "not-found":
             state.check_loadable()
@@ -451,7 +458,34 @@ class AsyncController(_Client):
             api_ok=version is not None,
             api_version=version,
             api_error=api_error,
+            instance=cfg.instance,
         )
+
+    async def instances(self) -> Instances:
+        """Every configured instance's status (or this unit's, with no [instances] tables), asked concurrently.
+
+        An instance whose unit cannot be read (not found, the bus refused) is
+        listed with load_state "error" and the reason, so one bad entry does not
+        hide the others.
+        """
+        cfg = self.config
+
+        async def one(inst: Instance) -> Status:
+            sub = AsyncController(
+                config=cfg.for_instance(inst), dbus_transport=self.dbus_transport, http_transport=self.http_transport
+            )
+            try:
+                return await sub.status()
+            except BusUnavailable:
+                raise  # no bus, no instances: one error, not one per instance
+            except OllamactlError as err:
+                return Status(
+                    healthy=False, unit=inst.unit, load_state="error", active_state="unknown", sub_state="unknown",
+                    url=inst.url or "", api_ok=False, api_error=err.message, instance=sub.config.instance,
+                )  # fmt: skip
+
+        found = await asyncio.gather(*(one(inst) for inst in cfg.all_instances()))
+        return Instances(healthy=all(s.healthy for s in found), instances=tuple(found))
 
     async def probe(self, deep: bool = False, *, judge: Judge | None = None) -> ProbeReport:
         """Classify Ollama with the shared verdict (see ollamactl.verdict); never restarts.
@@ -466,7 +500,6 @@ class AsyncController(_Client):
         The report's ``evidence`` says in one line what decided the outcome.
         """
         cfg = self.config
-        endpoint = probe.parse_url(cfg.url)
         deep = deep and cfg.deep_probe != "off"
         once = judge is not None
         from ollamactl.verdict import Judge, Limits
@@ -481,7 +514,7 @@ class AsyncController(_Client):
         samples = 0
         async with self._systemd() as bus:
             while True:
-                sample = await self._sample(bus, endpoint, deep)
+                sample, endpoint = await self._sample(bus, deep)
                 verdict = judge.observe(sample)
                 samples += 1
                 if once or not verdict.pending or time.monotonic() >= give_up:
@@ -489,15 +522,16 @@ class AsyncController(_Client):
                 await asyncio.sleep(cfg.watch_period)
         return _report(verdict, sample, endpoint, cfg.model if deep else None, samples)
 
-    async def _sample(self, bus: SystemdBus, endpoint: probe.Endpoint, deep: bool) -> Sample:
-        """One round of evidence: the unit, then (if it is active) the probes, then the journal."""
+    async def _sample(self, bus: SystemdBus, deep: bool) -> tuple[Sample, probe.Endpoint]:
+        """One round of evidence: the unit, then (if it is active) the probes, then the journal; and the URL."""
         from ollamactl.verdict import Sample
 
         cfg = self.config
         at = time.time()
         state = await bus.unit_state(cfg.unit)
+        endpoint = self._endpoint(state)
         if state.active_state != "active":
-            return Sample(at, state)
+            return Sample(at, state), endpoint
         from ollamactl.journal import JournalReader
 
         reader = self._journal or JournalReader(state.name, timeout=cfg.http_timeout)
@@ -522,7 +556,37 @@ class AsyncController(_Client):
             note = "no runner found to deep-probe"
             if facts is not None and not facts.readable:
                 note += f" ({facts.problem})"
-        return Sample(at, state, live, ps, tuple(runners), facts, deep, note, time.time())
+        return Sample(at, state, live, ps, tuple(runners), facts, deep, note, time.time()), endpoint
+
+    def _endpoint(self, state: UnitState) -> probe.Endpoint:
+        """Where this unit's Ollama listens: the URL given, else the OLLAMA_HOST of the unit's own environment.
+
+        Read from ``state`` (systemd's Environment and EnvironmentFiles) and
+        its files again only when they, or the invocation, change: a server
+        reads its environment when it starts.
+        """
+        cfg = self.config
+        if not cfg.url_from_unit:
+            return probe.parse_url(cfg.url)
+        key = (state.name, state.invocation_id, state.environment, state.environment_files)
+        if self._url is None or self._url[0] != key:
+            found = unitenv.lookup("OLLAMA_HOST", state.environment, state.environment_files)
+            url = cfg.url
+            for problem in found.problems:
+                log(
+                    "WARNING",
+                    f"{state.name}: {problem}; if it sets OLLAMA_HOST, give the URL: "
+                    f'url = "..." in /etc/ollamactl/config.toml (or --url)',
+                    unit=state.name,
+                )
+            if found.value is not None and found.value.strip():
+                try:
+                    url = probe.server_url(found.value)
+                except ValueError as exc:
+                    log("WARNING", f"{state.name}: OLLAMA_HOST from {found.where} is not usable ({exc}); using {url}")
+            log("DEBUG", "Ollama's URL", unit=state.name, url=url, source=found.where or "default")
+            self._url = (key, url)
+        return probe.parse_url(self._url[1])
 
 
 async def _nothing() -> None:
@@ -675,6 +739,10 @@ class Controller(_Client):
     def probe(self, deep: bool = False) -> ProbeReport:
         """Classify Ollama's health (see AsyncController.probe)."""
         return self._call("probe", lambda a: a.probe(deep))
+
+    def instances(self) -> Instances:
+        """Every instance's status (see AsyncController.instances)."""
+        return self._call("instances", lambda a: a.instances())
 
 
 def _refuse_inside_a_loop(what: str) -> None:

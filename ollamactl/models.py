@@ -16,7 +16,7 @@ import dataclasses
 import json
 from typing import Any
 
-__all__ = ["ProbeReport", "RestartResult", "Status", "fields_doc"]
+__all__ = ["Instances", "ProbeReport", "RestartResult", "Status", "fields_doc"]
 
 
 def _f(doc: str, default: Any = dataclasses.MISSING) -> Any:
@@ -78,6 +78,7 @@ class Status(_Result):
     api_ok: bool = _f("Whether GET /api/version answered.")
     api_version: str | None = _f("Ollama's version, if the API answered.", None)
     api_error: str | None = _f("Why the API did not answer, if it did not.", None)
+    instance: str | None = _f("The instance's name ([instances.NAME] in the config), if the unit is one.", None)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,6 +103,21 @@ class ProbeReport(_Result):
     sub_state: str | None = _f("systemd's SubState of the unit.", None)
     result: str | None = _f("systemd's Result of the unit's last run.", None)
     started_at: float | None = _f("When the current (or last) start began (epoch seconds).", None)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Instances(_Result):
+    """What ``instances`` saw: every Ollama instance of the host (one per GPU), each as ``status`` shows it."""
+
+    healthy: bool = _f("Every instance is active and answering: what ``ollamactl instances`` exits 0 for.")
+    instances: tuple[Status, ...] = _f(
+        "Each instance's status, in the config's order (see status); one whose unit could not be read has "
+        'load_state "error" and the reason in api_error.'
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict, each instance's status as one too."""
+        return {"healthy": self.healthy, "instances": [s.to_dict() for s in self.instances]}
 
 
 def fields_doc(cls: type) -> list[tuple[str, str, str]]:

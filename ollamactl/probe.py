@@ -103,6 +103,24 @@ def url_from_ollama_host(value: str | None) -> str:
     return f"{scheme}://{host_part}:{port}" + (f"/{path}" if path else "")
 
 
+def server_url(value: str) -> str:
+    """The URL to reach an Ollama server whose own environment has OLLAMA_HOST=``value``.
+
+    The server reads it as its client does (envconfig.Host: default
+    127.0.0.1:11434, a bare host gets 11434, ``http://host`` port 80, ``https``
+    443), after envconfig.Var trims spaces and quotes; it listens there.  An
+    unspecified address (0.0.0.0, ::, or none, as in ``:11500``) means every
+    interface, which we reach through loopback.
+    """
+    url = url_from_ollama_host(value.strip().strip("\"'"))
+    scheme, _, rest = url.partition("://")
+    ep = parse_url(f"{scheme}://127.0.0.1{rest}" if rest.startswith(":") else url)  # ":11500": no host given
+    host = ep.host
+    if host in ("", "0.0.0.0") or (_is_ip(host) and ipaddress.ip_address(host).is_unspecified):
+        host = "::1" if ":" in host else "127.0.0.1"
+    return Endpoint(ep.scheme, host, ep.port, ep.path).url
+
+
 def _is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)

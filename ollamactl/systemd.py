@@ -43,6 +43,8 @@ _JOB_MATCH = f"type='signal',sender='{SYSTEMD}',path='{MANAGER_PATH}',interface=
 _NAME_LIMIT = 256  # unit names (UNIT_NAME_MAX), states, job results, D-Bus error names
 _MESSAGE_LIMIT = 500  # a D-Bus error's message
 _PATH_LIMIT = 1024  # a unit file's path
+_ENV_LIMIT = 4096  # one Environment= assignment
+_ENV_ITEMS = 256  # Environment= assignments and EnvironmentFile= paths we look at
 
 # -- D-Bus error names, the one table both adapters (this one and polkit.py) match against ----------
 #: The bus (its policy) or the service (polkit's verdict) refused the call.
@@ -92,6 +94,8 @@ class UnitState:
     timeout_stop: float | None = None  # TimeoutStopSec= in seconds: SIGKILL that long after the stop began
     state_change_timestamp: float | None = None  # when the unit entered its current state (epoch seconds)
     job_id: int | None = None  # the unit's pending job (Job property), if any: e.g. a restart between stop and start
+    environment: tuple[str, ...] = ()  # Environment= assignments, "KEY=VALUE" (a service's)
+    environment_files: tuple[tuple[str, bool], ...] = ()  # EnvironmentFile= paths, and whether missing is fine
 
     @property
     def started_at(self) -> float | None:
@@ -427,6 +431,19 @@ class SystemdBus:
             timeout_stop=_usec(props.get("TimeoutStopUSec")),
             state_change_timestamp=_usec(props.get("StateChangeTimestamp")),
             job_id=_job_id(props.get("Job")),
+            environment=tuple(
+                clean(e, _ENV_LIMIT) for e in _strings(props.get("Environment"))[:_ENV_ITEMS] if "=" in e
+            ),
+            environment_files=tuple(
+                (p[0], bool(p[1]))
+                for p in (props.get("EnvironmentFiles") or [])[:_ENV_ITEMS]
+                if isinstance(p, list | tuple)
+                and len(p) == 2
+                and isinstance(p[0], str)
+                and p[0].startswith("/")
+                and p[0].isprintable()
+                and len(p[0]) <= _PATH_LIMIT
+            ),  # fmt: skip
         )
 
     async def primary_name(self, unit: str, timeout: float | None = None) -> str:
@@ -510,6 +527,10 @@ def _close_bus_fds(bus: Any) -> None:
         obj = getattr(bus, part, None)
         if obj is not None:
             obj.close()
+
+
+def _strings(value: Any) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list | tuple) else []
 
 
 def _job_id(value: Any) -> int | None:

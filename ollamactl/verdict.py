@@ -100,6 +100,8 @@ class UnitFacts:
     started_at: float | None = None
     cpu_usage_nsec: int | None = None
     job_id: int | None = None  # a pending job: a unit that is down with one is being (re)started
+    environment: tuple[str, ...] = ()  # not judged: where the unit's Ollama listens (controller._endpoint)
+    environment_files: tuple[tuple[str, bool], ...] = ()
 
 
 @dataclass

@@ -77,14 +77,20 @@ class Watcher:
         self.restarted_at: float | None = None  # monotonic time of our last restart, until healthy again
         self.unattended = Unattended()  # our own restart history (budget) and bounded lock wait
         self.errors = 0  # ticks that failed with an unexpected exception
+        self.ping = True  # send WATCHDOG=1 from run(); watch() does it for several watchers at once
+        # Several instances in one process: each line says which one (the unit is a field of every entry too).
+        self.tag = f"{self.cfg.instance or self.cfg.unit}: " if self.cfg.instances else ""
+
+    def _log(self, level: str, message: str, **fields: Any) -> None:
+        fields.setdefault("unit", self.cfg.unit)
+        log(level, self.tag + message, **fields)
 
     async def run(self) -> None:
         cfg = self.cfg
-        log(
+        self._log(
             "INFO",
             "watching",
-            unit=cfg.unit,
-            url=cfg.url,
+            url="from the unit's OLLAMA_HOST" if cfg.url_from_unit else cfg.url,
             period=cfg.watch_period,
             threshold=cfg.watch_failure_threshold,
             grace=cfg.watch_startup_grace,
@@ -94,7 +100,7 @@ class Watcher:
             deep_confirm=cfg.deep_confirm,
             load_timeout=cfg.load_timeout,
         )
-        pinger = asyncio.create_task(self._ping_watchdog())
+        pinger = asyncio.create_task(self._ping_watchdog()) if self.ping else None
         try:
             iteration = 0
             while not self.stop.is_set():
@@ -111,9 +117,10 @@ class Watcher:
                 except TimeoutError:
                     pass
         finally:
-            pinger.cancel()
+            if pinger is not None:
+                pinger.cancel()
             self.notifier.send(STOPPING=1, STATUS="stopping")
-            log("INFO", "watch stopped", restarts=self.restarts, errors=self.errors)
+            self._log("INFO", "watch stopped", restarts=self.restarts, errors=self.errors)
 
     async def _guarded_tick(self, deep: bool) -> None:
         """One tick; whatever it raises (short of cancellation), the loop goes on to the next.
@@ -128,7 +135,9 @@ class Watcher:
         except Exception as exc:  # not BaseException: cancellation and exits still stop the loop
             self.errors += 1
             what = f"{type(exc).__name__}: {_printable(_text(exc))}"
-            log("ERROR", f"watch tick failed, still watching: {what}", error=type(exc).__name__, errors=self.errors)
+            self._log(
+                "ERROR", f"watch tick failed, still watching: {what}", error=type(exc).__name__, errors=self.errors
+            )
             self.notifier.send(STATUS=f"tick failed ({type(exc).__name__}); still watching")
 
     async def tick(self, deep: bool) -> None:
@@ -136,45 +145,47 @@ class Watcher:
         try:
             report = await self.actl.probe(deep=deep, judge=self.judge)
         except OllamactlError as err:  # e.g. the bus is down: say so, keep watching
-            log("ERROR", f"probe failed to run: {err.message}", error=err.kind)
+            self._log("ERROR", f"probe failed to run: {err.message}", error=err.kind)
             self.notifier.send(STATUS=f"probe failed to run: {err.kind}")
             return
         outcome, evidence = report.outcome, report.evidence
         changed = self.last is None or self.last[0] != outcome
-        self.notifier.send(STATUS=f"{outcome}: {evidence}"[:200])
+        self.notifier.send(STATUS=f"{self.tag}{outcome}: {evidence}"[:200])
         if self.progress is not None:
             self.progress(f"watching {self.cfg.unit}: {outcome}: {evidence}"[:200])
         if outcome in (STOPPED, FAILED):
             if self.last != (outcome, evidence):  # once per state, not every period
-                log("WARNING", f"{outcome}: {evidence}; waiting, never restarting it", outcome=outcome)
+                self._log("WARNING", f"{outcome}: {evidence}; waiting, never restarting it", outcome=outcome)
         elif outcome in RESTARTABLE and report.confirmed:
             self.last = (outcome, evidence)
             await self.recover(outcome, evidence, report.since)
             return
         elif outcome in RESTARTABLE:
-            log("WARNING", f"{outcome}, not confirmed yet: {evidence}", outcome=outcome)
+            self._log("WARNING", f"{outcome}, not confirmed yet: {evidence}", outcome=outcome)
         elif outcome == HEALTHY:
             if self.restarted_at is not None:
-                log("INFO", f"healthy again {time.monotonic() - self.restarted_at:.1f}s after the restart: {evidence}")
+                self._log(
+                    "INFO", f"healthy again {time.monotonic() - self.restarted_at:.1f}s after the restart: {evidence}"
+                )
                 self.restarted_at = None
             elif changed and self.last is not None:
-                log("INFO", f"healthy: {evidence}", outcome=outcome)
+                self._log("INFO", f"healthy: {evidence}", outcome=outcome)
             else:
-                log("DEBUG", f"healthy: {evidence}", deep=deep)
+                self._log("DEBUG", f"healthy: {evidence}", deep=deep)
         elif changed and outcome in (BUSY, LOADING, STARTING):
-            log("INFO", f"{outcome} (no restart): {evidence}", outcome=outcome)
+            self._log("INFO", f"{outcome} (no restart): {evidence}", outcome=outcome)
         else:
-            log("DEBUG", f"{outcome}: {evidence}", outcome=outcome)
+            self._log("DEBUG", f"{outcome}: {evidence}", outcome=outcome)
         self.last = (outcome, evidence)
 
     async def recover(self, outcome: str, evidence: str, since: float | None) -> None:
         """Ask for the coalesced, budgeted restart of a confirmed wedge; log what happened."""
         now = time.time()
         if now < self.hold_until:
-            log("DEBUG", "restart budget still exhausted", retry_in=round(self.hold_until - now, 1))
+            self._log("DEBUG", "restart budget still exhausted", retry_in=round(self.hold_until - now, 1))
             return
         reason = f"watch: {outcome}: {evidence}"
-        log("WARNING", f"restarting: {outcome}: {evidence}", outcome=outcome)
+        self._log("WARNING", f"restarting: {outcome}: {evidence}", outcome=outcome)
         try:
             # No waiting for readiness here: the loop's own probes (and the startup
             # grace) judge the new process, and a wedge that survives the restart
@@ -182,31 +193,35 @@ class Watcher:
             result: Any = await self.actl.restart(reason, wait=False, observed_at=since, unattended=self.unattended)
         except BudgetExhausted as err:
             self.hold_until = time.time() + float(err.details.get("retry_after", self.cfg.watch_period))
-            log("WARNING", err.message, outcome="budget-exhausted")
+            self._log("WARNING", err.message, outcome="budget-exhausted")
             self.notifier.send(STATUS=f"restart budget exhausted; next in {err.details.get('retry_after')}s")
             return
         except (UnitStopped, UnitFailed) as err:  # the admin stopped it meanwhile: theirs, not ours
-            log("WARNING", f"not restarting: {err.message}", outcome=err.kind)
+            self._log("WARNING", f"not restarting: {err.message}", outcome=err.kind)
             return
         except OllamactlError as err:
-            log("ERROR", f"restart failed: {err.message}", outcome=err.kind)
+            self._log("ERROR", f"restart failed: {err.message}", outcome=err.kind)
             return
         finally:
             self.judge.reset()
         if result.action == "queued":
             self.restarts += 1
             self.restarted_at = time.monotonic()
-        log("INFO", f"restart of {result.unit}: {result.action}", action=result.action, job=result.job)
+        self._log("INFO", f"restart of {result.unit}: {result.action}", action=result.action, job=result.job)
+
+    @property
+    def stuck_after(self) -> float:
+        """Seconds without a finished tick after which this loop counts as stuck."""
+        cfg = self.cfg
+        return cfg.watch_period + cfg.probe_timeout + cfg.deep_timeout + cfg.timeout + 5
 
     async def _ping_watchdog(self) -> None:
         """WATCHDOG=1 while the loop makes progress; a stuck loop lets systemd restart us."""
         interval = self.notifier.watchdog_interval
         if interval is None:
             return
-        cfg = self.cfg
-        stuck_after = cfg.watch_period + cfg.probe_timeout + cfg.deep_timeout + cfg.timeout + 5
         while True:
-            if time.monotonic() - self.heartbeat < stuck_after:
+            if time.monotonic() - self.heartbeat < self.stuck_after:
                 self.notifier.send(WATCHDOG=1)
             await asyncio.sleep(interval)
 
@@ -226,11 +241,46 @@ def _printable(text: str, limit: int = 300) -> str:
 async def watch(actl: AsyncController, progress: Callable[[str], None] | None = None) -> int:
     """Run the watch loop until SIGTERM or SIGINT; returns the exit code.
 
-    ``progress``: called each period with the unit's verdict and its evidence (the CLI's TTY line).
+    With [instances.NAME] tables in the config (and no --unit naming one),
+    every instance is watched, concurrently in this one process, each with its
+    own verdict streaks, coalescing and restart budget: a wedge of one never
+    restarts another.  ``progress``: called each period with a unit's verdict
+    and its evidence (the CLI's TTY line).
     """
-    watcher = Watcher(actl, progress=progress)
+    cfg = actl.config
+    if cfg.instances and cfg.instance is None:
+        controllers = [
+            AsyncController(
+                config=cfg.for_instance(inst), dbus_transport=actl.dbus_transport, http_transport=actl.http_transport
+            )
+            for inst in cfg.instances
+        ]
+    else:
+        controllers = [actl]
+    notifier = Notifier()
+    stop = asyncio.Event()
+    watchers = [Watcher(c, notifier=notifier, progress=progress) for c in controllers]
+    for w in watchers:
+        w.stop = stop
+        w.ping = len(watchers) == 1
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, watcher.stop.set)
-    await watcher.run()
+        loop.add_signal_handler(sig, stop.set)
+    pinger = asyncio.create_task(_ping_all(watchers, notifier)) if len(watchers) > 1 else None
+    try:
+        await asyncio.gather(*(w.run() for w in watchers))
+    finally:
+        if pinger is not None:
+            pinger.cancel()
     return 0
+
+
+async def _ping_all(watchers: list[Watcher], notifier: Notifier) -> None:
+    """WATCHDOG=1 only while every instance's loop makes progress: one stuck loop lets systemd restart us."""
+    interval = notifier.watchdog_interval
+    if interval is None:
+        return
+    while True:
+        if all(time.monotonic() - w.heartbeat < w.stuck_after for w in watchers):
+            notifier.send(WATCHDOG=1)
+        await asyncio.sleep(interval)

@@ -85,6 +85,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 STANDIN_FILES = {
     "tests/standin/ollama_standin.py": ("/usr/local/bin/ollama", 0o755),
     "tests/standin/ollama.service": ("/etc/systemd/system/ollama.service", 0o644),
+    "tests/standin/ollama@.service": ("/etc/systemd/system/ollama@.service", 0o644),
+}
+#: Instances of ollama@.service (one per GPU), not started at boot: instance -> its EnvironmentFile.
+#: Quoted and bare values, as admins write them; the URL is read from the unit (issue 10).
+INSTANCE_ENV = {
+    "11501": 'OLLAMA_HOST="127.0.0.1:11501"\nCUDA_VISIBLE_DEVICES=0\n',
+    "11502": "# second GPU\nOLLAMA_HOST=0.0.0.0:11502\nCUDA_VISIBLE_DEVICES=1\n",
 }
 POLICY_FILES = {
     "packaging/polkit/50-ollamactl.rules": ("/usr/share/polkit-1/rules.d/50-ollamactl.rules", 0o644),
@@ -776,6 +783,8 @@ class Container:
             _write_tree(self.root, f"/root/{package.name}", package.read_bytes(), 0o644)
         for unit, text in EXTRA_UNITS.items():
             _write_tree(self.root, f"/etc/systemd/system/{unit}", text)
+        for instance, text in INSTANCE_ENV.items():
+            _write_tree(self.root, f"/etc/ollama/{instance}.env", text)
         _symlink_tree(self.root, "/etc/systemd/system/masked.service", "/dev/null")
         for unit in ("ollama.service", "other.service"):
             _symlink_tree(self.root, f"/etc/systemd/system/multi-user.target.wants/{unit}", f"../{unit}")

@@ -20,7 +20,7 @@ from ollamactl import controller as controller_mod
 from ollamactl.config import load_config
 from ollamactl.controller import AsyncController, Controller
 from ollamactl.errors import BudgetExhausted, PermissionDenied, RestartFailed, UsageError
-from ollamactl.models import ProbeReport, RestartResult, Status, fields_doc
+from ollamactl.models import Instances, ProbeReport, RestartResult, Status, fields_doc
 from ollamactl.runtime import RuntimeDir
 from ollamactl.watch import Notifier, Watcher
 from tests.unit.test_runtime_attacks import group, make_rundir
@@ -259,7 +259,7 @@ def test_the_sync_controller_refuses_to_block_a_running_loop(wire):
 # -- results: declared once -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cls", [RestartResult, Status, ProbeReport])
+@pytest.mark.parametrize("cls", [RestartResult, Status, ProbeReport, Instances])
 def test_every_result_field_is_documented(cls):
     docs = fields_doc(cls)
     assert docs and all(name and kind and doc for name, kind, doc in docs), docs
@@ -274,6 +274,46 @@ def test_status_is_built_field_by_field_from_the_unit(wire):
         "result": "success", "main_pid": 4242, "invocation_id": "a" * 32,
         "active_enter_timestamp": int(systemd.started_at * 1e6) / 1e6, "n_restarts": 0,
         "fragment_path": f"/lib/systemd/system/{UNIT}", "url": "http://127.0.0.1:11434", "api_ok": True,
-        "api_version": "0.12.3", "api_error": None,
+        "api_version": "0.12.3", "api_error": None, "instance": None,
     }  # fmt: skip
     assert [name for name, _, _ in fields_doc(Status)] == list(status.to_dict())
+
+
+# -- instances: the URL from the unit's own environment ------------------------------------------------------------
+
+
+def test_the_url_comes_from_the_units_environment_file_over_its_environment(wire, tmp_path):
+    """One Ollama per GPU: its OLLAMA_HOST is in its unit (EnvironmentFile= overrides Environment=)."""
+    _, systemd, ollama = wire
+    env = tmp_path / "gpu1.env"
+    env.write_text('# second GPU\nOLLAMA_HOST="0.0.0.0:11502"\nCUDA_VISIBLE_DEVICES=1\n')
+    systemd.set(environment=["OLLAMA_HOST=127.0.0.1:11999"], environment_files=[(str(env), False)])
+    ollama.port = 11502
+    status = asyncio.run(make(wire).status())
+    assert status.url == "http://127.0.0.1:11502" and status.api_ok  # 0.0.0.0: every interface, so loopback
+    result = asyncio.run(make(wire).restart("r"))
+    assert result.action == "restarted" and result.api_version == "0.12.3"  # readiness asked 11502
+
+
+def test_an_explicit_url_wins_over_the_units(wire):
+    _, systemd, ollama = wire
+    systemd.set(environment=["OLLAMA_HOST=127.0.0.1:11999"])
+    assert asyncio.run(make(wire, url="http://127.0.0.1:11434").status()).url == "http://127.0.0.1:11434"
+    assert asyncio.run(make(wire).status()).url == "http://127.0.0.1:11999"
+
+
+def test_instances_lists_each_with_its_url_and_health(wire, tmp_path):
+    base, systemd, ollama = wire
+    systemd.unit = "ollama@11434.service"
+    cfg_file = tmp_path / "config.toml"
+    cfg_file.write_text(
+        '[instances.gpu0]\nunit = "ollama@11434.service"\n[instances.gpu1]\nunit = "ollama@11435.service"\n'
+        'url = "http://127.0.0.1:11435"\n'
+    )
+    systemd.missing = {"ollama@11435.service"}
+    cfg = load_config(base, environ={}, config_file=cfg_file)
+    found = asyncio.run(AsyncController(config=cfg, dbus_transport=systemd, http_transport=ollama).instances())
+    gpu0, gpu1 = found.instances
+    assert (gpu0.instance, gpu0.unit, gpu0.url, gpu0.healthy) == ("gpu0", "ollama@11434.service", ollama.url, True)
+    assert (gpu1.instance, gpu1.load_state, gpu1.healthy) == ("gpu1", "error", False) and not found.healthy
+    assert "ollama@11435.service" in gpu1.api_error and "not" in gpu1.api_error  # what is wrong, for the table

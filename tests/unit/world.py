@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -191,6 +192,9 @@ class FakeSystemd:
         self.dead_seconds = 0.0  # then how long it stays "inactive", the job pending, before the start (systemd's
         # restart job turns into a start job once the stop is done: ActiveState=inactive with Job set meanwhile)
         self.job_id = 0  # the pending job's id (Job property), 0 for none
+        self.environment: list[str] = []  # Environment=
+        self.environment_files: list[tuple[str, bool]] = []  # EnvironmentFile=
+        self.missing: set[str] = set()  # units that do not exist (LoadState not-found)
         self.timeout_stop = 10.0  # TimeoutStopSec=
         self.state_changed = self.started_at
         self.calls: list[str] = []  # members called, in order, on every connection
@@ -210,7 +214,7 @@ class FakeSystemd:
     def answer(self, msg: Message) -> list[Any]:
         member, body = msg.member, list(msg.body)
         if member == "GetAll":
-            return [self._props(body[0])]
+            return [self._props(body[0], _unit_of(msg.path))]
         if member == "GetNameOwner":
             return [self.OWNER]
         if member in ("AddMatch", "Subscribe"):
@@ -219,8 +223,13 @@ class FakeSystemd:
             return [self._queue(start=member == "RestartUnit")]
         raise AssertionError(f"FakeSystemd has no answer for {member}")
 
-    def _props(self, iface: str) -> dict[str, Variant]:
+    def _props(self, iface: str, unit: str | None = None) -> dict[str, Variant]:
         ts = int(self.started_at * 1e6)
+        if unit is not None and unit in self.missing:
+            if iface != "org.freedesktop.systemd1.Unit":
+                return {}
+            return {k: Variant("s", v) for k, v in (("Id", unit), ("LoadState", "not-found"), ("ActiveState",
+                    "inactive"), ("SubState", "dead"))}  # fmt: skip
         if iface == "org.freedesktop.systemd1.Unit":
             return {
                 "Id": Variant("s", self.unit),
@@ -239,6 +248,8 @@ class FakeSystemd:
             "Result": Variant("s", self.result),
             "MainPID": Variant("u", 4242 if self.active_state == "active" else 0),
             "NRestarts": Variant("u", 0),
+            "Environment": Variant("as", list(self.environment)),
+            "EnvironmentFiles": Variant("a(sb)", [list(f) for f in self.environment_files]),
         }
 
     def _queue(self, *, start: bool) -> str:
@@ -275,6 +286,12 @@ class FakeSystemd:
         else:
             asyncio.get_running_loop().call_later(self.job_seconds + self.stop_seconds, run)
         return job
+
+
+def _unit_of(path: str) -> str:
+    """The unit name in a unit's object path (systemd escapes bytes as _XX)."""
+    name = path.rsplit("/", 1)[-1]
+    return re.sub(r"_([0-9a-f]{2})", lambda m: chr(int(m.group(1), 16)), name)
 
 
 class _Connection:
@@ -322,6 +339,11 @@ class FakeOllama:
         self.runners: dict[int, str] = {}
         self.requests: list[tuple[float, int, str]] = []
         self.up_since: float | None = time.monotonic() if mode == "ok" else None
+        self.port = OLLAMA_PORT  # where it listens
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def set_mode(self, mode: str) -> None:
         self.mode = mode
@@ -329,7 +351,7 @@ class FakeOllama:
 
     async def __call__(self, endpoint: probe.Endpoint, method: str, path: str, body: Any) -> probe.Response:
         self.requests.append((time.monotonic(), endpoint.port, path))
-        if endpoint.port != OLLAMA_PORT:
+        if endpoint.port != self.port:
             return await self._runner(endpoint, path)
         if self.mode == "refused":
             raise probe.HTTPError(f"cannot connect to {endpoint.url}: Connection refused", refused=True)
