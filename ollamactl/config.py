@@ -87,7 +87,11 @@ class Config:
     """Validated settings.  Each field is also a config-file key and an OLLAMACTL_<KEY> variable."""
 
     unit: str = _key("ollama.service", "the systemd unit that runs Ollama", _check_unit)
-    url: str = _key(DEFAULT_URL, "Ollama's base URL (default: from OLLAMA_HOST, as ollama does)", _check_url)
+    url: str = _key(
+        DEFAULT_URL,
+        "Ollama's base URL (default: OLLAMA_HOST, the caller's for ollama.service, else the unit's own)",
+        _check_url,
+    )
     group: str = _key("ollamactl", "the group the polkit rule grants restarts to (used in hints)", _check_group)
     timeout: float = _key(90.0, "seconds a restart may take in all: job plus readiness", gt=0, le=TIMEOUT_MAX)
     bus_timeout: float = _key(10.0, "seconds any one D-Bus call may take", gt=0, le=3600)
