@@ -189,6 +189,14 @@ GLOBAL_OPTIONS: tuple[Option, ...] = (
         "else the unit's own; else http://127.0.0.1:11434)",
     ),
     Option("--config", metavar="FILE", complete="file", help="config file (default: /etc/ollamactl/config.toml)"),
+    Option(
+        "--host",
+        dest="hosts",
+        action="append",
+        metavar="[USER@]HOST[:PORT]",
+        help="run the command on HOST over ssh instead (repeatable: one table, or one JSON object keyed by host; "
+        "exit code the worst of the hosts'); the host's own ollamactl and polkit rule decide",
+    ),
     Option("-v", "--verbose", action="store_true", help="log each step to stderr"),
 )
 
@@ -436,6 +444,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ollamactl._log import enable
 
             enable()
+        if getattr(args, "hosts", None):  # checked here first, then run on each host by its own ollamactl
+            from ollamactl.remote import run_on_hosts
+
+            return run_on_hosts(args.hosts, args_list, as_json)
         _without_gi()
         return _handler(args.handler)(args, as_json)
     except OllamactlError as err:
