@@ -42,6 +42,22 @@ def _primary(unit: str) -> str:
     return asyncio.run(systemd.primary_unit_name(unit, call_timeout=BUS_TIMEOUT))
 
 
+def _grant_primary(grant: Any) -> str:
+    """What to compare the grant's unit with: its primary name.
+
+    A template cannot be loaded (LoadUnit: "missing the instance name"), so
+    one instance is asked about; if ollama@.service is itself an alias (of
+    x@.service), that instance loads as x@ollamactl-probe.service and the
+    answer is x@.service.
+    """
+    if not grant.template:
+        return _primary(grant.unit)
+    head, _, suffix = grant.unit.partition("@")
+    primary = _primary(f"{head}@ollamactl-probe{suffix}")
+    p_head, at, rest = primary.partition("@")
+    return f"{p_head}@{suffix}" if at and rest == f"ollamactl-probe{suffix}" else primary
+
+
 def _cmd_policy_render(args: argparse.Namespace, as_json: bool) -> int:
     import sys
 
@@ -53,7 +69,7 @@ def _cmd_policy_render(args: argparse.Namespace, as_json: bool) -> int:
     note = None
     if not args.offline:
         try:
-            refuse_alias(grant.unit, _primary(grant.unit))
+            refuse_alias(grant.unit, _grant_primary(grant))
         except (BusUnavailable, TimedOut) as err:  # no systemd to ask (a build root): the rule as typed
             note = f"could not ask systemd whether {grant.unit} is an alias ({err.message}); rendered as typed"
     rule = policy.render(grant)
@@ -76,7 +92,7 @@ def _cmd_policy_install(args: argparse.Namespace, as_json: bool) -> int:
     grant = _grant(args)
     if not args.offline and os.geteuid() == 0:  # not root: policy.install says so, with the command
         try:
-            refuse_alias(grant.unit, _primary(grant.unit))
+            refuse_alias(grant.unit, _grant_primary(grant))
         except (BusUnavailable, TimedOut) as err:
             raise type(err)(
                 f"{err.message}; to install without checking whether {grant.unit} is an alias, add --offline",

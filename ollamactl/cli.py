@@ -226,7 +226,8 @@ def _grant_options(install: bool) -> tuple[Option, ...]:
             "--offline",
             action="store_true",
             help="do not ask systemd whether UNIT is an alias (polkit sees the primary name, so a rule for an "
-            "alias grants nothing); by default an alias is refused with its primary name",
+            "alias grants nothing); by default an alias is refused with its primary name; for a template "
+            "(name@.service) one instance is looked up",
         ),
     )
     if install:
@@ -284,6 +285,25 @@ COMMANDS: tuple[Command, ...] = (
         f"Exits {EXIT_NOT_ANSWERING} if any instance is not active or does not answer.",
         handler="cli:_cmd_instances",
         result="Instances",
+    ),
+    Command(
+        "metrics",
+        help="print Prometheus metrics for a one-off scrape (the watchdog writes them for node_exporter)",
+        description="Probe every instance once and print the metrics the watchdog writes to node_exporter's "
+        "textfile directory (metrics_dir), in the exposition format: each instance's probe outcome and when "
+        "it was probed, and the restart budget left (shared history; members only). Failure streaks, "
+        "restart counters, the last recovery time and the watchdog's own up/heartbeat are the watchdog's: "
+        "see its ollamactl.prom.",
+        handler="cli:_cmd_metrics",
+        options=(
+            Option("--deep", action="store_true", help="also check the runners' inference loops"),
+            Option(
+                "--link",
+                action="store_true",
+                help="instead (root; the watchdog's unit runs it before it starts): link METRICS_DIR/ollamactl.prom "
+                "to the file the watchdog writes, /run/ollamactl-metrics/ollamactl.prom, following no link",
+            ),
+        ),
     ),
     Command(
         "probe",
@@ -496,6 +516,27 @@ def _cmd_instances(args: argparse.Namespace, as_json: bool) -> int:
     found = controller(args).instances()
     emit(found, as_json, _instances_text)
     return 0 if found.healthy else EXIT_NOT_ANSWERING
+
+
+def _cmd_metrics(args: argparse.Namespace, as_json: bool) -> int:
+    if args.link:
+        import os
+
+        from ollamactl.errors import PermissionDenied
+        from ollamactl.metrics import link_textfile
+
+        if os.geteuid() != 0:
+            raise PermissionDenied("metrics --link writes to node_exporter's directory: run it as root")
+        cfg = _config(args)
+        done = link_textfile(cfg.metrics_dir) if cfg.metrics_dir else "metrics_dir is empty: nothing linked"
+        print(to_json({"ok": True, "done": done}) if as_json else f"ollamactl: {done}")
+        return 0
+    text = controller(args).metrics(deep=args.deep)
+    if as_json:
+        print(to_json({"ok": True, "metrics": text}))
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def _cmd_probe(args: argparse.Namespace, as_json: bool) -> int:

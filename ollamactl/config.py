@@ -123,6 +123,11 @@ class Config:
         10.0, "watch: seconds after a (re)start in which failures do not count", ge=0, le=86400
     )
     watch_deep_every: int = _key(1, "watch: run the deep probe every k-th period", ge=1, le=10000)
+    metrics_dir: str = _key(
+        "/var/lib/prometheus/node-exporter",
+        'watch: write Prometheus metrics (ollamactl.prom) to this node_exporter textfile directory; "" for none',
+        lambda v: v and _check_path(v),
+    )
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     #: The [instances.NAME] tables: one Ollama per GPU (or port), each its own unit and URL.
     instances: tuple[Instance, ...] = ()

@@ -487,6 +487,35 @@ class AsyncController(_Client):
         found = await asyncio.gather(*(one(inst) for inst in cfg.all_instances()))
         return Instances(healthy=all(s.healthy for s in found), instances=tuple(found))
 
+    async def metrics(self, deep: bool = False) -> str:
+        """Prometheus metrics of every instance from one probe each (see ollamactl.metrics), as text.
+
+        The restart budget left comes from the shared history, which only
+        members (and root) can read; without it that series is left out.
+        """
+        from ollamactl.budget import Budget
+        from ollamactl.metrics import InstanceMetrics, render
+
+        cfg = self.config
+
+        async def one(inst: Instance) -> InstanceMetrics:
+            sub = AsyncController(
+                config=cfg.for_instance(inst), dbus_transport=self.dbus_transport, http_transport=self.http_transport
+            )
+            at = time.time()
+            report = await sub.probe(deep=deep)
+            m = InstanceMetrics(inst.name, report.unit or inst.unit, report.outcome, None, at, None)
+            try:
+                history = [r.at for r in sub.runtime.read_state().for_unit(m.unit)]
+            except OllamactlError:
+                return m  # not a member: the shared history is not ours to read
+            now = time.time()
+            budget = Budget(cfg.max_restarts, cfg.restart_window, cfg.restart_backoff)
+            m.budget_remaining = max(0, budget.max_restarts - sum(now - budget.window < t <= now for t in history))
+            return m
+
+        return render(await asyncio.gather(*(one(inst) for inst in cfg.all_instances())))
+
     async def probe(self, deep: bool = False, *, judge: Judge | None = None) -> ProbeReport:
         """Classify Ollama with the shared verdict (see ollamactl.verdict); never restarts.
 
@@ -743,6 +772,10 @@ class Controller(_Client):
     def instances(self) -> Instances:
         """Every instance's status (see AsyncController.instances)."""
         return self._call("instances", lambda a: a.instances())
+
+    def metrics(self, deep: bool = False) -> str:
+        """Prometheus metrics of every instance from one probe each (see AsyncController.metrics)."""
+        return self._call("metrics", lambda a: a.metrics(deep))
 
 
 def _refuse_inside_a_loop(what: str) -> None:

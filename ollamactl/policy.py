@@ -18,7 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ollamactl.errors import EXIT_USAGE, OllamactlError, PermissionDenied, UsageError
-from ollamactl.units import GRANTABLE_VERBS, check_group_name, check_unit_name, mangle_unit_name
+from ollamactl.units import (
+    GRANTABLE_VERBS,
+    INSTANCE_PATTERN,
+    INSTANCE_RULES,
+    check_group_name,
+    check_unit_name,
+    is_template,
+    mangle_unit_name,
+    template_instance,
+)
 
 #: Verbs a rule may grant (defined in units.py).  stop, kill, reload, set-property and the rest are never offered.
 VERBS = GRANTABLE_VERBS
@@ -59,11 +68,30 @@ class NotRoot(PermissionDenied):
 
 @dataclass(frozen=True)
 class Grant:
-    """Members of ``group`` may use ``verbs`` on ``unit``, and nothing else."""
+    """Members of ``group`` may use ``verbs`` on ``unit``, and nothing else.
+
+    ``unit`` may be a template (``ollama@.service``): the grant then covers its instances
+    ``ollama@INSTANCE.service`` whose INSTANCE is in units.INSTANCE_PATTERN, and not the template.
+    """
 
     group: str
     unit: str
     verbs: tuple[str, ...]
+
+    @property
+    def template(self) -> bool:
+        """Does the grant name a template (and so cover its instances)?"""
+        return is_template(self.unit)
+
+    def covers(self, unit: str) -> bool:
+        """Does the rule answer YES for ``unit`` (the primary name polkit sees)?  As the JavaScript does."""
+        if self.template:
+            return template_instance(self.unit, unit) is not None
+        return unit == self.unit
+
+    def what(self) -> str:
+        """The units granted, in words: ``ollama.service`` or ``any instance of ollama@.service``."""
+        return f"any instance of {self.unit}" if self.template else self.unit
 
     @property
     def can_start(self) -> bool:
@@ -73,7 +101,7 @@ class Grant:
     def describe(self) -> str:
         """The grant in words, e.g. for ``policy show``."""
         verbs = " and ".join([", ".join(self.verbs[:-1]), self.verbs[-1]] if len(self.verbs) > 1 else self.verbs)
-        return f"members of group {self.group} may {verbs} {self.unit}, and nothing else"
+        return f"members of group {self.group} may {verbs} {self.what()}, and nothing else"
 
 
 def install_command(group: str, unit: str = DEFAULT_UNIT, verbs: Iterable[str] = DEFAULT_VERBS) -> str:
@@ -100,7 +128,7 @@ def make_grant(group: str, unit: str = DEFAULT_UNIT, verbs: Iterable[str] | None
     if not isinstance(unit, str):
         raise UsageError("--unit: must be a unit name such as ollama.service", field="unit")
     name = mangle_unit_name(unit.strip())
-    why = check_unit_name(name)
+    why = check_unit_name(name, template_ok=True)
     if why:
         raise UsageError(f"--unit: {unit!r}: unit name {why}", field="unit")
     if name.endswith((".target", ".slice", ".scope", ".device")):
@@ -134,6 +162,8 @@ def render(grant: Grant) -> str:
             "// try-restart restarts the unit only while it runs: a unit that is stopped\n"
             "// (an admin stopped it) or failed stays as it is.\n"
         )
+    if grant.template:
+        return _render_template(grant, meta, group, verbs, others, starts)
     return f"""\
 // ollamactl: {grant.describe()}.
 {MARKER}{meta}
@@ -153,6 +183,54 @@ def render(grant: Grant) -> str:
     }}
     var verbs = [{verbs}];
     if (action.lookup("unit") === {unit} && verbs.indexOf(action.lookup("verb")) >= 0) {{
+        return polkit.Result.YES;
+    }}
+    return polkit.Result.NOT_HANDLED;
+}});
+"""
+
+
+def _render_template(grant: Grant, meta: str, group: str, verbs: str, others: str, starts: str) -> str:
+    """The rule of a template grant: the instances PREFIX@INSTANCE.TYPE, INSTANCE in units.INSTANCE_PATTERN.
+
+    The prefix and suffix are compared as strings (no regex escaping of the unit name); only the
+    instance goes through the regex, the same text Python's ``units.template_instance`` uses.
+    """
+    head, _, suffix = grant.unit.partition("@")
+    shape = f"{head}@INSTANCE{suffix}"
+    prefix_js, suffix_js = json.dumps(head + "@"), json.dumps(suffix)
+    return f"""\
+// ollamactl: {grant.describe()}.
+{MARKER}{meta}
+//
+// systemd asks polkit for action {ACTION} with
+// the details "unit" (the primary unit name, after alias resolution) and
+// "verb". This rule answers YES only for the verbs above on the instances
+// of one template: "unit" must be {shape}, INSTANCE being
+// {INSTANCE_RULES}.
+// The template itself, other templates and their instances, other units,
+// {others} and unit files fall through
+// to the default policy (admin authentication). Written by `ollamactl policy
+// render`; ECMAScript 5 only, since polkitd runs rules in duktape or mozjs.
+{starts}polkit.addRule(function (action, subject) {{
+    if (action.id !== "{ACTION}") {{
+        return polkit.Result.NOT_HANDLED;
+    }}
+    if (!subject.isInGroup({group})) {{
+        return polkit.Result.NOT_HANDLED;
+    }}
+    var verbs = [{verbs}];
+    var unit = action.lookup("unit");
+    var prefix = {prefix_js};
+    var suffix = {suffix_js};
+    if (typeof unit !== "string" || unit.length <= prefix.length + suffix.length) {{
+        return polkit.Result.NOT_HANDLED;
+    }}
+    if (unit.substring(0, prefix.length) !== prefix || unit.substring(unit.length - suffix.length) !== suffix) {{
+        return polkit.Result.NOT_HANDLED;
+    }}
+    var instance = unit.substring(prefix.length, unit.length - suffix.length);
+    if (/^{INSTANCE_PATTERN}$/.test(instance) && verbs.indexOf(action.lookup("verb")) >= 0) {{
         return polkit.Result.YES;
     }}
     return polkit.Result.NOT_HANDLED;
@@ -203,11 +281,11 @@ class Scan:
     unreadable_dirs: dict[Path, str]
 
     def granting(self, group: str, unit: str, verb: str = TRY_RESTART) -> list[RuleFile]:
-        """Our readable, unedited rules that let ``group`` use ``verb`` on ``unit``."""
+        """Our readable, unedited rules that let ``group`` use ``verb`` on ``unit`` (or its template)."""
         return [
             r
             for r in self.ours
-            if r.grant and r.pristine and r.grant.group == group and r.grant.unit == unit and verb in r.grant.verbs
+            if r.grant and r.pristine and r.grant.group == group and r.grant.covers(unit) and verb in r.grant.verbs
         ]
 
 

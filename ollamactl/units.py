@@ -23,6 +23,15 @@ GROUP_NAME_RULES = "lower-case letters, digits, '_' and '-', starting with a let
 #: set-property and the rest are never offered.  Here, not in policy.py, so that the CLI's argument
 #: parser can offer them without importing policy.py.
 GRANTABLE_VERBS = ("restart", "try-restart", "start", "reload-or-restart")
+#: The instance names a template grant (``--unit 'ollama@.service'``) covers: 1 to 64 ASCII letters,
+#: digits, '_', ':' and '-', the first a letter, digit or '_'.  Stricter than systemd on purpose:
+#: no '.', so neither %i nor %I (where systemd unescapes '-' to '/') can ever spell '..'; no '\',
+#: so no \xNN escapes (what %I shows is what was typed, bar '-'); no '@', so "x@y" is not an
+#: instance.  Plain character classes and a bounded quantifier only: the same text means the same in
+#: ECMAScript 5 (polkitd's duktape or mozjs, as ``/^...$/``) and Python's ``re.fullmatch``.
+INSTANCE_PATTERN = "[A-Za-z0-9_][A-Za-z0-9_:-]{0,63}"
+INSTANCE_RE = re.compile(INSTANCE_PATTERN)
+INSTANCE_RULES = "1 to 64 of A-Z a-z 0-9 _ : - (not starting with ':' or '-'; no '.', '\\' or '@')"
 
 
 def check_group_name(name: object) -> str | None:
@@ -32,8 +41,11 @@ def check_group_name(name: object) -> str | None:
     return None
 
 
-def check_unit_name(name: str) -> str | None:
-    """Return why ``name`` is not a startable unit name, or None if it is."""
+def check_unit_name(name: str, *, template_ok: bool = False) -> str | None:
+    """Return why ``name`` is not a startable unit name, or None if it is.
+
+    With ``template_ok``, a template (``name@.type``) is accepted too (a grant may name one).
+    """
     if not name:
         return "must not be empty"
     if len(name) > UNIT_NAME_MAX:
@@ -50,9 +62,32 @@ def check_unit_name(name: str) -> str | None:
     prefix, at, instance = stem.partition("@")
     if at and not prefix:
         return "must not start with '@'"
-    if at and not instance:
+    if at and not instance and not template_ok:
         return "is a template (name@.type); give an instance, e.g. name@foo.type"
     return None
+
+
+def is_template(name: str) -> bool:
+    """Is ``name`` a template, ``prefix@.type`` (as systemd's UNIT_NAME_TEMPLATE)?"""
+    stem, dot, _ = name.rpartition(".")
+    prefix, at, instance = stem.partition("@")
+    return bool(dot and prefix and at and not instance)
+
+
+def template_instance(template: str, unit: str) -> str | None:
+    """The instance if ``unit`` is ``prefix@INSTANCE.type`` of ``template`` with INSTANCE in our grammar, else None.
+
+    The polkit rule of a template grant (policy.render) does exactly this in JavaScript:
+    same prefix, same suffix, and INSTANCE_PATTERN on what lies between.
+    """
+    if not is_template(template) or not isinstance(unit, str):
+        return None
+    head, _, suffix = template.partition("@")  # head: "ollama", suffix: ".service"
+    prefix = head + "@"
+    if len(unit) <= len(prefix) + len(suffix) or not unit.startswith(prefix) or not unit.endswith(suffix):
+        return None
+    instance = unit[len(prefix) : len(unit) - len(suffix)]
+    return instance if INSTANCE_RE.fullmatch(instance) else None
 
 
 def mangle_unit_name(name: str) -> str:

@@ -167,6 +167,11 @@ class Judge:
         self._load_seen: float | None = None  # first sign of a load the journal did not date
 
     @property
+    def failures(self) -> int:
+        """Failed samples in a row in the current streak (0 when none runs): the metrics' consecutive failures."""
+        return max((s.count for s in (self._live, self._deep) if s is not None), default=0)
+
+    @property
     def deep_pending(self) -> bool:
         """Is a deep streak under way (so the next sample should be deep too)?"""
         return self._deep is not None

@@ -33,6 +33,7 @@ from typing import Any
 from ollamactl._log import log
 from ollamactl.controller import AsyncController, Unattended
 from ollamactl.errors import BudgetExhausted, OllamactlError, UnitFailed, UnitStopped
+from ollamactl.metrics import RUNTIME_DIR, InstanceMetrics, WatchdogMetrics, render, write_textfile
 from ollamactl.verdict import BUSY, FAILED, HEALTHY, LOADING, RESTARTABLE, STARTING, STOPPED, Judge, Limits
 
 
@@ -80,6 +81,7 @@ class Watcher:
         self.ping = True  # send WATCHDOG=1 from run(); watch() does it for several watchers at once
         # Several instances in one process: each line says which one (the unit is a field of every entry too).
         self.tag = f"{self.cfg.instance or self.cfg.unit}: " if self.cfg.instances else ""
+        self.metrics = InstanceMetrics(self.cfg.instance or self.cfg.unit.removesuffix(".service"), self.cfg.unit)
 
     def _log(self, level: str, message: str, **fields: Any) -> None:
         fields.setdefault("unit", self.cfg.unit)
@@ -149,6 +151,9 @@ class Watcher:
             self.notifier.send(STATUS=f"probe failed to run: {err.kind}")
             return
         outcome, evidence = report.outcome, report.evidence
+        m = self.metrics
+        m.outcome, m.failures, m.probed_at = outcome, self.judge.failures, time.time()
+        m.budget_remaining = self.budget_remaining()
         changed = self.last is None or self.last[0] != outcome
         self.notifier.send(STATUS=f"{self.tag}{outcome}: {evidence}"[:200])
         if self.progress is not None:
@@ -164,9 +169,9 @@ class Watcher:
             self._log("WARNING", f"{outcome}, not confirmed yet: {evidence}", outcome=outcome)
         elif outcome == HEALTHY:
             if self.restarted_at is not None:
-                self._log(
-                    "INFO", f"healthy again {time.monotonic() - self.restarted_at:.1f}s after the restart: {evidence}"
-                )
+                took = time.monotonic() - self.restarted_at
+                self.metrics.last_recovery_seconds = round(took, 3)
+                self._log("INFO", f"healthy again {took:.1f}s after the restart: {evidence}")
                 self.restarted_at = None
             elif changed and self.last is not None:
                 self._log("INFO", f"healthy: {evidence}", outcome=outcome)
@@ -192,22 +197,39 @@ class Watcher:
             # must not block the loop for the whole restart timeout.
             result: Any = await self.actl.restart(reason, wait=False, observed_at=since, unattended=self.unattended)
         except BudgetExhausted as err:
+            self._count("budget-exhausted")
             self.hold_until = time.time() + float(err.details.get("retry_after", self.cfg.watch_period))
             self._log("WARNING", err.message, outcome="budget-exhausted")
             self.notifier.send(STATUS=f"restart budget exhausted; next in {err.details.get('retry_after')}s")
             return
         except (UnitStopped, UnitFailed) as err:  # the admin stopped it meanwhile: theirs, not ours
+            self._count("refused")
             self._log("WARNING", f"not restarting: {err.message}", outcome=err.kind)
             return
         except OllamactlError as err:
+            self._count("failed")
             self._log("ERROR", f"restart failed: {err.message}", outcome=err.kind)
             return
         finally:
             self.judge.reset()
+        self._count(result.action)
+        self.metrics.budget_remaining = self.budget_remaining()
         if result.action == "queued":
             self.restarts += 1
             self.restarted_at = time.monotonic()
         self._log("INFO", f"restart of {result.unit}: {result.action}", action=result.action, job=result.job)
+
+    def _count(self, outcome: str) -> None:
+        counts = self.metrics.restarts
+        if counts is not None:
+            counts[outcome] = counts.get(outcome, 0) + 1
+
+    def budget_remaining(self) -> int:
+        """Restarts our own budget still allows in its window (the watchdog's budget is its own history)."""
+        cfg = self.cfg
+        now = time.time()
+        recent = [t for t in self.unattended.history if now - cfg.restart_window < t <= now]
+        return max(0, cfg.max_restarts - len(recent))
 
     @property
     def stuck_after(self) -> float:
@@ -267,12 +289,52 @@ async def watch(actl: AsyncController, progress: Callable[[str], None] | None = 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     pinger = asyncio.create_task(_ping_all(watchers, notifier)) if len(watchers) > 1 else None
+    writer = asyncio.create_task(_write_metrics(watchers, cfg)) if cfg.metrics_dir else None
     try:
         await asyncio.gather(*(w.run() for w in watchers))
     finally:
-        if pinger is not None:
-            pinger.cancel()
+        for task in (pinger, writer):
+            if task is not None:
+                task.cancel()
     return 0
+
+
+async def _write_metrics(watchers: list[Watcher], cfg: Any) -> None:
+    """Every period, the metrics of every instance to the textfile directory; a failure is logged once.
+
+    Under systemd the file goes to our RuntimeDirectory (/run/ollamactl-metrics),
+    which ExecStartPre=+ links from metrics_dir (node_exporter's directory is
+    not ours to write); run by hand, straight into metrics_dir.  On the way out
+    a last write says ollamactl_watchdog_up 0, so a stopped watchdog is seen.
+    """
+    started = time.time()
+    runtime = os.environ.get("RUNTIME_DIRECTORY", "")
+    directory = RUNTIME_DIR if RUNTIME_DIR in runtime.split(":") else cfg.metrics_dir
+    explicit = cfg.sources.get("metrics_dir", "default") != "default"
+    last_problem: list[str | None] = [None]
+
+    def write(up: bool) -> None:
+        mono = time.monotonic()
+        heartbeat = time.time() - (mono - min(w.heartbeat for w in watchers))
+        text = render([w.metrics for w in watchers], WatchdogMetrics(started, heartbeat, up=up))
+        try:
+            write_textfile(directory, text)
+            problem = None
+        except OllamactlError as err:
+            problem = err.message
+        if problem != last_problem[0]:
+            if problem is None:
+                log("INFO", f"writing Prometheus metrics to {directory}")
+            else:  # the default directory is absent without node_exporter: only an explicit one is worth a warning
+                log("WARNING" if explicit else "INFO", f"metrics not written: {problem}")
+            last_problem[0] = problem
+
+    try:
+        while True:
+            await asyncio.sleep(cfg.watch_period)
+            write(up=True)
+    finally:
+        write(up=False)
 
 
 async def _ping_all(watchers: list[Watcher], notifier: Notifier) -> None:

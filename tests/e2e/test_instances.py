@@ -25,7 +25,7 @@ unit = "{GPU0}"
 [instances.gpu1]
 unit = "{GPU1}"
 """
-GRANT = "/etc/polkit-1/rules.d/50-ollamactl-ollamactl-{}.rules"
+GRANT = "/etc/polkit-1/rules.d/50-ollamactl-ollamactl-ollama@.service.rules"
 
 
 def answers(bed: Bed, port: int) -> bool:
@@ -42,11 +42,11 @@ def wait_answers(bed: Bed, port: int, timeout: float = 30) -> None:
 
 @pytest.fixture
 def two(healthy: Bed):
-    """Both instances running, named in the config, and a grant for each (as an admin would install them)."""
+    """Both instances running, named in the config, and the template's grant (as an admin installs it)."""
     c = healthy.c
     c.write_file("/etc/ollamactl/config.toml", CONFIG)
-    for unit in (GPU0, GPU1):
-        c.run(["ollamactl", "policy", "install", "--group", "ollamactl", "--unit", unit], check=True)
+    r = c.run(["ollamactl", "policy", "install", "--group", "ollamactl", "--unit", "ollama@.service"])
+    assert r.returncode == 0, r.stdout + r.stderr
     c.run(["rm", "-f", "/etc/ollama-standin/mode.11501", "/etc/ollama-standin/mode.11502"], check=True)
     c.run(["systemctl", "start", GPU0, GPU1], check=True, timeout=60)
     wait_answers(healthy, 11501)
@@ -54,7 +54,7 @@ def two(healthy: Bed):
     yield healthy
     c.run(["systemctl", "stop", WATCHDOG, GPU0, GPU1], timeout=60)
     c.run(["systemctl", "reset-failed", GPU0, GPU1])
-    c.run(["rm", "-f", "/etc/ollamactl/config.toml", GRANT.format(GPU0), GRANT.format(GPU1)], check=True)
+    c.run(["rm", "-f", "/etc/ollamactl/config.toml", GRANT], check=True)
 
 
 def test_instances_lists_each_with_the_url_its_unit_gives(two: Bed):

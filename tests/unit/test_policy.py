@@ -101,7 +101,7 @@ def test_bad_group_names_are_refused_naming_the_field(group):
 
 
 @pytest.mark.parametrize(
-    "unit", ["", "ollama@.service", 'a".service', "x/y", "@x.service", "multi-user.target", "foo*"]
+    "unit", ["", "@.service", 'a".service', "x/y", "@x.service", "multi-user.target", "foo*", "getty@.target"]
 )
 def test_bad_unit_names_are_refused_naming_the_field(unit):
     with pytest.raises(UsageError, match="^--unit: "):
@@ -435,3 +435,150 @@ def test_doctor_says_when_systemd_cannot_name_the_primary_unit(monkeypatch, tmp_
     report, checks, _ = _doctor_rule_check(monkeypatch, tmp_path, "ollama.service", "ollama.service", {})
     assert report.primary_unit == "ollama.service" and checks["rule"].ok is True
     assert checks["alias"].ok is None and "did not answer LoadUnit" in checks["alias"].detail
+
+
+# -- template grants: --unit 'ollama@.service' covers ollama@INSTANCE.service, INSTANCE strict ------------
+
+
+def test_a_template_grant_round_trips_and_says_what_it_covers():
+    grant = policy.make_grant("ops", "ollama@.service")
+    assert grant.template and grant.unit == "ollama@.service" and grant.verbs == ("try-restart",)
+    text = policy.render(grant)
+    assert policy.parse(text) == (grant, True)
+    assert (
+        text.splitlines()[0]
+        == "// ollamactl: members of group ops may try-restart any instance of ollama@.service, and nothing else."
+    )
+    assert '// of one template: "unit" must be ollama@INSTANCE.service, INSTANCE being' in text
+    assert policy.default_file_name(grant) == "50-ollamactl-ops-ollama@.service.rules"
+    assert (
+        policy.install_command("ops", grant.unit) == "sudo ollamactl policy install --group ops --unit ollama@.service"
+    )
+    wider = policy.make_grant("ops", "ollama@", ["restart", "try-restart"])  # mangled like systemctl
+    assert wider.unit == "ollama@.service" and policy.parse(policy.render(wider)) == (wider, True)
+    assert "start the unit if it is not running" in policy.render(wider)
+    assert not policy.make_grant("ops").template
+
+
+def test_the_template_rule_uses_the_one_instance_grammar_and_is_ecmascript5():
+    from ollamactl.units import INSTANCE_PATTERN
+
+    text = policy.render(policy.make_grant("ops", "ollama@.service"))
+    code = "\n".join(line for line in text.splitlines() if not line.startswith("//"))
+    for es6 in ("let ", "const ", "=>", "`", ".startsWith", ".endsWith", ".includes", "/u", "/y", "/s"):
+        assert es6 not in code
+    assert code.count("/^" + INSTANCE_PATTERN + "$/.test(instance)") == 1
+    assert 'var prefix = "ollama@";' in code and 'var suffix = ".service";' in code
+    # the unit name reaches the rule only as JSON string literals, never inside the regex
+    odd = policy.render(policy.make_grant("ops", "a\\x2d.b@.service"))
+    assert 'var prefix = "a\\\\x2d.b@";' in odd and policy.parse(odd)[1] is True
+
+
+def test_an_edited_template_rule_is_not_pristine():
+    text = policy.render(policy.make_grant("ops", "ollama@.service"))
+    loose = text.replace("{0,63}$/", "{0,63}/")
+    assert loose != text and policy.parse(loose)[1] is False
+
+
+def _scan_with(tmp_path, *grants):
+    for i, grant in enumerate(grants):
+        (tmp_path / f"50-{i}.rules").write_text(policy.render(grant))
+    return policy.scan([tmp_path])
+
+
+def test_scan_counts_an_instance_as_granted_by_its_template(tmp_path):
+    template = policy.make_grant("ollamactl", "ollama@.service")
+    scan = _scan_with(tmp_path, template)
+    assert [r.grant for r in scan.granting("ollamactl", "ollama@11501.service")] == [template]
+    assert [r.grant for r in scan.granting("ollamactl", "ollama@gpu0.service")] == [template]
+    for unit in ("ollama@.service", "ollama.service", "other@11501.service", "ollama@a.b.service", "ollama@1.socket"):
+        assert scan.granting("ollamactl", unit) == [], unit
+    assert scan.granting("ops", "ollama@11501.service") == []  # another group
+    assert scan.granting("ollamactl", "ollama@11501.service", "restart") == []  # a verb not granted
+
+
+def test_the_plain_grant_does_not_cover_instances(tmp_path):
+    scan = _scan_with(tmp_path, policy.make_grant("ollamactl"))
+    assert len(scan.granting("ollamactl", "ollama.service")) == 1
+    assert scan.granting("ollamactl", "ollama@11501.service") == []
+    assert scan.granting("ollamactl", "ollama@.service") == []
+
+
+def test_doctor_counts_the_template_grant_for_an_instance(monkeypatch, tmp_path):
+    _, checks, fake = _doctor_rule_check(monkeypatch, tmp_path, "ollama@11501.service", "ollama@.service", {})
+    assert checks["rule"].ok is True
+    assert "members of group ollamactl may try-restart any instance of ollama@.service" in checks["rule"].detail
+
+
+_JS_HARNESS = """
+var fs = require("fs");
+var rule = fs.readFileSync(process.argv[2], "utf8");
+var cases = JSON.parse(fs.readFileSync(process.argv[3], "utf8"));
+var rules = [];
+var polkit = {Result: {YES: "yes", NO: "no", NOT_HANDLED: "not-handled"}, addRule: function (f) { rules.push(f); }};
+new Function("polkit", rule)(polkit);
+console.log(JSON.stringify(cases.map(function (c) {
+    var action = {id: c.id, lookup: function (k) { return c.details[k]; }};
+    var subject = {isInGroup: function (g) { return c.groups.indexOf(g) >= 0; }};
+    return rules[0](action, subject);
+})));
+"""
+
+
+def _run_rule(tmp_path, rule: str, cases: list[dict]) -> list[str]:
+    import json
+    import shutil
+    import subprocess
+
+    node = shutil.which("node") or shutil.which("nodejs")
+    if node is None:
+        pytest.skip("no JavaScript engine (node) here; tests/e2e/test_denial.py asks the real polkitd")
+    (tmp_path / "rule.js").write_text(rule)
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    (tmp_path / "harness.js").write_text(_JS_HARNESS)
+    args = [node, str(tmp_path / "harness.js"), str(tmp_path / "rule.js"), str(tmp_path / "cases.json")]
+    return json.loads(subprocess.run(args, capture_output=True, text=True, check=True, timeout=60).stdout)
+
+
+def test_the_rendered_javascript_and_python_agree_on_every_name(tmp_path):
+    """The rule itself, run in node with a stand-in polkit object, against Grant.covers on one table."""
+    from tests.unit.test_units import TEMPLATE_TABLE
+
+    names = [u for u, _ in TEMPLATE_TABLE] + ["ollama@x.service.", "ollama@\u212a.service", None]
+    cases, expected = [], []
+    for unit in names:
+        for grant in (policy.make_grant("ollamactl", "ollama@.service"), policy.make_grant("ollamactl")):
+            for groups, verb in ((["ollamactl"], "try-restart"), (["ops"], "try-restart"), (["ollamactl"], "restart")):
+                cases.append(
+                    {
+                        "rule": policy.render(grant),
+                        "id": policy.ACTION,
+                        "details": {"unit": unit, "verb": verb},
+                        "groups": groups,
+                    }
+                )
+                yes = unit is not None and grant.covers(unit) and groups == ["ollamactl"] and verb in grant.verbs
+                expected.append("yes" if yes else "not-handled")
+    got = []
+    for rule in {c["rule"] for c in cases}:
+        mine = [c for c in cases if c["rule"] == rule]
+        got += list(zip([id(c) for c in mine], _run_rule(tmp_path, rule, mine), strict=True))
+    verdicts = dict(got)
+    rows = [(c["details"]["unit"], c["groups"], c["details"]["verb"], c["rule"].split("\n")[0][-40:]) for c in cases]
+    mismatches = [
+        (row, verdicts[id(c)], e) for row, c, e in zip(rows, cases, expected, strict=True) if verdicts[id(c)] != e
+    ]
+    assert not mismatches
+    assert expected.count("yes") == 5 + 1  # 5 instances by the template grant, ollama.service by the plain one
+    other = _run_rule(
+        tmp_path,
+        policy.render(policy.make_grant("ollamactl", "ollama@.service")),
+        [
+            {
+                "id": "org.freedesktop.login1.reboot",
+                "details": {"unit": "ollama@1.service", "verb": "try-restart"},
+                "groups": ["ollamactl"],
+            }
+        ],
+    )
+    assert other == ["not-handled"]

@@ -2,7 +2,57 @@
 
 import pytest
 
-from ollamactl.units import GROUP_NAME_RE, check_group_name, check_unit_name, mangle_unit_name, unit_object_path
+from ollamactl.units import (
+    GROUP_NAME_RE,
+    INSTANCE_PATTERN,
+    check_group_name,
+    check_unit_name,
+    is_template,
+    mangle_unit_name,
+    template_instance,
+    unit_object_path,
+)
+
+#: (unit polkit sees, instance of ollama@.service in our grammar or None).  Shared with
+#: tests/unit/test_policy.py, which runs the rendered JavaScript on the same table.
+TEMPLATE_TABLE = [
+    ("ollama@11501.service", "11501"),
+    ("ollama@gpu0.service", "gpu0"),
+    ("ollama@_x.service", "_x"),
+    ("ollama@a:b-c_D9.service", "a:b-c_D9"),
+    ("ollama@" + "a" * 64 + ".service", "a" * 64),
+    ("ollama@.service", None),  # the template itself
+    ("ollama@a\\x2db.service", None),  # a literal backslash: systemd's escapes are refused
+    ("ollama@x\\x2e\\x2e.service", None),
+    ("ollama@../x.service", None),
+    ("ollama@..service", None),
+    ("ollama@x.y.service", None),
+    ("ollama@x.service.d", None),
+    ("ollama@x.service.service", None),
+    ("ollama@x@y.service", None),  # systemd's instance "x@y"
+    ("ollama@@x.service", None),
+    ("ollama@-x.service", None),  # %I would be "/x"
+    ("ollama@:x.service", None),
+    ("ollama@x/y.service", None),
+    ("ollama@x y.service", None),
+    ("ollama@x\n.service", None),
+    ("ollama@x.service\n", None),
+    ("ollama@1\n", None),
+    ("ollama@1.service\x00", None),
+    ("ollama@" + "a" * 65 + ".service", None),
+    ("ollama@gp\u00fc.service", None),  # unicode letters are not [A-Za-z]
+    ("ollama@\u0661.service", None),  # an Arabic-Indic digit is not [0-9]
+    ("ollama@\uff11.service", None),  # a fullwidth digit
+    ("ollamax@1.service", None),
+    ("xollama@1.service", None),
+    ("Ollama@1.service", None),
+    ("other@1.service", None),
+    ("ollama@1.socket", None),
+    ("ollama@1.Service", None),
+    ("ollama.service", None),
+    ("ollama@1", None),
+    ("", None),
+]
 
 
 @pytest.mark.parametrize(
@@ -73,3 +123,36 @@ def test_valid_group_names(group):
 @pytest.mark.parametrize("group", ["", "Ops", "1ops", "a b", "a" * 33, "ops\n", "ops\r\n", "\tops", None, 7])
 def test_invalid_group_names_say_why(group):
     assert "not a valid group name" in (check_group_name(group) or "")
+
+
+@pytest.mark.parametrize(("unit", "instance"), TEMPLATE_TABLE)
+def test_template_instances_follow_the_strict_grammar(unit, instance):
+    assert template_instance("ollama@.service", unit) == instance
+
+
+def test_only_a_template_has_instances():
+    assert template_instance("ollama.service", "ollama.service") is None
+    assert template_instance("ollama@x.service", "ollama@x.service") is None
+    assert template_instance("ollama@.socket", "ollama@1.socket") == "1"
+    assert template_instance("ollama@.socket", "ollama@1.service") is None
+    assert template_instance("my.llm@.service", "my.llm@gpu1.service") == "gpu1"
+    assert template_instance("my.llm@.service", "myxllm@gpu1.service") is None  # '.' is not a wildcard
+    assert [is_template(n) for n in ("ollama@.service", "ollama@x.service", "ollama.service", "@.service")] == [
+        True,
+        False,
+        False,
+        False,
+    ]
+
+
+def test_the_instance_grammar_means_the_same_in_ecmascript_5():
+    """Plain ASCII classes and one bounded quantifier: no \\w, \\d, \\s, '.', lookarounds or flags."""
+    import re
+
+    assert re.fullmatch(r"(\[[A-Za-z0-9_:-]+\](\{\d+,\d+\})?)+", INSTANCE_PATTERN), INSTANCE_PATTERN
+
+
+def test_check_unit_name_accepts_a_template_only_when_asked():
+    assert "template" in (check_unit_name("ollama@.service") or "")
+    assert check_unit_name("ollama@.service", template_ok=True) is None
+    assert check_unit_name("@.service", template_ok=True) is not None
