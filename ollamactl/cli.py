@@ -197,6 +197,11 @@ GLOBAL_OPTIONS: tuple[Option, ...] = (
         help="run the command on HOST over ssh instead (repeatable: one table, or one JSON object keyed by host; "
         "exit code the worst of the hosts'); the host's own ollamactl and polkit rule decide",
     ),
+    Option(
+        "--all-hosts",
+        action="store_true",
+        help="run the command on every host of the config's hosts list (with any --host)",
+    ),
     Option("-v", "--verbose", action="store_true", help="log each step to stderr"),
 )
 
@@ -464,10 +469,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ollamactl._log import enable
 
             enable()
-        if getattr(args, "hosts", None):  # checked here first, then run on each host by its own ollamactl
+        if getattr(args, "hosts", None) or getattr(args, "all_hosts", False):  # checked here, run by each host
             from ollamactl.remote import run_on_hosts
 
-            return run_on_hosts(args.hosts, args_list, as_json)
+            cfg = _config(args)
+            hosts = [*(getattr(args, "hosts", None) or []), *(cfg.hosts.split() if getattr(args, "all_hosts", False) else [])]
+            if not hosts:
+                raise UsageError('--all-hosts: the config\'s hosts list is empty (hosts = "gpu1 alice@gpu2")')
+            return run_on_hosts(
+                hosts, args_list, as_json, connect_timeout=cfg.ssh_connect_timeout, deadline=cfg.remote_deadline
+            )
         _without_gi()
         return _handler(args.handler)(args, as_json)
     except OllamactlError as err:

@@ -65,6 +65,18 @@ def _check_path(v: str) -> str:
     return v
 
 
+def _check_hosts(v: str) -> str:
+    from ollamactl.errors import UsageError
+    from ollamactl.remote import parse_host
+
+    for spec in v.replace(",", " ").split():
+        try:
+            parse_host(spec)
+        except UsageError as exc:
+            raise ValueError(exc.message) from None
+    return " ".join(v.replace(",", " ").split())
+
+
 def _check_deep_probe(v: str) -> str:
     v = v.strip().lower()
     if v in ("token", "load"):
@@ -123,6 +135,11 @@ class Config:
         10.0, "watch: seconds after a (re)start in which failures do not count", ge=0, le=86400
     )
     watch_deep_every: int = _key(1, "watch: run the deep probe every k-th period", ge=1, le=10000)
+    hosts: str = _key(
+        "", "hosts --all-hosts runs the command on over ssh: [USER@]HOST[:PORT], separated by spaces", _check_hosts
+    )
+    ssh_connect_timeout: float = _key(10.0, "--host: seconds ssh may take to connect to a host", gt=0, le=300)
+    remote_deadline: float = _key(300.0, "--host: seconds the whole run on all hosts may take", gt=0, le=TIMEOUT_MAX)
     metrics_dir: str = _key(
         "/var/lib/prometheus/node-exporter",
         'watch: write Prometheus metrics (ollamactl.prom) to this node_exporter textfile directory; "" for none',

@@ -28,6 +28,7 @@ EXIT_BUSY = 15
 EXIT_LOADING = 16
 EXIT_FAILED = 17  # probe: failed; restart: refused, the unit failed
 EXIT_DOCTOR = 20
+EXIT_REMOTE = 21
 EXIT_INTERRUPTED = 130
 
 
@@ -178,5 +179,6 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EXIT_LOADING, "probe: loading (a model load is in progress, within load_timeout)"),
     (EXIT_FAILED, "probe: failed (the unit failed); restart: refused, the message gives Result and the fix"),
     (EXIT_DOCTOR, "doctor: at least one check failed (each prints its fix)"),
+    (EXIT_REMOTE, "--host: a host could not be asked (ssh failed, no ollamactl there, or no valid answer)"),
     (EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),
 )

@@ -49,14 +49,18 @@ SUITES = ("bookworm", "trixie", "sid")
 CACHE_DIR = Path(os.environ.get("OLLAMACTL_TESTBED_CACHE", "/var/cache/ollamactl-testbed"))
 
 #: Bump whenever the base recipe (packages aside) changes, so stale caches are not reused.
-RECIPE_VERSION = "4"
+RECIPE_VERSION = "5"
 
 #: debootstrap --include list.  libpam-systemd is needed or polkitd fails to configure.
 PACKAGES = (
     "dbus",
+    "iproute2",  # the address of host0 on a test network (boot(zone=...))
     "libpam-systemd",
+    "openssh-client",  # ollamactl --host (issue 10, part 2)
+    "openssh-server",  # not started at boot: start_sshd() starts it where a test needs it
     "polkitd",
     "procps",
+    "prometheus-node-exporter",  # metrics (issue 10, part 3); not started at boot, a test starts it
     "python3",
     "python3-dbus-next",
     "python3-loguru",
@@ -120,6 +124,12 @@ Type=oneshot
 ExecStart=/bin/false
 """,
 }
+
+#: Unit name prefixes whose enablement links _customise_base removes (not started at boot).
+NOT_AT_BOOT = ("ssh.", "ssh@", "sshd", "prometheus-node-exporter")
+
+#: Network zones of the test bed are named ZONE_PREFIX + 8 hex digits (bridge vz-<zone> on the host).
+ZONE_PREFIX = "oct"
 
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 OLLAMA_URL = "http://127.0.0.1:11434/api/version"
@@ -453,6 +463,16 @@ def _customise_base(root: Path) -> None:
     # Timers that would go off mid-test and fail without network.
     for unit in ("apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer", "fstrim.timer"):
         _symlink_tree(root, f"/etc/systemd/system/{unit}", "/dev/null")
+    # Services the packages enable that most tests don't want (boots stay fast and quiet); the tests
+    # that need one start it (start_sshd(); the metrics test starts prometheus-node-exporter).
+    # Disabled, not masked: their wants links go, so `systemctl start` still works.
+    for wants in (root / "etc" / "systemd" / "system").glob("*.wants"):
+        for link in wants.iterdir():
+            if link.is_symlink() and link.name.startswith(NOT_AT_BOOT):
+                link.unlink()
+    # Host keys are made per container at start_sshd(), not shared by every container from this tree.
+    for key in (root / "etc" / "ssh").glob("ssh_host_*"):
+        key.unlink()
     # The real Ollama installer's service user (scripts/install.sh): useradd -r -s /bin/false -U -m -d /usr/share/ollama
     _chroot(root, ["useradd", "-r", "-s", "/bin/false", "-U", "-m", "-d", "/usr/share/ollama", "ollama"])
     # Fail the build now, not in every test, if the runtime deps are broken.
@@ -617,9 +637,11 @@ class Container:
     root: Path
     leader_pid: int
 
-    def __init__(self, suite: str, name: str, run_dir: Path, log: Log) -> None:
+    def __init__(self, suite: str, name: str, run_dir: Path, log: Log, zone: str | None = None) -> None:
         self.suite = suite
         self.name = name
+        self.zone = zone
+        self.address: str | None = None  # on the zone's network, once _join_zone gave it one
         self.run_dir = run_dir
         self.root = run_dir / "merged"
         self.log_path = run_dir / "console.log"
@@ -797,7 +819,8 @@ class Container:
         env["SYSTEMD_NSPAWN_UNIFIED_HIERARCHY"] = "1"
         argv = [
             "systemd-nspawn", "-q", "-D", str(self.root), "-b",
-            "--register=no", "--keep-unit", "--private-network",
+            "--register=no", "--keep-unit",
+            f"--network-zone={self.zone}" if self.zone else "--private-network",
             f"--machine={self.name}", "--console=read-only", "--setenv=SYSTEMD_COLORS=0",
         ]  # fmt: skip
         # Own cgroup per container: nspawn --keep-unit uses (and carves payload/ out of) the
@@ -869,6 +892,25 @@ class Container:
             f"--- console ({self.log_path}) ---\n{self.console_tail()}"
         )
 
+    def _join_zone(self, address: str, timeout: float) -> None:
+        """Give host0 (our end of the zone's bridge) a static address: ADDR/PREFIX, e.g. 10.0.0.2/24.
+
+        nspawn creates the bridge vz-ZONE down and leaves it to the host's systemd-networkd
+        (not running here, nor needed): it is set up here, with no address of its own, so
+        the host takes no part in the zone's traffic.
+        """
+        bridge = f"vz-{self.zone}"
+        r = subprocess.run(["ip", "link", "set", bridge, "up"], check=False, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise TestbedError(f"cannot set {bridge} up: {r.stderr.strip()}")
+        self.sh(f"ip link set host0 up && ip addr add {shlex.quote(address)} dev host0", timeout=timeout, check=True)
+        self.address = address.split("/")[0]
+
+    def start_sshd(self, timeout: float = 60) -> None:
+        """Start sshd (not started at boot: see NOT_AT_BOOT), with host keys made now for this container."""
+        self.run(["ssh-keygen", "-A"], timeout=timeout, check=True)
+        self.run(["systemctl", "start", "ssh.service"], timeout=timeout, check=True)
+
     def install_deb(self, path: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """``apt-get install`` a .deb already inside the container, as an admin would.
 
@@ -931,6 +973,8 @@ def boot(
     name: str | None = None,
     log: Log = print,
     boot_timeout: float = 60,
+    zone: str | None = None,
+    address: str | None = None,
 ) -> Container:
     """Boot a fresh container (overlay over the cached base) with ollamactl installed.
 
@@ -940,6 +984,11 @@ def boot(
     container has users alice (in group ollamactl, when installed) and bob (not), the
     stand-in Ollama answering on 127.0.0.1:11434 in its own network namespace, and
     other/failing/masked.service.
+
+    Its network is private (loopback only), or with ``zone`` (new_zone()) the zone's: a bridge
+    vz-ZONE on this host that systemd-nspawn creates with the zone's first container and removes
+    with its last, where the container's host0 gets ``address`` (ADDR/PREFIX).  Nothing routes
+    from the zone anywhere else: containers of one zone reach each other, and nothing more.
     """
     _require_root()
     _require_tools("systemd-nspawn", "nsenter", "mount", "umount")
@@ -952,6 +1001,10 @@ def boot(
     name = name or f"ollamactl-{suite}-{secrets.token_hex(3)}"
     if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9-]{0,62}", name):
         raise ValueError(f"bad container name {name!r}")
+    if zone is not None and not re.fullmatch(ZONE_PREFIX + r"[0-9a-f]{8}", zone):
+        raise ValueError(f"bad zone {zone!r}: make one with new_zone()")
+    if (zone is None) != (address is None):
+        raise ValueError("give zone and address together")
     run_root = CACHE_DIR / "run"
     run_root.mkdir(parents=True, exist_ok=True)
     run_dir = run_root / name
@@ -959,7 +1012,7 @@ def boot(
         run_dir.mkdir()
     except FileExistsError:
         raise TestbedError(f"{run_dir} exists: a container named {name} is running (or run `testbed.py gc`)") from None
-    c = Container(suite, name, run_dir, log)
+    c = Container(suite, name, run_dir, log, zone=zone)
     _register_live(c)
     t0 = time.monotonic()
     try:
@@ -967,6 +1020,8 @@ def boot(
         c._mount(base)
         c._provision(package)
         c._start(boot_timeout)
+        if zone is not None and address is not None:
+            c._join_zone(address, boot_timeout)
         t_booted = time.monotonic()
         c._setup(package, time.monotonic() + max(30.0, boot_timeout))
     except BaseException:
@@ -974,6 +1029,24 @@ def boot(
         raise
     log(f"testbed: {name} ({suite}) booted in {t_booted - t0:.1f} s, ready in {time.monotonic() - t0:.1f} s")
     return c
+
+
+def new_zone() -> str:
+    """A fresh network zone name for boot(zone=...): its host bridge is vz-<name> (at most 15 characters)."""
+    return f"{ZONE_PREFIX}{secrets.token_hex(4)}"
+
+
+def _leftover_bridges() -> list[str]:
+    """Zone bridges of ours (vz-oct........) with no container attached any more."""
+    r = subprocess.run(["ip", "-o", "link", "show", "type", "bridge"], check=False, capture_output=True, text=True)
+    names = re.findall(r"^\d+: (vz-" + ZONE_PREFIX + r"[0-9a-f]{8})[:@]", r.stdout, re.MULTILINE)
+    empty = []
+    for name in names:
+        argv = ["ip", "-o", "link", "show", "master", name]
+        ports = subprocess.run(argv, check=False, capture_output=True, text=True)
+        if ports.returncode == 0 and not ports.stdout.strip():
+            empty.append(name)
+    return empty
 
 
 # --------------------------------------------------------------------------- gc
@@ -1026,6 +1099,11 @@ def gc(all_: bool = False, log: Log = print) -> None:
                     continue
                 log(f"gc: removing interrupted build {tmp}")
                 _remove_tree(tmp)
+    # Zone bridges nspawn did not get to remove (killed runs).
+    if shutil.which("ip"):
+        for bridge in _leftover_bridges():
+            log(f"gc: removing bridge {bridge}")
+            subprocess.run(["ip", "link", "delete", bridge], check=False, capture_output=True)
     # Empty per-container cgroups of containers that no longer exist.
     for parent in {d.parent for d in _cgroup_dirs("x")}:
         if parent.is_dir():

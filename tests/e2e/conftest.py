@@ -16,6 +16,7 @@ from tests import testbed
 REPO = Path(__file__).resolve().parents[2]
 UNIT = "ollama.service"
 MODE_FILE = "/etc/ollama-standin/mode"
+CONFIG_FILE = "/etc/ollamactl/config.toml"
 
 
 TIMINGS: list[str] = []  # recovery figures, printed at the end of the run
@@ -152,6 +153,17 @@ class Bed:
 
     def python(self, code: str, user: str = "alice") -> subprocess.CompletedProcess[str]:
         return self.c.run(["python3", "-c", code], user=user, timeout=120)
+
+    def saved_config(self) -> str | None:
+        """The packaged /etc/ollamactl/config.toml (a conffile), for a test that writes its own to put back."""
+        r = self.c.run(["cat", CONFIG_FILE])
+        return r.stdout if r.returncode == 0 else None
+
+    def restore_config(self, saved: str | None) -> None:
+        if saved is None:
+            self.c.run(["rm", "-f", CONFIG_FILE], check=True)
+        else:
+            self.c.write_file(CONFIG_FILE, saved)
 
     def set_mode(self, mode: str) -> None:
         self.c.write_file(MODE_FILE, mode + "\n")

@@ -195,7 +195,7 @@ def test_policy_install_needs_root_and_writes_nothing_otherwise(healthy: Bed):
     ("args", "field"),
     [
         (["--group", "Ops"], "--group"),
-        (["--group", "ops", "--unit", "evil@.service"], "--unit"),
+        (["--group", "ops", "--unit", "@evil.service"], "--unit"),  # templates are fine (ollama@.service)
         (["--group", "ops", "--verb", "stop"], "--verb"),
     ],
 )

@@ -44,6 +44,7 @@ def wait_answers(bed: Bed, port: int, timeout: float = 30) -> None:
 def two(healthy: Bed):
     """Both instances running, named in the config, and the template's grant (as an admin installs it)."""
     c = healthy.c
+    saved = healthy.saved_config()
     c.write_file("/etc/ollamactl/config.toml", CONFIG)
     r = c.run(["ollamactl", "policy", "install", "--group", "ollamactl", "--unit", "ollama@.service"])
     assert r.returncode == 0, r.stdout + r.stderr
@@ -54,7 +55,8 @@ def two(healthy: Bed):
     yield healthy
     c.run(["systemctl", "stop", WATCHDOG, GPU0, GPU1], timeout=60)
     c.run(["systemctl", "reset-failed", GPU0, GPU1])
-    c.run(["rm", "-f", "/etc/ollamactl/config.toml", GRANT], check=True)
+    c.run(["rm", "-f", GRANT], check=True)
+    healthy.restore_config(saved)
 
 
 def test_instances_lists_each_with_the_url_its_unit_gives(two: Bed):

@@ -147,6 +147,7 @@ def test_100_concurrent_detectors_cause_exactly_one_restart(healthy: Bed):
 
 
 def test_budget_stops_a_restart_loop_and_says_when(healthy: Bed):
+    saved = healthy.saved_config()
     healthy.c.write_file("/etc/ollamactl/config.toml", "max_restarts = 2\nrestart_window = 60\nrestart_backoff = 0\n")
     try:
         assert healthy.json("restart")[0] == 0
@@ -154,7 +155,7 @@ def test_budget_stops_a_restart_loop_and_says_when(healthy: Bed):
         before = healthy.prop("InvocationID")
         rc, out = healthy.json("restart")
     finally:
-        healthy.c.run(["rm", "-f", "/etc/ollamactl/config.toml"], check=True)
+        healthy.restore_config(saved)
     assert rc == BUDGET and out["error"] == "budget-exhausted"
     assert 0 < out["retry_after"] <= 60 and "next is allowed at" in out["message"]
     assert healthy.prop("InvocationID") == before

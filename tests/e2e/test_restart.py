@@ -188,11 +188,12 @@ def test_no_bus_gives_bus_unavailable_within_the_timeout(healthy: Bed):
 
 def test_bad_config_value_is_named_and_nothing_restarts(healthy: Bed):
     before = healthy.prop("InvocationID")
+    saved = healthy.saved_config()
     healthy.c.write_file("/etc/ollamactl/config.toml", 'timeout = "soon"\n')
     try:
         r = healthy.ollamactl("restart")
     finally:
-        healthy.c.run(["rm", "-f", "/etc/ollamactl/config.toml"], check=True)
+        healthy.restore_config(saved)
     assert r.returncode == USAGE
     line = r.stderr.strip()
     assert "\n" not in line and "/etc/ollamactl/config.toml" in line and "timeout" in line and "'soon'" in line

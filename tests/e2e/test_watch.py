@@ -73,6 +73,7 @@ def watched(healthy: Bed):
     """Start the packaged watchdog with a test's config; stop it and clean up after."""
     c = healthy.c
     ensure_units(c)
+    saved = healthy.saved_config()
 
     def start(config: str = "", mode: str = "ok") -> float:
         healthy.set_mode(mode)
@@ -89,7 +90,7 @@ def watched(healthy: Bed):
 
     yield start
     c.run(["systemctl", "stop", WATCHDOG], timeout=60)
-    c.run(["rm", "-f", "/etc/ollamactl/config.toml"])
+    healthy.restore_config(saved)
     healthy.set_mode("ok")
 
 

@@ -128,7 +128,7 @@ def test_every_key_has_help():
 def test_readme_documents_every_key_with_its_default():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for name, f in KEYS.items():
-        default = "none" if f.default is None else f"`{f.default}`"
+        default = "none" if f.default in (None, "") else f"`{f.default}`"
         assert f"| `{name}` | {default} | {f.metadata['help']} |" in readme, name
 
 
