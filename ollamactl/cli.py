@@ -473,7 +473,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ollamactl.remote import run_on_hosts
 
             cfg = _config(args)
-            hosts = [*(getattr(args, "hosts", None) or []), *(cfg.hosts.split() if getattr(args, "all_hosts", False) else [])]
+            hosts = [
+                *(getattr(args, "hosts", None) or []),
+                *(cfg.hosts.split() if getattr(args, "all_hosts", False) else []),
+            ]
             if not hosts:
                 raise UsageError('--all-hosts: the config\'s hosts list is empty (hosts = "gpu1 alice@gpu2")')
             return run_on_hosts(
