@@ -461,6 +461,13 @@ class AsyncController(_Client):
             instance=cfg.instance,
         )
 
+    async def url(self) -> str:
+        """The URL this unit's Ollama is asked at: the one given, else the unit's own OLLAMA_HOST."""
+        if not self.config.url_from_unit:
+            return probe.parse_url(self.config.url).url
+        async with self._systemd() as bus:
+            return self._endpoint(await bus.unit_state(self.config.unit)).url
+
     async def instances(self) -> Instances:
         """Every configured instance's status (or this unit's, with no [instances] tables), asked concurrently.
 

@@ -392,25 +392,31 @@ def _runtime_dir_check(run_dir: Path, group: str) -> Check:
 
 
 async def _ollama_check(config: Config) -> Check:
+    """Does Ollama answer where ollamactl asks it: the URL given, else the unit's own OLLAMA_HOST?"""
     from ollamactl import probe
+    from ollamactl.controller import AsyncController
 
     try:
-        version = await probe.api_version(probe.parse_url(config.url), config.http_timeout)
+        url = await AsyncController(config=config).url()
+    except OllamactlError:
+        url = config.url  # the bus checks above say what is wrong with the bus or the unit
+    try:
+        version = await probe.api_version(probe.parse_url(url), config.http_timeout)
     except TimeoutError:
         return Check(
             "ollama",
             False,
-            f"{config.url} accepted nothing within {config.http_timeout:g}s (wedged?)",
+            f"{url} accepted nothing within {config.http_timeout:g}s (wedged?)",
             "ollamactl restart",
         )
     except (probe.HTTPError, ValueError) as exc:
         return Check(
             "ollama",
             False,
-            f"{config.url}: {exc}",
+            f"{url}: {exc}",
             f"ollamactl restart (if it keeps failing: journalctl -u {config.unit})",
         )
-    return Check("ollama", True, f"Ollama {version} answers at {config.url}")
+    return Check("ollama", True, f"Ollama {version} answers at {url}")
 
 
 def text(payload: dict[str, Any]) -> str:

@@ -81,6 +81,9 @@ def test_a_member_restarts_one_instance_by_name_and_only_that_one(two: Bed):
     assert after[GPU1] != before[GPU1] and after[GPU0] == before[GPU0] and after[UNIT] == before[UNIT]
     rc, out = two.json("--unit", "gpu0", "probe")
     assert (rc, out["outcome"], out["url"]) == (0, "healthy", "http://127.0.0.1:11501"), out
+    rc, out = two.json("--unit", "gpu1", "doctor")  # doctor asks Ollama where the unit says it listens
+    ollama = next(c for c in out["checks"] if c["name"] == "ollama")
+    assert ollama["ok"] and "http://127.0.0.1:11502" in ollama["detail"], out
     rc, out = two.json("--unit", "gpu1", "restart", user="bob")  # not a member: refused on the instance too
     assert rc == 3 and out["error"] == "permission-denied", out
 

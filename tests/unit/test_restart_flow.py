@@ -295,6 +295,13 @@ def test_the_url_comes_from_the_units_environment_file_over_its_environment(wire
     assert result.action == "restarted" and result.api_version == "0.12.3"  # readiness asked 11502
 
 
+def test_url_says_where_the_units_ollama_is_asked(wire):
+    _, systemd, _ = wire
+    systemd.set(environment=["OLLAMA_HOST=0.0.0.0:11777"])
+    assert asyncio.run(make(wire).url()) == "http://127.0.0.1:11777"
+    assert asyncio.run(make(wire, url="http://127.0.0.1:9").url()) == "http://127.0.0.1:9"
+
+
 def test_an_explicit_url_wins_over_the_units(wire):
     _, systemd, ollama = wire
     systemd.set(environment=["OLLAMA_HOST=127.0.0.1:11999"])
