@@ -66,15 +66,18 @@ def _check_path(v: str) -> str:
 
 
 def _check_hosts(v: str) -> str:
+    specs = v.replace(",", " ").split()
+    if not specs:
+        return ""  # the default: no import of the ssh module (tens of ms) on every run
     from ollamactl.errors import UsageError
     from ollamactl.remote import parse_host
 
-    for spec in v.replace(",", " ").split():
+    for spec in specs:
         try:
             parse_host(spec)
         except UsageError as exc:
             raise ValueError(exc.message) from None
-    return " ".join(v.replace(",", " ").split())
+    return " ".join(specs)
 
 
 def _check_deep_probe(v: str) -> str:
