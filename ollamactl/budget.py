@@ -34,3 +34,7 @@ class Budget:
         if len(recent) >= self.max_restarts:
             allowed = max(allowed, recent[-self.max_restarts] + self.window)
         return max(allowed, now)
+
+    def remaining(self, history: list[float], now: float) -> int:
+        """Restarts the window still allows (the backoff aside): for the metrics."""
+        return max(0, self.max_restarts - sum(1 for t in history if now - self.window < t <= now))

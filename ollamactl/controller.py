@@ -461,6 +461,14 @@ class AsyncController(_Client):
             instance=cfg.instance,
         )
 
+    def for_instance(self, inst: Instance) -> AsyncController:
+        """A controller of ``inst`` (its unit, URL and model), with these settings and transports."""
+        return AsyncController(
+            config=self.config.for_instance(inst),
+            dbus_transport=self.dbus_transport,
+            http_transport=self.http_transport,
+        )
+
     async def url(self) -> str:
         """The URL this unit's Ollama is asked at: the one given, else the unit's own OLLAMA_HOST."""
         if not self.config.url_from_unit:
@@ -478,9 +486,7 @@ class AsyncController(_Client):
         cfg = self.config
 
         async def one(inst: Instance) -> Status:
-            sub = AsyncController(
-                config=cfg.for_instance(inst), dbus_transport=self.dbus_transport, http_transport=self.http_transport
-            )
+            sub = self.for_instance(inst)
             try:
                 return await sub.status()
             except BusUnavailable:
@@ -506,9 +512,7 @@ class AsyncController(_Client):
         cfg = self.config
 
         async def one(inst: Instance) -> InstanceMetrics:
-            sub = AsyncController(
-                config=cfg.for_instance(inst), dbus_transport=self.dbus_transport, http_transport=self.http_transport
-            )
+            sub = self.for_instance(inst)
             at = time.time()
             report = await sub.probe(deep=deep)
             m = InstanceMetrics(inst.name, report.unit or inst.unit, report.outcome, None, at, None)
@@ -516,9 +520,8 @@ class AsyncController(_Client):
                 history = [r.at for r in sub.runtime.read_state().for_unit(m.unit)]
             except OllamactlError:
                 return m  # not a member: the shared history is not ours to read
-            now = time.time()
             budget = Budget(cfg.max_restarts, cfg.restart_window, cfg.restart_backoff)
-            m.budget_remaining = max(0, budget.max_restarts - sum(now - budget.window < t <= now for t in history))
+            m.budget_remaining = budget.remaining(history, time.time())
             return m
 
         return render(await asyncio.gather(*(one(inst) for inst in cfg.all_instances())))

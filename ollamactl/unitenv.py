@@ -104,12 +104,13 @@ def parse(text: str) -> dict[str, str]:
             continue
         rest = rest.strip()
         if rest[:1] in ("'", '"'):
-            quote = rest[0]
-            body = rest[1:]
-            while quote not in _unescaped(body, quote) and i < len(lines):  # a quoted value may span lines
+            quote, body = rest[0], rest[1:]
+            value, closed = _quoted(body, quote)
+            while not closed and i < len(lines):  # a quoted value may span lines
                 body += "\n" + lines[i]
                 i += 1
-            out[key] = _unquote(body, quote)
+                value, closed = _quoted(body, quote)
+            out[key] = value
             continue
         while rest.endswith("\\") and i < len(lines):
             rest = rest[:-1] + lines[i].strip()
@@ -118,24 +119,11 @@ def parse(text: str) -> dict[str, str]:
     return out
 
 
-def _unescaped(body: str, quote: str) -> str:
-    """``body`` with escaped characters removed (inside double quotes), to find the closing quote."""
+def _quoted(body: str, quote: str) -> tuple[str, bool]:
+    """The value after an opening ``quote`` (backslash escapes inside double quotes), and whether it closed."""
     if quote == "'":
-        return body
-    out, skip = [], False
-    for ch in body:
-        if skip:
-            skip = False
-        elif ch == "\\":
-            skip = True
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def _unquote(body: str, quote: str) -> str:
-    if quote == "'":
-        return body.split("'", 1)[0]
+        end = body.find("'")
+        return (body, False) if end < 0 else (body[:end], True)
     out, escaped = [], False
     for ch in body:
         if escaped:
@@ -144,7 +132,7 @@ def _unquote(body: str, quote: str) -> str:
         elif ch == "\\":
             escaped = True
         elif ch == '"':
-            break
+            return "".join(out), True
         else:
             out.append(ch)
-    return "".join(out)
+    return "".join(out), False

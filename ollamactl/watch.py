@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ollamactl._log import log
+from ollamactl.budget import Budget
 from ollamactl.controller import AsyncController, Unattended
 from ollamactl.errors import BudgetExhausted, OllamactlError, UnitFailed, UnitStopped
 from ollamactl.metrics import RUNTIME_DIR, InstanceMetrics, WatchdogMetrics, render, write_textfile
@@ -227,9 +228,8 @@ class Watcher:
     def budget_remaining(self) -> int:
         """Restarts our own budget still allows in its window (the watchdog's budget is its own history)."""
         cfg = self.cfg
-        now = time.time()
-        recent = [t for t in self.unattended.history if now - cfg.restart_window < t <= now]
-        return max(0, cfg.max_restarts - len(recent))
+        budget = Budget(cfg.max_restarts, cfg.restart_window, cfg.restart_backoff)
+        return budget.remaining(self.unattended.history, time.time())
 
     @property
     def stuck_after(self) -> float:
@@ -271,12 +271,7 @@ async def watch(actl: AsyncController, progress: Callable[[str], None] | None = 
     """
     cfg = actl.config
     if cfg.instances and cfg.instance is None:
-        controllers = [
-            AsyncController(
-                config=cfg.for_instance(inst), dbus_transport=actl.dbus_transport, http_transport=actl.http_transport
-            )
-            for inst in cfg.instances
-        ]
+        controllers = [actl.for_instance(inst) for inst in cfg.instances]
     else:
         controllers = [actl]
     notifier = Notifier()
@@ -311,9 +306,10 @@ async def _write_metrics(watchers: list[Watcher], cfg: Any) -> None:
     runtime = os.environ.get("RUNTIME_DIRECTORY", "")
     directory = RUNTIME_DIR if RUNTIME_DIR in runtime.split(":") else cfg.metrics_dir
     explicit = cfg.sources.get("metrics_dir", "default") != "default"
-    last_problem: list[str | None] = [None]
+    last_problem: str | None = None
 
     def write(up: bool) -> None:
+        nonlocal last_problem
         mono = time.monotonic()
         heartbeat = time.time() - (mono - min(w.heartbeat for w in watchers))
         text = render([w.metrics for w in watchers], WatchdogMetrics(started, heartbeat, up=up))
@@ -322,12 +318,12 @@ async def _write_metrics(watchers: list[Watcher], cfg: Any) -> None:
             problem = None
         except OllamactlError as err:
             problem = err.message
-        if problem != last_problem[0]:
+        if problem != last_problem:
             if problem is None:
                 log("INFO", f"writing Prometheus metrics to {directory}")
             else:  # the default directory is absent without node_exporter: only an explicit one is worth a warning
                 log("WARNING" if explicit else "INFO", f"metrics not written: {problem}")
-            last_problem[0] = problem
+            last_problem = problem
 
     try:
         while True:
