@@ -727,31 +727,12 @@ def _primary(bed: Bed, unit: str) -> str:
     if r.returncode != 0:
         return "invalid: " + r.stderr.strip()[:60]
     path = json.loads(r.stdout)["data"][0]
-    ids = bed.c.run(
-        [
-            "busctl",
-            "--json=short",
-            "get-property",
-            "org.freedesktop.systemd1",
-            path,
-            "org.freedesktop.systemd1.Unit",
-            "Id",
-        ],
-        check=True,
-    )
-    load = bed.c.run(
-        [
-            "busctl",
-            "--json=short",
-            "get-property",
-            "org.freedesktop.systemd1",
-            path,
-            "org.freedesktop.systemd1.Unit",
-            "LoadState",
-        ],
-        check=True,
-    )
-    name, state = json.loads(ids.stdout)["data"], json.loads(load.stdout)["data"]
+
+    def unit_property(name: str) -> str:
+        argv = ["busctl", "--json=short", "get-property", "org.freedesktop.systemd1", path]
+        return json.loads(bed.c.run([*argv, "org.freedesktop.systemd1.Unit", name], check=True).stdout)["data"]
+
+    name, state = unit_property("Id"), unit_property("LoadState")
     return name if state == "loaded" else f"{name} ({state})"
 
 
