@@ -171,7 +171,7 @@ def root_only(path: Path) -> None:
 def planned(layout: Layout, argv: str) -> dict[Path, str]:
     """The files setup owns and their content (each with the marker on its first line)."""
     unit = shipped(WATCHDOG).replace("ExecStart=/usr/bin/ollamactl watch", f"ExecStart={argv} watch")
-    unit = unit.replace("ExecStartPre=+/usr/bin/ollamactl metrics", f"ExecStartPre=+{argv} metrics")
+    unit = unit.replace("ExecStartPre=-+/usr/bin/ollamactl metrics", f"ExecStartPre=-+{argv} metrics")
     if f"ExecStart={argv} watch" not in unit:
         raise SetupError(f"the shipped {WATCHDOG} has no 'ExecStart=/usr/bin/ollamactl watch' line to adapt")
     return {

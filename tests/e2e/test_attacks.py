@@ -618,6 +618,31 @@ def test_watchdog_survives_a_hostile_state_file(site: Site, kind: str):
     a.verdict()
 
 
+def test_metrics_link_is_not_made_through_a_swapped_directory(site: Site):
+    """prometheus owns /var/lib/prometheus: it swaps node-exporter for a link to /etc/ollamactl before the
+    watchdog starts.  Root's ExecStartPre (metrics --link) must not put its link there, and the watchdog
+    must still start and recover Ollama (only the metrics link is lost)."""
+    c = site.c
+    parent, textfile = "/var/lib/prometheus", "/var/lib/prometheus/node-exporter"
+    a = Attack(site.bed, f"{textfile} swapped for a symlink to /etc/ollamactl", "prometheus")
+    c.run(["mv", textfile, f"{textfile}.real"], check=True)
+    try:
+        c.run(["runuser", "-u", "prometheus", "--", "ln", "-s", "/etc/ollamactl", textfile], check=True)
+        owner = c.run(["stat", "-c", "%U", parent], check=True).stdout.strip()
+        a.check("the swap is done by the directory's owner", owner == "prometheus", f"{parent} owned by {owner}")
+        site.start_watchdog()
+        linked = _file_state(site.bed, "/etc/ollamactl/ollamactl.prom")
+        a.check("root wrote no link into /etc/ollamactl", linked == "absent", linked)
+        said = c.run(["journalctl", "-u", WATCHDOG, "-n", "20", "--no-pager", "-o", "cat"]).stdout
+        a.check("metrics --link refused", "without following links" in said, _show(said))
+        ok, evidence = site.wedge_and_wait(deadline=30)
+        a.check("the watchdog still recovers a wedged Ollama", ok, evidence)
+    finally:
+        c.run(["rm", "-f", textfile, "/etc/ollamactl/ollamactl.prom"])
+        c.run(["mv", f"{textfile}.real", textfile], check=True)
+    a.verdict()
+
+
 def test_users_cannot_signal_or_notify_the_watchdog(site: Site):
     """alice and bob try to stop, kill or fake sd_notify messages for the watchdog; it must not notice.
 
