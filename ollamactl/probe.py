@@ -472,6 +472,13 @@ class Slot:
     id: int
     is_processing: bool
     n_decoded: int | None  # next_token.n_decoded: rising while it generates
+    id_task: int | None = None  # the slot's current (or last) task: a new one is progress too
+    n_prompt_processed: int | None = None  # n_prompt_tokens_processed: rising, batch by batch, while it reads a prompt
+
+    @property
+    def progress(self) -> tuple[int | None, int | None, int | None]:
+        """What moves while this slot's task makes progress; the same value twice means it did not."""
+        return (self.id_task, self.n_prompt_processed, self.n_decoded)
 
 
 @dataclass(frozen=True)
@@ -535,10 +542,13 @@ def _slot(item: Any) -> Slot | None:
     if isinstance(nxt, list) and nxt:
         nxt = nxt[0]
     decoded = nxt.get("n_decoded") if isinstance(nxt, dict) else None
+    task, prompt = item.get("id_task"), item.get("n_prompt_tokens_processed")
     return Slot(
         id=ident if _is_count(ident) else -1,
         is_processing=item.get("is_processing") is True,
         n_decoded=decoded if _is_count(decoded) else None,
+        id_task=task if _is_count(task) else None,
+        n_prompt_processed=prompt if _is_count(prompt) else None,
     )
 
 

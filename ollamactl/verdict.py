@@ -70,6 +70,9 @@ RESTARTABLE = frozenset({DOWN, WEDGED, DEEP_WEDGED})
 LOAD_GRACE = 15.0
 #: A unit computing on more CPUs than this while /slots is silent is busy (a long prompt batch on CPU), not stuck.
 CPU_BUSY = 1.5
+#: Busy slots whose counters stand still are a long batch while the unit computes on this many CPUs or more
+#: (one llama-server thread computing is 1.0; a frozen inference loop measured 0.0).
+CPU_IDLE = 0.5
 _TRANSITIONS = ("activating", "deactivating", "reloading", "maintenance", "refreshing")
 
 
@@ -163,7 +166,8 @@ class Judge:
         self._live: _Streak | None = None
         self._deep: _Streak | None = None
         self._proven: set[int] = set()  # runner ports that answered like a llama-server this invocation
-        self._decoded: dict[tuple[int, int], int] = {}  # (port, slot) -> n_decoded last seen
+        # (port, slot) -> (Slot.progress last seen, when that value was first seen)
+        self._progress: dict[tuple[int, int], tuple[tuple[int | None, ...], float]] = {}
         self._load_seen: float | None = None  # first sign of a load the journal did not date
 
     @property
@@ -187,7 +191,7 @@ class Judge:
         if unit.invocation_id != self._invocation:
             self._invocation = unit.invocation_id
             self._proven.clear()
-            self._decoded.clear()
+            self._progress.clear()
             self.reset()
         verdict = self._unit_verdict(unit, s.at)
         if verdict is not None:
@@ -290,22 +294,36 @@ class Judge:
             for r in s.runners
             if r.slots_status == probe.TIMEOUT and (r.health_status == probe.OK or r.port in self._proven)
         ]
+        before = dict(self._progress)
+        stalled = self._stalled(s)
         if no_model:
-            silent = []  # their models are gone: nothing is stuck on them
-        if not silent and not stuck_load:
+            silent, stalled = [], {}  # their models are gone: nothing is stuck on them
+        if not silent and not stalled and not stuck_load:
             self._deep = None
-            return self._answering(s, version, loaded, no_model)
+            return self._answering(s, version, loaded, no_model, before)
         if self._in_grace(s):
             self.reset()
             age = max(0.0, s.at - s.unit.started_at)
             return Verdict(STARTING, f"{s.unit.name} started {age:.1f}s ago (startup grace)")
 
-        streak = self._deep = self._deep or _Streak(s.at)
+        # a stalled runner's streak began when its counters last moved (they were seen flat since then)
+        streak = self._deep = self._deep or _Streak(min(stalled.values()) if stalled and not silent else s.at)
         streak.count += 1
         if s.unit.cpu_usage_nsec is not None:
             streak.cpu.append((s.done_at, s.unit.cpu_usage_nsec))
         span = s.done_at - streak.start
-        if silent:
+        if stalled and not silent:
+            r = next(r for r in s.runners if r.port in stalled)
+            busy = [sl for sl in r.slots if sl.is_processing]
+            counters = ", ".join(f"slot {sl.id} task {sl.id_task} n_decoded {sl.n_decoded}" for sl in busy[:2])
+            what = (
+                f"runner :{r.port} /slots answers but its {len(busy)} busy slot(s) made no progress since "
+                f"{_clock(stalled[r.port])} ({counters}; {_nth(streak.count)} time in {span:.1f}s), "
+                "/api/version answers"
+            )
+            if loaded:
+                what += f", loaded: {loaded}"
+        elif silent:
             r = silent[0]
             health = "/health answers" if r.health_status == probe.OK else "/health does not answer either"
             what = (
@@ -323,12 +341,45 @@ class Judge:
         cpus = self._cpus(streak, s.done_at)
         if cpus is not None and cpus >= CPU_BUSY:
             return Verdict(BUSY, f"{what}, but {s.unit.name} is computing ({cpus:.1f} CPUs over the silence)")
-        needed = lim.deep_confirm if silent else 0.0
+        only_stalled = bool(stalled) and not silent and not stuck_load
+        if only_stalled and cpus is not None and cpus >= CPU_IDLE:
+            # flat counters while the unit computes: one long prompt batch (measured: 13.7 s for 2048 tokens)
+            return Verdict(BUSY, f"{what}, but {s.unit.name} is computing ({cpus:.1f} CPUs): a long batch")
+        needed = lim.deep_confirm if (silent or stalled) else 0.0
         confirmed = streak.count >= lim.threshold and span >= needed and not _stale(s.journal)
         tail = _no_progress(s.journal, streak.start)
-        if not confirmed and silent:
+        if only_stalled and cpus is None:
+            confirmed = False  # without the unit's CPU time a long prompt batch cannot be ruled out
+            tail += f"; {s.unit.name}'s CPU time is unknown, so a long batch cannot be ruled out"
+        if not confirmed and (silent or stalled):
             tail += f"; deep-wedged after {lim.threshold} in {needed:g}s"
         return Verdict(DEEP_WEDGED, what + tail, confirmed=confirmed, pending=not confirmed, since=streak.start)
+
+    def _stalled(self, s: Sample) -> dict[int, float]:
+        """Runners that answer /slots with busy slots whose counters did not move: port -> flat since when.
+
+        On llama.cpp's server /slots is answered even while the inference loop is frozen inside a
+        decode (tested on Debian's llama-server, build 11669): is_processing stays true and
+        n_decoded, n_prompt_tokens_processed and id_task stop.  A long prompt batch stops them too,
+        with the unit computing; ``_deep_verdict`` tells the two apart by the unit's CPU time.
+        """
+        out: dict[int, float] = {}
+        for r in s.runners:
+            if r.slots_status != probe.OK:
+                continue
+            busy_since: list[float | None] = []
+            for sl in r.slots:
+                key = (r.port, sl.id)
+                prev = self._progress.get(key)
+                if prev is None or prev[0] != sl.progress:
+                    self._progress[key] = (sl.progress, s.at)
+                    if sl.is_processing:
+                        busy_since.append(None)
+                elif sl.is_processing:
+                    busy_since.append(prev[1])
+            if busy_since and None not in busy_since:
+                out[r.port] = max(t for t in busy_since if t is not None)
+        return out
 
     def _load(self, s: Sample, journal: JournalFacts | None) -> tuple[float, float, str] | None:
         """(began, last sign of life, how we know) of a load in progress, or None."""
@@ -355,7 +406,14 @@ class Judge:
             return None
         return (points[-1][1] - points[0][1]) / 1e9 / (points[-1][0] - points[0][0])
 
-    def _answering(self, s: Sample, version: str, loaded: str, no_model: bool) -> Verdict:
+    def _answering(
+        self,
+        s: Sample,
+        version: str,
+        loaded: str,
+        no_model: bool,
+        before: dict[tuple[int, int], tuple[tuple[int | None, ...], float]],
+    ) -> Verdict:
         if no_model:
             return Verdict(HEALTHY, f"{version}; no model loaded: nothing to deep-probe")
         parts = [version]
@@ -367,13 +425,11 @@ class Judge:
             busy = [sl for sl in r.slots if sl.is_processing]
             text = f"runner :{r.port} /slots answered in {r.seconds:.3f}s, {len(busy)} of {len(r.slots)} slots busy"
             for sl in busy[:2]:
-                before = self._decoded.get((r.port, sl.id))
+                prev = before.get((r.port, sl.id))
+                was = prev[0][2] if prev is not None and prev[0][0] == sl.id_task else None
                 if sl.n_decoded is not None:
-                    text += f", slot {sl.id} n_decoded {'' if before is None else f'{before} -> '}{sl.n_decoded}"
+                    text += f", slot {sl.id} n_decoded {'' if was is None else f'{was} -> '}{sl.n_decoded}"
             parts.append(text)
-            for sl in r.slots:
-                if sl.n_decoded is not None:
-                    self._decoded[(r.port, sl.id)] = sl.n_decoded
         if len(parts) == 1:
             parts.append(s.deep_note or "no runner answered /slots")
         outcome = HEALTHY

@@ -1078,7 +1078,9 @@ def test_runner_port_closes_on_unload_eviction_and_failed_load(launch: Launcher)
 def test_stuck_inference(launch: Launcher) -> None:
     """#15950: tokens stop, queued requests never finish; load-only, version and ps still answer.
 
-    The runner's /health still answers (its HTTP thread), its /slots does not (the main loop).
+    The runner's /health still answers (its HTTP thread).  Its /slots, as the real llama-server's
+    (build 11669, frozen inside a decode), still answers while a slot is busy, with the counters
+    standing still; with no slot busy it does not answer at all (test_once_wedge_...).
     """
     s = launch(env={"STANDIN_TOKEN_SECONDS": "0.05"})
     assert call(s.url, gen())[0] == 200
@@ -1089,7 +1091,11 @@ def test_stuck_inference(launch: Launcher) -> None:
     s.set_mode("stuck-inference")
     time.sleep(0.4)
     seen = len(reader.times)
-    assert runner_hangs(port, "/slots")
+    [before] = slots(port, timeout=0.5)
+    time.sleep(0.3)
+    [after] = slots(port, timeout=0.5)
+    assert before["is_processing"] is True and before["id_task"] == after["id_task"]
+    assert next_token(before)["n_decoded"] == next_token(after)["n_decoded"] < 40  # flat: no progress
     assert runner_get(port, "/health", timeout=0.5) == (200, {"status": "ok"})
     assert call(s.url, gen(prompt="queued"), timeout=0.6)[0] == 0
     assert len(reader.times) == seen  # no token for 0.6 s
@@ -1178,3 +1184,47 @@ def test_stuck_child_outlives_sigterm(launch: Launcher) -> None:
     idle = launch("stuck-child")  # no model loaded: no child to wait for
     idle.proc.send_signal(signal.SIGTERM)
     assert idle.proc.wait(timeout=2) == 0
+
+
+def test_silent_runner_is_a_stopped_child(launch: Launcher) -> None:
+    """silent-runner: the runner as if SIGSTOPped: /health and /slots unanswered, tokens stop; back when it clears."""
+    s = launch(env={"STANDIN_TOKEN_SECONDS": "0.05"})
+    assert call(s.url, gen())[0] == 200
+    [port] = runner_ports(s)
+    reader = StreamReader(s.port, gen(n=40))
+    reader.start()
+    reader.wait_chunks(2)
+    s.set_mode("silent-runner")
+    time.sleep(0.4)
+    seen = len(reader.times)
+    assert runner_hangs(port, "/health") and runner_hangs(port, "/slots")
+    time.sleep(0.3)
+    assert len(reader.times) == seen
+    assert get(s.url + "/api/version", timeout=0.5)[0] == 200
+    s.set_mode("ok")
+    assert runner_get(port, "/health", timeout=1.5)[0] == 200
+    reader.join(5)
+    assert reader.done
+
+
+def test_kill_runner_fails_its_requests_and_the_next_one_reloads(launch: Launcher) -> None:
+    """kill-runner: the child dies once.  Ollama's in-flight stream ends with an error line; its next request
+    finds the runner gone (needsReload's Ping), reloads it on a new port, and answers."""
+    s = launch(env={"STANDIN_TOKEN_SECONDS": "0.05"})
+    assert call(s.url, gen())[0] == 200
+    [port] = runner_ports(s)
+    conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
+    conn.request("POST", "/api/generate", json.dumps(gen(n=200, stream=True)), {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    first = json.loads(resp.readline())
+    assert first["done"] is False
+    s.set_mode("kill-runner=once")
+    lines = [json.loads(ln) for ln in resp if ln.strip()]
+    assert lines[-1] == {"error": "an error was encountered while running the model: unexpected EOF"}
+    assert not can_connect(port)
+    s.set_mode("ok")
+    status, body = call(s.url, gen(), timeout=15)
+    assert status == 200 and json.loads(body)["done"] is True
+    ports = runner_ports(s)
+    assert len(ports) == 2 and ports[1] != port
+    assert "llama-server process no longer running" in s.log()

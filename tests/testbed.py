@@ -70,6 +70,15 @@ PACKAGES = (
     "systemd-sysv",
 )
 
+#: Packages only some releases have, installed with apt after debootstrap (its resolver cannot pick
+#: libggml0's providers).  Debian unstable packages llama.cpp: its llama-server is the real runner
+#: for the GGUF models the bed makes (issue 13); bookworm and trixie (and their backports) have none.
+SUITE_PACKAGES: dict[str, tuple[str, ...]] = {"sid": ("llama.cpp-tools", "python3-gguf")}
+#: Where the bed's GGUF models are made in a root that has llama-server; the stand-in serves them.
+GGUF_DIR = "/var/lib/ollama-standin/gguf"
+#: The script that makes them (its text is part of the cache key of the roots that run it).
+GGUF_MAKER = "tests/standin/make_gguf.py"
+
 #: The Debian build root (tests/debbuild.py): the base plus the packaging toolchain and lintian.
 BUILD_SUITE = "bookworm"
 BUILD_PACKAGES = (
@@ -90,6 +99,8 @@ STANDIN_FILES = {
     "tests/standin/ollama_standin.py": ("/usr/local/bin/ollama", 0o755),
     "tests/standin/ollama.service": ("/etc/systemd/system/ollama.service", 0o644),
     "tests/standin/ollama@.service": ("/etc/systemd/system/ollama@.service", 0o644),
+    # freezes a real runner's main thread (stuck-inference on the real llama-server, issue 13)
+    "tests/standin/freeze_thread.py": ("/usr/local/lib/ollama-standin/freeze_thread.py", 0o755),
 }
 #: Instances of ollama@.service (one per GPU), not started at boot: instance -> its EnvironmentFile.
 #: Quoted and bare values, as admins write them; the URL is read from the unit (issue 10).
@@ -226,7 +237,11 @@ def host_mirror(apt_dir: Path = Path("/etc/apt"), environ: dict[str, str] | None
 def _cache_key(suite: str, extra: Sequence[str] = ()) -> str:
     """suite-HASH of the package list and recipe; a root with extra packages gets its own key."""
     packages = sorted(set(PACKAGES) | set(extra))
-    blob = json.dumps({"suite": suite, "packages": packages, "recipe": RECIPE_VERSION})
+    recipe: dict[str, object] = {"suite": suite, "packages": packages, "recipe": RECIPE_VERSION}
+    if not extra and suite in SUITE_PACKAGES:
+        recipe["suite_packages"] = sorted(SUITE_PACKAGES[suite])
+        recipe["gguf_maker"] = hashlib.sha256((REPO_ROOT / GGUF_MAKER).read_bytes()).hexdigest()
+    blob = json.dumps(recipe)
     flavour = "-build" if extra else ""
     return f"{suite}{flavour}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
@@ -394,17 +409,27 @@ def base_rootfs(suite: str, log: Log = print, *, extra: Sequence[str] = ()) -> P
                     f"debootstrap {suite} failed (rc={rc}); log {build_log}:\n{_tail(build_log)}\n"
                     f"--- debootstrap.log ---\n{_tail(tmp / 'debootstrap' / 'debootstrap.log')}"
                 )
-            if extra:
+            later = tuple(extra) or SUITE_PACKAGES.get(suite, ())
+            if later:
                 # debootstrap's resolver cannot pick providers of virtual packages (lintian's
                 # perl stack needs perl-openssl-abi-3), so the toolchain comes from apt.
-                log(f"testbed: apt-get install {' '.join(sorted(extra))} (once)")
-                isolated(tmp, ["apt-get", "update", "-q"], network=True, timeout=600)
+                log(f"testbed: apt-get install {' '.join(sorted(later))} (once)")
+                # A mirror snapshot's unstable Release file can be past its Valid-Until (debootstrap
+                # does not check it; apt does): the packages are still the signed ones.
                 isolated(
                     tmp,
-                    ["apt-get", "install", "-y", "-q", "--no-install-recommends", *sorted(extra)],
+                    ["apt-get", "-o", "Acquire::Check-Valid-Until=false", "update", "-q"],
+                    network=True,
+                    timeout=600,
+                )
+                isolated(
+                    tmp,
+                    ["apt-get", "install", "-y", "-q", "--no-install-recommends", *sorted(later)],
                     network=True,
                     timeout=1200,
                 )
+            if not extra and suite in SUITE_PACKAGES:
+                _make_models(tmp, log)
             _customise_base(tmp)
             (tmp / ".testbed-complete").write_text(
                 json.dumps(
@@ -451,6 +476,19 @@ def build_all(log: Log = print) -> list[Path]:
         names = ", ".join(f"{jobs[i][0]}{'-build' if jobs[i][1] else ''}" for i in sorted(errors))
         raise TestbedError(f"building {names} failed:\n" + "\n".join(str(errors[i]) for i in sorted(errors)))
     return [results[i] for i in range(len(jobs))]
+
+
+def _make_models(root: Path, log: Log) -> None:
+    """The GGUF models the real llama-server runs, made once per cached root (no weights downloaded)."""
+    t0 = time.monotonic()
+    _write_tree(root, "/usr/local/lib/ollama-standin/make_gguf.py", (REPO_ROOT / GGUF_MAKER).read_bytes(), 0o755)
+    isolated(root, ["python3", "/usr/local/lib/ollama-standin/make_gguf.py", GGUF_DIR], timeout=900)
+    log(f"testbed: made the GGUF models in {GGUF_DIR} in {time.monotonic() - t0:.0f} s")
+
+
+def has_real_runner(suite: str) -> bool:
+    """Does this release's root carry llama-server and the bed's GGUF models (issue 13)?"""
+    return suite in SUITE_PACKAGES
 
 
 def _customise_base(root: Path) -> None:

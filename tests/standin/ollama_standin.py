@@ -161,6 +161,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import ipaddress
 import json
 import math
@@ -171,6 +172,7 @@ import select
 import signal
 import socket
 import socketserver
+import subprocess
 import sys
 import threading
 import time
@@ -188,7 +190,9 @@ DEFAULT_SLOW_START = 5.0
 
 START_MODES = frozenset({"slow-start", "exit-at-start", "ignore-sigterm"})
 REQUEST_MODES = frozenset({"silent", "hang-generate", "trickle"})
-WEDGE_MODES = frozenset({"stuck-inference", "stuck-eviction", "stuck-child", "stall-load"})
+WEDGE_MODES = frozenset(
+    {"stuck-inference", "stuck-eviction", "stuck-child", "stall-load", "silent-runner", "kill-runner"}
+)
 LATCHABLE_MODES = REQUEST_MODES | WEDGE_MODES
 KNOWN_MODES = START_MODES | LATCHABLE_MODES | {"ok"}
 
@@ -202,6 +206,14 @@ WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "a
 ERR_MAX_QUEUE = "server busy, please try again.  maximum pending requests exceeded"  # server/sched.go ErrMaxQueue
 BLOB_DIR = "/usr/share/ollama/.ollama/models/blobs"
 LLAMA_SERVER = "/usr/local/lib/ollama/llama-server"
+#: The real llama-server (Debian's llama.cpp-tools) and the test bed's GGUF models (issue 13).
+LLAMA_SERVER_REAL = os.environ.get("STANDIN_LLAMA_SERVER", "/usr/bin/llama-server")
+GGUF_DIR = os.environ.get("STANDIN_GGUF_DIR", "/var/lib/ollama-standin/gguf")
+FREEZE_HELPER = os.environ.get("STANDIN_FREEZE_HELPER", "/usr/local/lib/ollama-standin/freeze_thread.py")
+#: Threads each real runner computes on (llama-server -t).
+LLAMA_THREADS = int(os.environ.get("STANDIN_LLAMA_THREADS", "0") or 0)  # 0: llama-server's default (all CPUs)
+#: needsReload's Ping timeout (server/sched.go): a runner that does not answer /health in this long is reloaded.
+PING_SECONDS = 10.0
 
 GENERATE_PATHS = frozenset({"/api/generate", "/api/chat", "/api/embed", "/api/embeddings"})
 
@@ -689,15 +701,19 @@ class ModelInfo:
     seed: bytes
     parameter_size: str
     age_s: int = 0  # how long before start-up it was "pulled": /api/tags lists newest first
+    gguf: str = ""  # a real model file, run in the real llama-server (RealChild); "" = simulated
+    quantization: str = "Q4_K_M"
 
     @property
     def digest(self) -> str:
+        if self.gguf:
+            return self.seed.decode()  # the file's own sha256, as an Ollama blob's
         return hashlib.sha256(self.seed).hexdigest()
 
     @property
     def blob(self) -> str:
         """The model file's path, which the scheduler sorts eviction ties by."""
-        return f"{BLOB_DIR}/sha256-{self.digest}"
+        return self.gguf or f"{BLOB_DIR}/sha256-{self.digest}"
 
     def entry(self) -> dict[str, Any]:
         """The fields /api/tags and /api/ps share."""
@@ -712,7 +728,7 @@ class ModelInfo:
                 "family": "llama",
                 "families": ["llama"],
                 "parameter_size": self.parameter_size,
-                "quantization_level": "Q4_K_M",
+                "quantization_level": self.quantization,
             },
         }
 
@@ -727,7 +743,38 @@ MODELS: dict[str, ModelInfo] = {
     )
 }
 MODEL_NAME = "standin:latest"
-_MODEL_RE = re.compile(r"(?:(?:registry\.ollama\.ai/)?library/)?(standin[234]?)(?::latest)?", re.IGNORECASE)
+_MODEL_RE = re.compile(r"(?:(?:registry\.ollama\.ai/)?library/)?([a-z0-9][a-z0-9_.-]*)(?::latest)?", re.IGNORECASE)
+
+
+def real_models(gguf_dir: str = GGUF_DIR, server: str = LLAMA_SERVER_REAL) -> list[ModelInfo]:
+    """The test bed's GGUF models, as pulled models NAME:latest, where the real llama-server is installed.
+
+    The digest is the file's sha256, as an Ollama blob's; the size is the file's; the parameter
+    count is the f32 weights' (4 bytes each).  None where the release has no llama-server.
+    """
+    if not os.access(server, os.X_OK):
+        return []
+    try:
+        names = sorted(n for n in os.listdir(gguf_dir) if n.endswith(".gguf"))
+    except OSError:
+        return []
+    out = []
+    for n in names:
+        path = os.path.join(gguf_dir, n)
+        try:  # written beside it by make_gguf.py: hashing 100 MB would slow every start
+            with open(path[:-5] + ".sha256") as f:
+                digest = f.read(64)
+        except OSError:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            digest = h.hexdigest()
+        size = os.path.getsize(path)
+        params = size / 4
+        label = f"{params / 1e9:.2f}B" if params >= 1e9 else f"{params / 1e6:.2f}M"
+        out.append(ModelInfo(f"{n[:-5]}:latest", size, digest.encode(), label, 60, gguf=path, quantization="F32"))
+    return out
 
 
 class ApiError(Exception):
@@ -742,15 +789,31 @@ class ApiError(Exception):
 def resolve_model(name: Any) -> ModelInfo:
     """The installed model a request names; unknown names are a 404 like Ollama's."""
     m = _MODEL_RE.fullmatch(name) if isinstance(name, str) else None
-    if m is None:
+    found = MODELS.get(m.group(1).lower() + ":latest") if m is not None else None
+    if found is None:
         shown = name if isinstance(name, str) else ""
         raise ApiError(404, f"model '{shown}' not found")
-    return MODELS[m.group(1).lower() + ":latest"]
+    return found
 
 
 # --------------------------------------------------------------------------
 # The scheduler (server/sched.go) and the children's slots (llm/llama_server.go)
 # --------------------------------------------------------------------------
+
+
+class RunnerDied(Exception):
+    """The runner process exited under a request (Ollama: "llama runner process has terminated")."""
+
+
+def kill_runner_due(ready_at: float) -> bool:
+    """kill-runner kills the runners that were up when the mode was first seen, once; later loads live."""
+    with _kill_lock:
+        seen = _kill_seen.setdefault("at", time.monotonic())
+    return ready_at < seen
+
+
+_kill_seen: dict[str, float] = {}
+_kill_lock = threading.Lock()
 
 
 class ClientGone(Exception):
@@ -938,12 +1001,22 @@ class Child:
     killed in D state: the port stays bound but nothing answers again.
     """
 
-    def __init__(self, n_ctx: int, num_parallel: int, token_seconds: float, stuck: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        n_ctx: int,
+        num_parallel: int,
+        token_seconds: float,
+        stuck: Callable[[], bool],
+        active: Callable[[str], bool] = lambda _name: False,
+    ) -> None:
         self.token_seconds = token_seconds
-        self._stuck = stuck
+        self._frozen = stuck  # the inference loop frozen (stuck-inference, stuck-child)
+        self._stuck = lambda: stuck() or active("silent-runner")
+        self._active = active
         self.cond = threading.Condition()
         self.slots = [SlotState(i, n_ctx) for i in range(num_parallel)]
-        self.state = "loading"  # -> ready -> closed; or -> held (killed, stuck in the driver)
+        self.state = "loading"  # -> ready -> closed; or -> held (killed, stuck in the driver); or -> dead
+        self.ready_at = float("inf")
         self._incoming: deque[SlotTask] = deque()
         self._queries: list[SlotsQuery] = []
         self._next_id = 0
@@ -964,6 +1037,7 @@ class Child:
     def ready(self) -> None:
         """The model is loaded: /health says ok, the main loop runs."""
         with self.cond:
+            self.ready_at = time.monotonic()
             if self.state == "loading":
                 self.state = "ready"
             self.cond.notify_all()
@@ -973,7 +1047,10 @@ class Child:
         with self.cond:
             if self.state == "closed":
                 return
-            self.state = "closed"
+            dead, self.state = self.state == "dead", "closed"
+            if dead:  # its sockets went with it
+                self.cond.notify_all()
+                return
             conns = list(self._conns)
             self.cond.notify_all()
         for s in [self.sock, *conns]:
@@ -989,6 +1066,37 @@ class Child:
             if self.state != "closed":
                 self.state = "held"
             self.cond.notify_all()
+
+    def _die(self) -> None:
+        """kill-runner: the process is gone; its port closes, requests on it fail (call with cond held)."""
+        log(f"kill-runner: runner 127.0.0.1:{self.port} killed")
+        self.state = "dead"
+        conns = list(self._conns)
+        self.cond.notify_all()
+        for sock in [self.sock, *conns]:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.sock.close()
+
+    def ping(self) -> bool:
+        """needsReload's Ping (10 s): False if the runner is gone or silent."""
+        if self.state in ("dead", "closed"):
+            slog(
+                "WARN",
+                "llama_server.go:1195",
+                "llama-server process no longer running",
+                sys=-1,
+                string="signal: killed",
+            )
+            return False
+        end = time.monotonic() + PING_SECONDS
+        while self._active("silent-runner") and self.state == "ready":
+            if time.monotonic() >= end:
+                return False
+            time.sleep(POLL)
+        return True
 
     def _new_id(self) -> int:
         """server_queue::get_new_id(): completions and /slots queries share one counter."""
@@ -1016,6 +1124,8 @@ class Child:
             while seen < n_steps:
                 with self.cond:
                     while task.produced == seen:
+                        if self.state == "dead":
+                            raise RunnerDied("an error was encountered while running the model: unexpected EOF")
                         if self.state == "closed":
                             raise ClientGone
                         self.cond.wait(POLL)
@@ -1038,6 +1148,12 @@ class Child:
             self._queries.append(query)
             self.cond.notify_all()
             while query.result is None:
+                if self.state == "ready" and self._frozen() and any(sl.task is not None for sl in self.slots):
+                    # frozen inside a decode: the real server (build 11669) answers /slots from another thread
+                    # while it yields, with the counters as they stood (tests/e2e/test_real_runner.py)
+                    self._queries.remove(query)
+                    snapshot = [sl.to_json() for sl in self.slots]
+                    return snapshot, sum(sl.task is None for sl in self.slots)
                 if self.state == "closed":
                     return None
                 self.cond.wait(POLL)
@@ -1052,7 +1168,10 @@ class Child:
     def _main_loop(self) -> None:
         was_stuck = False
         with self.cond:
-            while self.state != "closed":
+            while self.state not in ("closed", "dead"):
+                if self.state == "ready" and self._active("kill-runner") and kill_runner_due(self.ready_at):
+                    self._die()
+                    break
                 if self.state != "ready" or self._stuck():
                     was_stuck = was_stuck or self.state == "ready"
                     self.cond.wait(POLL)
@@ -1158,10 +1277,15 @@ class ChildHandler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         if self.command not in ("GET", "HEAD"):
             self._drain_body()
-        if child.state in ("held", "closed"):
+        if child.state in ("held", "closed", "dead"):
             self.close_connection = True
             wait_for_peer_close(self.connection)
             return
+        while child._active("silent-runner") and child.state == "ready":  # SIGSTOPped: accepted, never read
+            if RequestCtx(self.connection).gone():
+                self.close_connection = True
+                return
+            time.sleep(POLL)
         if child.state == "loading":  # middleware_server_state
             self._send(503, llama_error(503, "Loading model", "unavailable_error"))
             return
@@ -1213,6 +1337,243 @@ class ChildHandler(BaseHTTPRequestHandler):
         log(f"runner 127.0.0.1:{self.server.port}: " + format % args)
 
 
+class RealChild:
+    """One loaded GGUF model in the real llama-server, started as Ollama starts it (issue 13).
+
+    Where the release packages llama.cpp (Debian unstable), models made by the test bed run in
+    the real engine: ``llama-server --model BLOB --port N --host 127.0.0.1 -c CTX -np P`` as a
+    child of this process (so in the unit's cgroup, as Ollama's children are), on a port picked
+    as Ollama picks it (bind :0, close, pass it on).  The load is over when its ``/health``
+    answers 200 (503 "Loading model" before); completions go to its ``/completion``, streamed;
+    ``/health`` and ``/slots`` are the real server's, which the probes ask directly.
+
+    Wedges, done to the real process rather than modelled:
+      stuck-inference / stuck-child   its main thread (the inference loop) frozen by
+                                      freeze_thread.py (ptrace), for as long as the mode holds
+      silent-runner                   the whole process SIGSTOPped (SIGCONT when the mode clears)
+      kill-runner                     the process SIGKILLed once (the runner is gone)
+    """
+
+    def __init__(self, model_path: str, n_ctx: int, num_parallel: int, active: Callable[[str], bool]) -> None:
+        self._active = active
+        self.cond = threading.Condition()
+        self.state = "loading"  # -> ready -> closed; or -> held (stuck in the driver: left frozen)
+        self.ready_at = float("inf")
+        self.exit_status: int | None = None
+        self.port = _free_port()
+        # startLlamaServer's flags (llm/llama_server.go); -t only when set, as there
+        self.argv = [
+            LLAMA_SERVER_REAL, "--model", model_path, "--port", str(self.port), "--host", "127.0.0.1",
+            "--no-webui", "--offline", "-c", str(n_ctx * num_parallel), "-np", str(num_parallel),
+            "--log-verbosity", "4", "--no-log-prefix", "--no-log-timestamps", "--flash-attn", "auto",
+        ]  # fmt: skip
+        if LLAMA_THREADS:
+            self.argv += ["-t", str(LLAMA_THREADS)]
+        # the child's stdout and stderr go to Ollama's stderr (StatusWriter), so to the unit's journal
+        self.proc = subprocess.Popen(
+            self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        threading.Thread(target=self._forward, name=f"runner-{self.port}-output", daemon=True).start()
+        self._freezer: subprocess.Popen[bytes] | None = None
+        self._stopped = False
+        self._killed = False
+        threading.Thread(target=self._watch, name=f"runner-{self.port}-watch", daemon=True).start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    # -- life cycle -------------------------------------------------------------
+
+    def health(self, timeout: float = 1.0) -> int | None:
+        """Status of GET /health (None: no answer); how Ollama's load waits for the runner."""
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+            try:
+                conn.request("GET", "/health")
+                resp = conn.getresponse()
+                resp.read()
+                return resp.status
+            finally:
+                conn.close()
+        except OSError:
+            return None
+
+    def exited(self) -> bool:
+        return self.proc.poll() is not None
+
+    def _forward(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            _write(sys.stderr, raw.decode("utf-8", "replace").rstrip("\n"))
+
+    def ping(self) -> bool:
+        """needsReload's Ping (10 s): False if the process is gone or /health does not answer."""
+        if self.exited():
+            code = self.proc.returncode
+            how = f"signal: {signal.Signals(-code).name.lower()[3:]}" if code < 0 else f"exit status {code}"
+            slog("WARN", "llama_server.go:1195", "llama-server process no longer running", sys=code, string=how)
+            return False
+        return self.health(timeout=PING_SECONDS) in (200, 503)
+
+    def ready(self) -> None:
+        with self.cond:
+            self.ready_at = time.monotonic()
+            if self.state == "loading":
+                self.state = "ready"
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        """Unload: kill the process and wait for it (Ollama's Close), releasing any freeze first."""
+        with self.cond:
+            if self.state == "closed":
+                return
+            self.state = "closed"
+            self.cond.notify_all()
+        self._unfreeze()
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+        self.proc.wait()
+
+    def hold(self) -> None:
+        """stuck-child's unload: the child never exits; it is left frozen, its port bound and silent."""
+        with self.cond:
+            if self.state != "closed":
+                self.state = "held"
+            self.cond.notify_all()
+
+    # -- wedges, applied to the real process ----------------------------------------
+
+    def _watch(self) -> None:
+        """Apply and release the runner wedges as the modes say, and notice the process exiting."""
+        while True:
+            with self.cond:
+                if self.state == "closed":
+                    return
+                if self.exit_status is None and self.proc.poll() is not None:
+                    self.exit_status = self.proc.returncode
+                    log(f"runner 127.0.0.1:{self.port} (pid {self.pid}) exited with status {self.exit_status}")
+                    self.cond.notify_all()
+            if self.exit_status is not None:
+                return
+            frozen = self._active("stuck-inference") or self._active("stuck-child") or self.state == "held"
+            if frozen and self._freezer is None and self.state in ("ready", "held"):
+                self._freeze()
+            elif not frozen and self._freezer is not None:
+                self._unfreeze()
+            stopped = self._active("silent-runner")
+            if stopped != self._stopped and self.state != "loading":
+                self._stopped = stopped
+                os.kill(self.pid, signal.SIGSTOP if stopped else signal.SIGCONT)
+                what = "stopped" if stopped else "continued"
+                log(f"silent-runner: runner 127.0.0.1:{self.port} (pid {self.pid}) {what}")
+            if (
+                self._active("kill-runner")
+                and not self._killed
+                and self.state == "ready"
+                and kill_runner_due(self.ready_at)
+            ):
+                self._killed = True
+                log(f"kill-runner: SIGKILL to runner 127.0.0.1:{self.port} (pid {self.pid})")
+                os.kill(self.pid, signal.SIGKILL)
+            time.sleep(0.05)
+
+    def _freeze(self) -> None:
+        helper = subprocess.Popen(
+            [sys.executable, FREEZE_HELPER, str(self.pid)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        line = helper.stdout.readline().decode(errors="replace").strip() if helper.stdout else ""
+        if not line.startswith("frozen"):
+            log(f"stuck-inference: could not freeze runner pid {self.pid} (helper said {line!r})")
+            helper.kill()
+            helper.wait()
+            return
+        self._freezer = helper
+        log(f"stuck-inference: main thread of runner 127.0.0.1:{self.port} (pid {self.pid}) frozen")
+
+    def _unfreeze(self) -> None:
+        helper, self._freezer = self._freezer, None
+        if helper is None:
+            return
+        helper.terminate()
+        try:
+            helper.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            helper.kill()
+            helper.wait()
+        log(f"stuck-inference: runner pid {self.pid} released")
+
+    # -- completions ------------------------------------------------------------
+
+    def complete(self, prompt: str, n_predict: int, ctx: RequestCtx) -> Iterator[str]:
+        """POST /completion, streamed; yields each piece of text as the engine makes it.
+
+        Raises ClientGone when our client leaves (closing the connection makes llama-server cancel
+        the task), RunnerDied when the process goes.
+        """
+        pieces: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        conn = http.client.HTTPConnection("127.0.0.1", self.port)
+        body = json.dumps({"prompt": prompt, "n_predict": n_predict, "stream": True, "cache_prompt": True})
+
+        def read() -> None:
+            try:
+                conn.request("POST", "/completion", body=body, headers={"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                if resp.status != 200:
+                    pieces.put(("error", f"{resp.status} {resp.read(4096).decode(errors='replace')}"))
+                    return
+                for raw in resp:
+                    line = raw.strip()
+                    if not line.startswith(b"data: "):
+                        continue
+                    obj = json.loads(line[6:])
+                    pieces.put(("piece", obj.get("content", "")))
+                    if obj.get("stop"):
+                        break
+                pieces.put(("done", None))
+            except (OSError, http.client.HTTPException, ValueError) as e:
+                pieces.put(("error", repr(e)))
+
+        threading.Thread(target=read, name=f"runner-{self.port}-completion", daemon=True).start()
+        try:
+            while True:
+                try:
+                    kind, value = pieces.get(timeout=POLL)
+                except queue.Empty:
+                    if ctx.gone():
+                        raise ClientGone from None
+                    if self.exit_status is not None or self.state == "closed":
+                        raise RunnerDied(self._died()) from None
+                    continue
+                if kind == "piece":
+                    yield value
+                elif kind == "done":
+                    return
+                else:
+                    if self.exit_status is not None or self.exited():
+                        raise RunnerDied(self._died())
+                    raise RunnerDied(f"llama runner error: {value}")
+        finally:
+            sock = conn.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+    def _died(self) -> str:
+        """What Ollama's Completion returns when the stream breaks (llm/llama_server.go)."""
+        return "an error was encountered while running the model: unexpected EOF"
+
+
+def _free_port() -> int:
+    """A free port on 127.0.0.1, as Ollama picks the runner's (listen on :0, close, pass it on)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _query_pairs(query: str) -> list[tuple[str, str]]:
     """key=value pairs of a query string (values undecoded: only emptiness matters here)."""
     return [(k, v) for k, _, v in (p.partition("=") for p in query.split("&") if p)]
@@ -1221,7 +1582,9 @@ def _query_pairs(query: str) -> list[tuple[str, str]]:
 class Runner:
     """A loaded model (runnerRef): its child's slots, in-flight count, keep-alive and expiry."""
 
-    def __init__(self, model: ModelInfo, num_ctx: int, session_ns: int, num_parallel: int, child: Child) -> None:
+    def __init__(
+        self, model: ModelInfo, num_ctx: int, session_ns: int, num_parallel: int, child: Child | RealChild
+    ) -> None:
         self.model = model
         self.num_ctx = num_ctx
         self.session_ns = session_ns
@@ -1305,9 +1668,11 @@ class Scheduler:
         req = LlmRequest(model, max(num_ctx, 4), session_ns, ctx)
         with self.cond:
             r = self.loaded.get(model.name)
-            if r is not None and r.num_ctx == req.num_ctx:
-                self._use_loaded(r, req)
-                return r
+        if r is not None and r.num_ctx == req.num_ctx and r.child.ping():  # needsReload: options, then Ping
+            with self.cond:
+                if self.loaded.get(model.name) is r:
+                    self._use_loaded(r, req)
+                    return r
         if not self.pending.try_put(req):
             raise ApiError(503, ERR_MAX_QUEUE)
         while not req.done.wait(POLL):
@@ -1365,14 +1730,18 @@ class Scheduler:
         while True:
             with self.cond:
                 r = self.loaded.get(req.model.name)
+            healthy = r is not None and r.num_ctx == req.num_ctx and r.child.ping()  # needsReload again
+            with self.cond:
+                if r is not None and self.loaded.get(req.model.name) is not r:
+                    continue
                 victim = None
                 if r is not None:
-                    if r.num_ctx == req.num_ctx:
+                    if healthy:
                         self._use_loaded(r, req)
                         req.runner = r
                         req.done.set()
                         return
-                    victim = r  # other options: reload
+                    victim = r  # other options, or a runner that is gone or does not answer: reload
                 elif len(self.loaded) >= self.cfg.max_loaded:
                     victim = self._runner_to_unload()
             while self._active("stuck-eviction"):  # #17408: blocked for good, silently
@@ -1413,8 +1782,12 @@ class Scheduler:
         with self.cond:
             self.loading = m
         np_ = cfg.num_parallel
+        child: Child | RealChild
         try:
-            child = Child(req.num_ctx, np_, cfg.token_seconds, self._inference_stuck)
+            if m.gguf:
+                child = RealChild(m.gguf, req.num_ctx, np_, self._active)
+            else:
+                child = Child(req.num_ctx, np_, cfg.token_seconds, self._inference_stuck, self._active)
         except OSError as e:
             slog("INFO", "sched.go:641", "Load failed", model=m.blob, error=f"failed to start llama-server: {e}")
             with self.cond:
@@ -1425,7 +1798,9 @@ class Scheduler:
             return
         port = child.port
         cmd = (
-            f"{LLAMA_SERVER} --model {m.blob} --port {port} --host 127.0.0.1 --no-webui --offline"
+            " ".join(child.argv)
+            if isinstance(child, RealChild)
+            else f"{LLAMA_SERVER} --model {m.blob} --port {port} --host 127.0.0.1 --no-webui --offline"
             f" -c {req.num_ctx * np_} -np {np_}"
         )
         slog("INFO", "llama_server.go:433", "starting llama-server", cmd=cmd)
@@ -1439,31 +1814,7 @@ class Scheduler:
             "waiting for llama-server to become available",
             status="llm server loading model",
         )
-        progress = 0.0
-        last = last_activity = start
-        error: tuple[str, ApiError] | None = None
-        while True:
-            now = time.monotonic()
-            if not self._active("stall-load"):
-                progress += now - last
-                last_activity = now
-            last = now
-            if progress >= cfg.load_seconds:
-                break
-            if req.ctx.gone():
-                slog(
-                    "WARN",
-                    "llama_server.go:1301",
-                    "client connection closed before llama-server finished loading, aborting load",
-                )
-                msg = "timed out waiting for llama-server to start: context canceled"
-                error = (msg, ApiError(499, "request canceled"))
-                break
-            if (now - last_activity) * NS >= cfg.load_timeout_ns:
-                msg = "timed out waiting for llama-server to start - "
-                error = (msg, ApiError(500, msg))
-                break
-            time.sleep(min(0.05, max(0.001, cfg.load_seconds - progress)))
+        error = self._wait_loaded(child, req, start)
         if error is not None:
             child.close()
             slog("INFO", "sched.go:641", "Load failed", model=m.blob, error=error[0])
@@ -1488,6 +1839,46 @@ class Scheduler:
         slog("INFO", "llama_server.go:1362", f"llama-server started in {time.monotonic() - start:0.2f} seconds")
         req.runner = r
         req.done.set()
+
+    def _wait_loaded(self, child: Child | RealChild, req: LlmRequest, start: float) -> tuple[str, ApiError] | None:
+        """Wait for the load to end (waitUntilRunning): None when ready, else (log text, client error).
+
+        A simulated child loads for STANDIN_LOAD_SECONDS of progress (none while stall-load holds);
+        a real one until its /health answers 200, polled as Ollama polls it.  Both fail after
+        OLLAMA_LOAD_TIMEOUT without progress, or when the client leaves; a real one also when its
+        process exits.
+        """
+        cfg = self.cfg
+        progress = 0.0
+        last = last_activity = start
+        while True:
+            now = time.monotonic()
+            if isinstance(child, RealChild):
+                if child.health(timeout=0.5) == 200:
+                    return None
+                if child.exited():
+                    msg = f"llama runner process has terminated: exit status {child.proc.returncode}"
+                    return msg, ApiError(500, msg)
+                last_activity = now  # a live process loading: Ollama sees the load's progress
+            else:
+                if not self._active("stall-load"):
+                    progress += now - last
+                    last_activity = now
+                last = now
+                if progress >= cfg.load_seconds:
+                    return None
+            if req.ctx.gone():
+                slog(
+                    "WARN",
+                    "llama_server.go:1301",
+                    "client connection closed before llama-server finished loading, aborting load",
+                )
+                msg = "timed out waiting for llama-server to start: context canceled"
+                return msg, ApiError(499, "request canceled")
+            if (now - last_activity) * NS >= cfg.load_timeout_ns:
+                msg = "timed out waiting for llama-server to start - "
+                return msg, ApiError(500, msg)
+            time.sleep(min(0.05, max(0.001, cfg.load_seconds - progress)) if not isinstance(child, RealChild) else 0.05)
 
     # -- the completion loop (processCompleted) and the expiry timers ----------
 
@@ -1817,13 +2208,21 @@ class Api:
         prompt_ids = _token_ids(prompt)
         words = _words(prompt, n)
         reason = "length" if limited else "stop"
+        produced: list[str] = []
 
         def tokens() -> Iterator[str]:
             runner.slots.acquire(ctx)
             try:
-                steps = runner.child.run(len(words), n if limited else -1, len(prompt_ids), ctx)
-                with contextlib.closing(steps):
+                child = runner.child
+                if isinstance(child, RealChild):  # the real engine makes the text
+                    with contextlib.closing(child.complete(prompt, n, ctx)) as pieces:
+                        for piece in pieces:
+                            produced.append(piece)
+                            yield piece
+                    return
+                with contextlib.closing(child.run(len(words), n if limited else -1, len(prompt_ids), ctx)) as steps:
                     for i, _ in enumerate(steps):
+                        produced.append(words[i])
                         yield words[i]
             finally:
                 runner.slots.release()
@@ -1836,8 +2235,8 @@ class Api:
                 done["response"] = text
             done.update(done=True, done_reason=reason)
             if not chat:
-                done["context"] = prompt_ids + [1000 + WORDS.index(w.strip()) for w in words]
-            done.update(_metrics(t0, load_ns, len(prompt_ids), len(words), eval_ns))
+                done["context"] = prompt_ids + [1000 + i for i in range(len(produced))]
+            done.update(_metrics(t0, load_ns, len(prompt_ids), len(produced), eval_ns))
             return done
 
         def chunk(text: str) -> dict[str, Any]:
@@ -1851,19 +2250,28 @@ class Api:
 
         if not stream:
             e0 = time.monotonic_ns()
-            text = "".join(tokens())
+            try:
+                text = "".join(tokens())
+            except RunnerDied as e:
+                raise ApiError(500, str(e)) from None
             return json_reply(200, final(text, time.monotonic_ns() - e0))
 
         def objects() -> Iterator[dict[str, Any]]:
             e0 = time.monotonic_ns()
-            for w in tokens():
-                yield chunk(w)
+            try:
+                for w in tokens():
+                    yield chunk(w)
+            except RunnerDied as e:  # Ollama sends the error as the stream's last object
+                yield {"error": str(e)}
+                return
             yield final("", time.monotonic_ns() - e0)
 
         return Reply(200, NDJSON_TYPE, stream=_ndjson(objects()))
 
     def _embed_inputs(self, runner: Runner, count: int, ctx: RequestCtx) -> None:
         """An embedding takes a slot like a generation, one token time per input (n_decoded stays 0)."""
+        if isinstance(runner.child, RealChild):  # the bed's GGUF models are not embedding models
+            raise ApiError(400, f'"{runner.model.name.removesuffix(":latest")}" does not support embeddings')
         runner.slots.acquire(ctx)
         try:
             with contextlib.closing(runner.child.run(count, -1, count, ctx, embedding=True)) as steps:
@@ -2360,6 +2768,7 @@ def main(argv: list[str] | None = None) -> int:
         reason = e.strerror or str(e)
         log(f"Error: listen tcp {spec.hostport}: bind: {reason.lower()}")
         return 1
+    MODELS.update((m.name, m) for m in real_models())  # the bed's GGUF models, where llama-server is installed
     mode_state = ModeFile(mode_file, started_ns)
     mode_state.current()
     mode_state.watch()

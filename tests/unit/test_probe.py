@@ -214,7 +214,7 @@ def runner_against(answers, timeout=2.0):
 def test_runner_slots_answered():
     result, rec, _ = runner_against({"/slots": (200, SLOTS), "/health": (200, b'{"status": "ok"}')})
     assert (result.slots_status, result.health_status, result.alive) == (probe.OK, probe.OK, True)
-    assert result.slots == (probe.Slot(0, True, 42), probe.Slot(1, False, 0))
+    assert result.slots == (probe.Slot(0, True, 42, id_task=7), probe.Slot(1, False, 0))
     assert sorted(rec.requests) == ["GET /health HTTP/1.1", "GET /slots HTTP/1.1"]  # read-only, nothing else
 
 

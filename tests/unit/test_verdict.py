@@ -192,6 +192,56 @@ def test_stuck_inference_loop_is_restarted_within_the_target():
     assert DEFAULTS.deep_confirm <= done - wedge_at <= 11.0, done - wedge_at
 
 
+def test_a_busy_slot_that_stops_moving_is_restarted_within_the_target():
+    """The real llama-server answers /slots while its inference loop is frozen inside a decode (#15950 on
+    Debian's build 11669): is_processing true, n_decoded flat, the unit idle.  Tokens were flowing before."""
+    w = World(mode="stream")
+    wedge_at = w.now + 20.5
+    out = run(w, 60, events=lambda w: setattr(w, "mode", "stalled") if w.now >= wedge_at and not w.restarts else None)
+    (t,) = restarts(out)
+    v = next(v for tt, v in out if tt == t)
+    assert (
+        v.outcome == DEEP_WEDGED
+        and f"runner :{PORT} /slots answers but its 1 busy slot(s) made no progress" in v.evidence
+    )
+    # the counters were last seen moving at the sample before the wedge; deep_confirm from then
+    assert DEFAULTS.deep_confirm - 1 <= t - wedge_at <= DEFAULTS.deep_confirm + 2, t - wedge_at
+
+
+def test_a_long_prompt_batch_with_the_unit_computing_is_never_restarted():
+    """Counters flat for a whole batch (13.7 s for 2048 tokens of a 100 MB model on 2 cores, measured), the
+    unit computing on 2 CPUs, then they move again: busy, never a wedge."""
+    w = World(mode="stream", cpus=2.0)
+    out = run(w, 300, events=lambda w: setattr(w, "mode", "stalled" if int(w.now) % 20 < 14 else "stream"))
+    assert restarts(out) == [] and BUSY in outcomes(out)
+    assert any("a long batch" in v.evidence for _, v in out)
+
+
+@pytest.mark.parametrize("cpus", [1.0, 0.6])
+def test_flat_counters_on_one_computing_thread_are_busy(cpus):
+    """llama-server with -t 1 computing one long batch uses one CPU: that is work, not a frozen loop."""
+    out = run(World(mode="stalled", cpus=cpus), 120)
+    assert restarts(out) == [] and out[-1][1].outcome == BUSY
+
+
+def test_flat_counters_without_the_units_cpu_time_are_never_confirmed():
+    """Without CPUUsageNSec a long batch and a frozen loop look alike: pending, never a restart."""
+    out = run(World(mode="stalled", cpu_known=False), 120)
+    assert restarts(out) == [] and out[-1][1].outcome == DEEP_WEDGED and not out[-1][1].confirmed
+    assert "CPU time is unknown" in out[-1][1].evidence
+
+
+def test_a_new_task_in_the_slot_is_progress():
+    """n_decoded starts again from 0 for each task: a new id_task with the same count is progress, not flat."""
+    w = World(mode="stalled")
+
+    def next_task(w):
+        w.task += 1  # each request is tiny: the same n_decoded every time, a new task every sample
+
+    out = run(w, 60, events=next_task)
+    assert restarts(out) == [] and outcomes(out) == {HEALTHY}
+
+
 def test_stuck_inference_with_a_completion_meanwhile_is_busy():
     w = World(mode="stuck")
     out = run(w, 60, events=lambda w: w.completions.append(w.now + 0.5) if int(w.now) % 5 == 0 else None)

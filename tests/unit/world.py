@@ -35,7 +35,7 @@ MODEL = "standin:latest"
 class World:
     now: float = T0
     elapsed: float = 0.0  # how long the current sample's probes took (the longest one)
-    mode: str = "ok"  # ok, busy, stream, silent, stuck, loading, refused, stopped, failed
+    mode: str = "ok"  # ok, busy, stream, silent, stuck, stalled, loading, refused, stopped, failed
     active_state: str = "active"
     result: str = "success"
     invocation: str = "a" * 32
@@ -53,6 +53,8 @@ class World:
     deep_timeout: float = 1.0
     restarts: list[float] = field(default_factory=list)
     health_answers: bool = True  # the runner's /health (its HTTP thread)
+    cpu_known: bool = True  # does systemd report the unit's CPU time (CPUUsageNSec)?
+    task: int = 1  # the busy slot's id_task
     job_id: int | None = None  # the unit's pending job
 
     def clock(self) -> float:
@@ -71,7 +73,7 @@ class World:
             result=self.result,
             invocation_id=self.invocation if self.active_state == "active" else None,
             started_at=self.started_at,
-            cpu_usage_nsec=self.cpu_ns + int(self.elapsed * self.cpus * 1e9),
+            cpu_usage_nsec=self.cpu_ns + int(self.elapsed * self.cpus * 1e9) if self.cpu_known else None,
             job_id=self.job_id,
         )
 
@@ -109,10 +111,10 @@ class World:
             return probe.RunnerResult(port, probe.TIMEOUT, health, self.deep_timeout)
         if self.mode == "loading" and port == max(self.runners, key=self.runners.__getitem__):
             return probe.RunnerResult(port, probe.LOADING, probe.LOADING, 0.001)
-        busy = self.mode in ("busy", "stream")
-        if busy:
+        busy = self.mode in ("busy", "stream", "stalled")  # stalled: /slots answers, the counters stand still
+        if self.mode in ("busy", "stream"):
             self.decoded += 40
-        slots = (probe.Slot(0, busy, self.decoded),)
+        slots = (probe.Slot(0, busy, self.decoded, id_task=self.task),)
         return probe.RunnerResult(port, probe.OK, probe.OK, 0.003, slots)
 
     # -- the journal ---------------------------------------------------------------
