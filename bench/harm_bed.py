@@ -67,6 +67,20 @@ WEDGES = {
     "stuck-eviction": "stuck-eviction=once",
     "stuck-child": "stuck-child=once",
 }
+#: Runner wedges done to the real llama-server's process (issue 13); the stand-in's simulated runner has them too.
+RUNNER_WEDGES = {
+    "stuck-inference": "stuck-inference=once",  # its main thread frozen (ptrace): the #15950 symptom
+    "silent-runner": "silent-runner=once",  # the whole runner SIGSTOPped
+    "kill-runner": "kill-runner=once",  # the runner SIGKILLed once
+}
+WEDGES.update(RUNNER_WEDGES)
+#: Faults Ollama mends by itself, with how: no restart is wanted, only no harm beyond the fault's own.
+SELF_HEALING = {
+    "kill-runner": (
+        "Ollama's next request for the model finds the runner gone (needsReload's Ping, server/sched.go) and"
+        " reloads it on a new port; the requests in flight when it died fail, as they would after any restart"
+    ),
+}
 #: Wedges the verdict has no evidence for, with the reason; they are watched for no restart and no harm instead.
 UNDETECTABLE = {
     "stuck-eviction": (
@@ -106,12 +120,25 @@ _DECISION = re.compile(r"restart of \S+: (queued|restarted)\b")
 class HarmBed:
     """One booted container, with the watchdog as shipped and the driver installed."""
 
-    def __init__(self, c: testbed.Container, report: Report = print) -> None:
+    def __init__(
+        self,
+        c: testbed.Container,
+        report: Report = print,
+        *,
+        model: str = MODEL,
+        other_model: str = OTHER_MODEL,
+        runner: str = "simulated",
+    ) -> None:
         self.c = c
         self.suite = c.suite
         self._report = report
         self._config_orig: str | None = None
         self.grace = 10.0
+        self.model = model  # the watchdog's model, warmed before each case
+        self.other_model = other_model
+        self.runner = runner  # which runner serves the models: "simulated", or "llama-server" (the real engine)
+        self.wedge_num_predict = WEDGE_NUM_PREDICT  # tokens per request of the clients during a wedge
+        self.saturated_num_predict = SATURATED_NUM_PREDICT
 
     # -- set-up and tear-down -------------------------------------------------------------------------
 
@@ -129,9 +156,10 @@ class HarmBed:
         if r.returncode == 0:
             self.grace = float(r.stdout.strip())
 
-    def configure(self, env: dict[str, str] | None = None, config: str = WATCH_CONFIG) -> float:
+    def configure(self, env: dict[str, str] | None = None, config: str | None = None) -> float:
         """Ollama (re)started with ``env`` in a drop-in, the watchdog enabled with ``config``; returns when."""
         c = self.c
+        config = f'model = "{self.model}"\n' if config is None else config
         if env:
             lines = "".join(f'Environment="{k}={v}"\n' for k, v in env.items())
             c.write_file(DROPIN, "[Service]\n" + lines)
@@ -195,8 +223,9 @@ class HarmBed:
         )
         self.c.run(["python3", "-c", code], timeout=timeout + 10, check=True)
 
-    def warm(self, model: str = MODEL, timeout: float = 120) -> None:
+    def warm(self, model: str | None = None, timeout: float = 120) -> None:
         """Load ``model`` (one short generate), so there is something to deep-probe."""
+        model = model or self.model
         out = self.driver("generate", "--model", model, "--timeout", str(timeout), timeout=timeout + 10)
         assert out["ok"], out
 
@@ -211,7 +240,7 @@ class HarmBed:
             time.sleep(self.grace + 1.2 - age)
 
     def report(self, case: str, *values: object) -> None:
-        self._report(f"{self.suite:9} harm {case}: " + " ".join(str(v) for v in values))
+        self._report(f"{self.suite:9} harm [{self.runner}] {case}: " + " ".join(str(v) for v in values))
 
     # -- evidence ------------------------------------------------------------------------------------
 
@@ -281,11 +310,14 @@ def loadgen_argv(
     model: str = MODEL,
     timeout: float = 300,
     stream: bool = False,
+    prompt_chars: int = 0,
 ) -> list[str]:
     argv = [
         "--url", "http://127.0.0.1:11434", "--clients", str(clients), "--seconds", f"{seconds:g}",
         "--model", model, "--num-predict", str(num_predict), "--timeout", f"{timeout:g}",
     ]  # fmt: skip
+    if prompt_chars:
+        argv += ["--prompt-chars", str(prompt_chars)]
     return argv + (["--stream"] if stream else [])
 
 
@@ -316,7 +348,8 @@ def saturated_load(h: HarmBed, seconds: float = SATURATED_SECONDS) -> CaseResult
     since, inv, nr = h.mark()
     t0 = time.monotonic()
     clients = 2 * SATURATED_PARALLEL
-    out = h.hold(seconds, [{"argv": loadgen_argv(clients, seconds, SATURATED_NUM_PREDICT), "budget": seconds + 60}])
+    argv = loadgen_argv(clients, seconds, h.saturated_num_predict, model=h.model)
+    out = h.hold(seconds, [{"argv": argv, "budget": seconds + 60}])
     return CaseResult("saturated load", h.restarts(since, inv, nr), out, time.monotonic() - t0)
 
 
@@ -471,11 +504,13 @@ def wedge(h: HarmBed, kind: str, loaded: bool, bound: float = WEDGE_BOUND) -> We
     h.settle()
     since, inv, nr = h.mark()
     undetectable = kind in UNDETECTABLE
+    undetectable = undetectable or kind in SELF_HEALING
     args = ["wedge", "--mode", WEDGES[kind], "--bound", str(UNDETECTED_WINDOW if undetectable else bound)]
+    args += ["--model", h.model]
     if loaded:
-        args += ["--clients", str(WEDGE_CLIENTS), "--num-predict", str(WEDGE_NUM_PREDICT)]
+        args += ["--clients", str(WEDGE_CLIENTS), "--num-predict", str(h.wedge_num_predict)]
     if kind == "stuck-eviction":
-        args += ["--trigger-model", OTHER_MODEL]
+        args += ["--trigger-model", h.other_model]
     out = h.driver(*args, "--warmup", "2", "--after", "1", timeout=bound + 300)
     time.sleep(1.5)  # a second, unwanted restart would show now
     rs = h.restarts(since, inv, nr)
@@ -489,3 +524,79 @@ def wedge(h: HarmBed, kind: str, loaded: bool, bound: float = WEDGE_BOUND) -> We
     evidence = re.sub(r"^.*?\(reason: watch: ", "", evidence).removesuffix(")")
     evidence = evidence.removeprefix("restarting: ")
     return WedgeResult(kind, loaded, out, rs, evidence[:300])
+
+
+# -- the real engine (issue 13): Debian unstable's llama-server runs the bed's GGUF models ---------------------
+
+#: The bed's models (tests/standin/make_gguf.py): tiny for wedges and load, big for slow work.
+REAL_MODEL = "tiny:latest"
+REAL_BIG = "big:latest"
+#: Context for the big model's stream and prompt: enough for minutes of tokens at its speed.
+REAL_CONTEXT = 16384
+#: The long prompt: letters, one token each through byte fallback; evaluated in batches of REAL_BATCH, the
+#: largest Ollama picks (server/sched.go), so /slots' counters stand still for a whole batch (measured 13.7 s).
+REAL_PROMPT_CHARS = 6000
+REAL_BATCH = 2048
+
+
+def real_rate(h: HarmBed, model: str = REAL_BIG, n: int = 200) -> float:
+    """Tokens per second the real engine makes for ``model`` here, now (the model loaded first)."""
+    h.warm(model)
+    out = h.driver("generate", "--model", model, "--num-predict", str(n), "--timeout", "300", timeout=320)
+    assert out["ok"], out
+    return n / max(out["seconds"], 0.001)
+
+
+def real_stream(h: HarmBed, seconds: float = STREAM_SECONDS) -> CaseResult:
+    """One streamed generation on the big model sized to take ``seconds`` at the engine's measured speed."""
+    h.configure({"OLLAMA_CONTEXT_LENGTH": str(REAL_CONTEXT)})
+    h.warm()
+    rate = real_rate(h)
+    n = max(1, min(int(rate * seconds), REAL_CONTEXT - 64))
+    h.settle()
+    since, inv, nr = h.mark()
+    t0 = time.monotonic()
+    argv = loadgen_argv(1, 1, n, model=REAL_BIG, timeout=seconds * 3 + 120, stream=True)
+    out = h.hold(seconds, [{"argv": argv, "budget": seconds * 3 + 120}])
+    result = CaseResult("one long stream (real engine)", h.restarts(since, inv, nr), out, time.monotonic() - t0)
+    result.extra = {"tokens": n, "rate": round(rate, 1)}
+    return result
+
+
+def real_long_prompt(h: HarmBed, chars: int = REAL_PROMPT_CHARS, clients: int = 2) -> CaseResult:
+    """A prompt of ``chars`` tokens evaluated in batches of REAL_BATCH on the big model, under load on the same
+    runner (NUM_PARALLEL = clients + 1): its counters stand still for each batch while the unit computes."""
+    h.configure(
+        {
+            "OLLAMA_NUM_PARALLEL": str(clients + 1),
+            "OLLAMA_CONTEXT_LENGTH": str(chars + 512),
+            "STANDIN_LLAMA_BATCH": str(REAL_BATCH),
+        },
+        config=f'model = "{REAL_BIG}"\n',
+    )
+    h.warm(REAL_BIG, timeout=300)
+    h.settle()
+    since, inv, nr = h.mark()
+    t0 = time.monotonic()
+    span = 20.0
+    runs = [
+        {"argv": loadgen_argv(clients, span, 8, model=REAL_BIG, timeout=600), "budget": 600},
+        {"delay": 2, "argv": loadgen_argv(1, 1, 4, model=REAL_BIG, timeout=600, prompt_chars=chars), "budget": 600},
+    ]
+    out = h.hold(span, runs)
+    return CaseResult("a long prompt under load (real engine)", h.restarts(since, inv, nr), out, time.monotonic() - t0)
+
+
+def real_model_load(h: HarmBed, seconds: float = 30.0) -> CaseResult:
+    """Clients on the small model; a request for the big one loads it meanwhile (a real load, real sizes)."""
+    h.configure()
+    h.warm()
+    h.settle()
+    since, inv, nr = h.mark()
+    t0 = time.monotonic()
+    runs = [
+        {"argv": loadgen_argv(LOAD_CLIENTS, seconds, 20, model=h.model, timeout=120), "budget": seconds + 120},
+        {"delay": 5, "argv": loadgen_argv(1, 1, 5, model=REAL_BIG, timeout=300), "budget": 300},
+    ]
+    out = h.hold(seconds, runs)
+    return CaseResult("a model load under load (real engine)", h.restarts(since, inv, nr), out, time.monotonic() - t0)

@@ -169,6 +169,7 @@ class Judge:
         # (port, slot) -> (Slot.progress last seen, when that value was first seen)
         self._progress: dict[tuple[int, int], tuple[tuple[int | None, ...], float]] = {}
         self._load_seen: float | None = None  # first sign of a load the journal did not date
+        self._cpu_seen: list[tuple[float, int]] = []  # (time, unit CPU ns) of the recent deep samples
 
     @property
     def failures(self) -> int:
@@ -192,6 +193,7 @@ class Judge:
             self._invocation = unit.invocation_id
             self._proven.clear()
             self._progress.clear()
+            self._cpu_seen.clear()
             self.reset()
         verdict = self._unit_verdict(unit, s.at)
         if verdict is not None:
@@ -296,6 +298,8 @@ class Judge:
         ]
         before = dict(self._progress)
         stalled = self._stalled(s)
+        if s.unit.cpu_usage_nsec is not None:
+            self._cpu_seen = [*self._cpu_seen[-63:], (s.done_at, s.unit.cpu_usage_nsec)]
         if no_model:
             silent, stalled = [], {}  # their models are gone: nothing is stuck on them
         if not silent and not stalled and not stuck_load:
@@ -342,6 +346,8 @@ class Judge:
         if cpus is not None and cpus >= CPU_BUSY:
             return Verdict(BUSY, f"{what}, but {s.unit.name} is computing ({cpus:.1f} CPUs over the silence)")
         only_stalled = bool(stalled) and not silent and not stuck_load
+        if only_stalled:
+            cpus = self._cpus_since(streak.start, s.done_at)
         if only_stalled and cpus is not None and cpus >= CPU_IDLE:
             # flat counters while the unit computes: one long prompt batch (measured: 13.7 s for 2048 tokens)
             return Verdict(BUSY, f"{what}, but {s.unit.name} is computing ({cpus:.1f} CPUs): a long batch")
@@ -396,6 +402,13 @@ class Judge:
             self._load_seen = s.at
         how = f"runner :{runner_loading[0]} answers 503 loading" if runner_loading else "GET /api/ps blocks"
         return self._load_seen, self._load_seen, how + " (first seen then)"
+
+    def _cpus_since(self, since: float, now: float) -> float | None:
+        """CPUs the unit used from ``since`` (a sample's start) to ``now``, from the deep samples (None: unknown)."""
+        points = [(t, n) for t, n in self._cpu_seen if since - 0.5 <= t <= now]
+        if len(points) < 2 or points[-1][0] <= points[0][0] or points[-1][1] < points[0][1]:
+            return None
+        return (points[-1][1] - points[0][1]) / 1e9 / (points[-1][0] - points[0][0])
 
     def _cpus(self, streak: _Streak, now: float) -> float | None:
         """CPUs the unit used over the last deep_confirm seconds of the streak (None: unknown)."""

@@ -235,6 +235,11 @@ def run(spec: LoadSpec) -> LoadResult:
     return result
 
 
+def long_prompt(chars: int) -> str:
+    """``chars`` letters, no spaces: one token each for a byte-fallback vocabulary (the bed's GGUF models)."""
+    return "".join(chr(0x41 + (i * 7) % 26) for i in range(chars))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: run the load, print the summary line; 0 if every request succeeded, 1 if not."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -245,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-predict", type=int, default=8, help="tokens per request (default 8)")
     p.add_argument("--timeout", type=float, default=120.0, help="per-request limit in seconds (default 120)")
     p.add_argument("--stream", action="store_true", help="stream the answers (default: one JSON answer)")
+    p.add_argument(
+        "--prompt-chars", type=int, default=0, help="a prompt of this many letters instead of a question (a long one)"
+    )
     p.add_argument("--max-requests", type=int, default=100_000, help="at most this many requests (default 100000)")
     args = p.parse_args(argv)
     spec = LoadSpec(
@@ -256,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout=args.timeout,
         stream=args.stream,
         max_requests=args.max_requests,
+        **({"prompt": long_prompt(args.prompt_chars)} if args.prompt_chars > 0 else {}),
     )
     try:
         validate(spec)

@@ -44,10 +44,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(model: str, np_: int, ctx: int, threads: int = 2) -> tuple[subprocess.Popen[bytes], int]:
+def start(model: str, np_: int, ctx: int, batch: int = 512) -> tuple[subprocess.Popen[bytes], int]:
+    """llama-server with the flags Ollama gives it (llm/llama_server.go), its output discarded."""
     port = free_port()
-    argv = [SERVER, "--model", model, "--port", str(port), "--host", "127.0.0.1", "--no-webui",
-            "-c", str(ctx * np_), "-np", str(np_), "-t", str(threads), "--log-disable"]  # fmt: skip
+    argv = [SERVER, "--model", model, "--port", str(port), "--host", "127.0.0.1", "--no-webui", "--offline",
+            "-c", str(ctx * np_), "-np", str(np_), "--flash-attn", "auto",
+            "-b", str(batch), "-ub", str(batch)]  # fmt: skip
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), port
 
 
@@ -110,6 +112,31 @@ class Stream:
         self._conn.close()
 
 
+class Freezer:
+    """freeze_thread.py holding one thread stopped until unfreeze()."""
+
+    def __init__(self, tid: int) -> None:
+        self.proc = subprocess.Popen([sys.executable, FREEZE, str(tid)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert self.proc.stdout is not None
+        self.line = self.proc.stdout.readline().decode().strip()
+
+
+def freeze(tid: int) -> Freezer:
+    return Freezer(tid)
+
+
+def unfreeze(f: Freezer) -> None:
+    f.proc.terminate()
+    f.proc.wait(timeout=10)
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the whole process, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def summary(r: probe.RunnerResult) -> dict[str, Any]:
     return {
         "slots": r.slots_status,
@@ -126,25 +153,26 @@ def claims(model: str) -> dict[str, Any]:
     try:
         out["load"] = health_until_ok(port)
         out["idle"] = summary(runner(port))
+        idle_freezer = freeze(proc.pid)
+        out["idle_frozen"] = summary(runner(port, 2.0))
+        unfreeze(idle_freezer)
         stream = Stream(port, "the quick brown fox", 100_000)
         time.sleep(0.5)
         a = runner(port)
         time.sleep(0.5)
         b = runner(port)
         out["busy"] = [summary(a), summary(b)]
-        freezer = subprocess.Popen(
-            [sys.executable, FREEZE, str(proc.pid)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
-        assert freezer.stdout is not None
-        out["freeze_helper"] = freezer.stdout.readline().decode().strip()
+        freezer = freeze(proc.pid)
+        out["freeze_helper"] = freezer.line
+        time.sleep(0.2)  # a piece already on its way
         pieces_at_freeze = stream.pieces
         out["frozen"] = summary(runner(port, 2.0))
         time.sleep(1.0)
+        out["frozen_again"] = summary(runner(port, 2.0))
         out["frozen_stream_progress"] = stream.pieces - pieces_at_freeze
         with open(f"/proc/{proc.pid}/task/{proc.pid}/stat") as f:
             out["frozen_thread_state"] = f.read().rsplit(")", 1)[1].split()[0]
-        freezer.terminate()
-        freezer.wait(timeout=10)
+        unfreeze(freezer)
         time.sleep(0.5)
         resumed_from = stream.pieces
         out["released"] = summary(runner(port))
@@ -165,10 +193,16 @@ def claims(model: str) -> dict[str, Any]:
     return out
 
 
-def silence(model: str, prompt_tokens: int, load_clients: int) -> dict[str, Any]:
-    """Poll /slots every 0.1 s (timeout 60 s) while a long prompt evaluates; the slowest answer is the figure."""
-    proc, port = start(model, 1 + load_clients, prompt_tokens + 512)
+def silence(model: str, prompt_tokens: int, load_clients: int, batch: int) -> dict[str, Any]:
+    """Poll /slots every 0.1 s (timeout 60 s) while a long prompt evaluates in batches of ``batch``.
+
+    Two figures: the slowest /slots answer, and the longest time the long prompt's slot showed the same
+    counters (id_task, n_prompt_tokens_processed, n_decoded) while processing, with the CPUs the process
+    used over that stretch.
+    """
+    proc, port = start(model, 1 + load_clients, prompt_tokens + 512, batch=batch)
     out: dict[str, Any] = {"model": model, "prompt_tokens": prompt_tokens, "load_clients": load_clients}
+    out["batch"] = batch
     try:
         out["load"] = health_until_ok(port, 120)
         others = [Stream(port, "the", 100_000) for _ in range(load_clients)]
@@ -179,10 +213,21 @@ def silence(model: str, prompt_tokens: int, load_clients: int) -> dict[str, Any]
         worst = 0.0
         samples = 0
         first_piece = None
+        slot = load_clients  # the long prompt's slot: the other streams took theirs first (ids in order)
+        last: tuple[Any, ...] | None = None
+        flat_from = (time.monotonic(), cpu_seconds(proc.pid))
+        longest = (0.0, 0.0)  # (seconds flat, CPUs over them)
         while not long.done and not long.error and time.monotonic() - t0 < 600:
             r = runner(port, 60.0)
             samples += 1
             worst = max(worst, r.seconds)
+            now = (time.monotonic(), cpu_seconds(proc.pid))
+            busy = [sl for sl in r.slots if sl.id == slot and sl.is_processing]
+            if busy:
+                if busy[0].progress != last:
+                    last, flat_from = busy[0].progress, now
+                elif now[0] - flat_from[0] > longest[0]:
+                    longest = (now[0] - flat_from[0], (now[1] - flat_from[1]) / (now[0] - flat_from[0]))
             if long.pieces and first_piece is None:
                 first_piece = time.monotonic() - t0
             time.sleep(0.1)
@@ -191,6 +236,8 @@ def silence(model: str, prompt_tokens: int, load_clients: int) -> dict[str, Any]
             total_seconds=round(time.monotonic() - t0, 2),
             samples=samples,
             longest_slots_seconds=round(worst, 3),
+            longest_flat_seconds=round(longest[0], 2),
+            cpus_while_flat=round(longest[1], 2),
             error=long.error,
         )
         for s in others:
@@ -207,8 +254,9 @@ def main() -> int:
     ap.add_argument("--model", default=f"{GGUF}/tiny.gguf")
     ap.add_argument("--prompt-tokens", type=int, default=6000)
     ap.add_argument("--load-clients", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=512)
     a = ap.parse_args()
-    result = claims(a.model) if a.what == "claims" else silence(a.model, a.prompt_tokens, a.load_clients)
+    result = claims(a.model) if a.what == "claims" else silence(a.model, a.prompt_tokens, a.load_clients, a.batch)
     print(json.dumps(result))
     return 0
 

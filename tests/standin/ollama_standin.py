@@ -71,9 +71,27 @@ Runner children (llama-server, tools/server/server-context.cpp and server.cpp):
     n_decoded 0.
   - The main loop decodes one token per busy slot every STANDIN_TOKEN_SECONDS
     and answers /slots between tokens.  It stops while stuck-inference or
-    stuck-child holds: no tokens, no /slots answer (the request hangs until
-    the client leaves), /health still 200.  A stuck-child unload kills the
-    child, which stays in D state: its port stays bound but answers nothing.
+    stuck-child holds: no tokens; /health still 200; /slots, as the real
+    llama-server's (build 11669, its main thread frozen inside a decode),
+    still answers while a slot is busy, with the counters standing still,
+    and with no slot busy it does not answer (the request hangs until the
+    client leaves).  A stuck-child unload kills the child, which stays in D
+    state: its port stays bound but answers nothing.
+  - A request for a loaded model first pings its runner (needsReload's Ping,
+    10 s): a runner that is gone (kill-runner) or does not answer /health
+    (silent-runner) is reloaded on a new port, once no request holds it, and
+    "llama-server process no longer running" is logged for a dead one.
+Real runners (issue 13): where llama-server is installed
+(STANDIN_LLAMA_SERVER, /usr/bin/llama-server: Debian unstable's
+llama.cpp-tools), every NAME.gguf in STANDIN_GGUF_DIR (the bed's models,
+tests/standin/make_gguf.py) is the pulled model NAME:latest, with its file's
+size and sha256, and runs in the real llama-server, started as Ollama starts
+it (--model --port --host 127.0.0.1 --no-webui --offline -c -np
+--log-verbosity 4 --no-log-prefix --no-log-timestamps --flash-attn auto -b -ub,
+its output into the journal); /health answers while it loads, /completion
+makes the text.  Its wedges are done to the process: stuck-inference freezes
+its main thread (freeze_thread.py, ptrace), silent-runner SIGSTOPs it,
+kill-runner SIGKILLs it.
   - silent, hang-generate, trickle and SIGUSR2 wedge the server, not the
     children: their ports keep answering.  SIGUSR1 is stuck-inference.
 Models: standin:latest (as before), standin2:latest, standin3:latest,
@@ -104,6 +122,8 @@ Test-only knobs:
   STANDIN_TOKEN_SECONDS=0.01     time per generated token (and per embedding input)
   STANDIN_LOAD_SECONDS=0.05      time a load takes
   STANDIN_PS_BLOCKS_DURING_LOAD=1  0: /api/ps answers during a load, without the loading model
+  STANDIN_LLAMA_BATCH=512        a real runner's -b and -ub (Ollama picks 256..2048)
+  STANDIN_LLAMA_THREADS=0        a real runner's -t (0: not given, llama-server's default)
 
 Fault modes are read from $OLLAMA_STANDIN_MODE_FILE (default
 /etc/ollama-standin/mode): a comma-separated list, missing or empty = ok.
@@ -140,6 +160,14 @@ Faithful wedges (the file is also re-read every 0.2 s):
                         ends the process.
   stall-load            loads make no progress and fail after
                         OLLAMA_LOAD_TIMEOUT (HTTP 500, "Load failed" logged).
+  silent-runner         the runners as if SIGSTOPped (a real one is): /health
+                        and /slots unanswered, no tokens; a new request waits
+                        for the 10 s Ping, then reloads the runner once no
+                        request in flight holds it.
+  kill-runner           each runner up when the mode is first seen dies, once:
+                        its requests in flight fail ("an error was encountered
+                        while running the model: unexpected EOF"), its port
+                        closes; the next request reloads it on a new port.
   The whole server silent is "silent" above.
   NAME=once             (for request-time modes and wedges) latch NAME for the
                         life of the process that sees it written; a process
@@ -212,6 +240,8 @@ GGUF_DIR = os.environ.get("STANDIN_GGUF_DIR", "/var/lib/ollama-standin/gguf")
 FREEZE_HELPER = os.environ.get("STANDIN_FREEZE_HELPER", "/usr/local/lib/ollama-standin/freeze_thread.py")
 #: Threads each real runner computes on (llama-server -t).
 LLAMA_THREADS = int(os.environ.get("STANDIN_LLAMA_THREADS", "0") or 0)  # 0: llama-server's default (all CPUs)
+#: Ollama's -b/-ub (equal; 512 unless it picks 256..2048 for the hardware, server/sched.go).
+LLAMA_BATCH = int(os.environ.get("STANDIN_LLAMA_BATCH", "512") or 512)
 #: needsReload's Ping timeout (server/sched.go): a runner that does not answer /health in this long is reloaded.
 PING_SECONDS = 10.0
 
@@ -1366,6 +1396,7 @@ class RealChild:
             LLAMA_SERVER_REAL, "--model", model_path, "--port", str(self.port), "--host", "127.0.0.1",
             "--no-webui", "--offline", "-c", str(n_ctx * num_parallel), "-np", str(num_parallel),
             "--log-verbosity", "4", "--no-log-prefix", "--no-log-timestamps", "--flash-attn", "auto",
+            "-b", str(LLAMA_BATCH), "-ub", str(LLAMA_BATCH),
         ]  # fmt: skip
         if LLAMA_THREADS:
             self.argv += ["-t", str(LLAMA_THREADS)]
@@ -1507,11 +1538,12 @@ class RealChild:
 
     # -- completions ------------------------------------------------------------
 
-    def complete(self, prompt: str, n_predict: int, ctx: RequestCtx) -> Iterator[str]:
+    def complete(self, prompt: str, n_predict: int, ctx: RequestCtx, stats: dict[str, Any]) -> Iterator[str]:
         """POST /completion, streamed; yields each piece of text as the engine makes it.
 
         Raises ClientGone when our client leaves (closing the connection makes llama-server cancel
-        the task), RunnerDied when the process goes.
+        the task), RunnerDied when the process goes.  ``stats`` gets the last chunk's token count
+        (several tokens can make one piece of text) and stop type, which Ollama reports.
         """
         pieces: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         conn = http.client.HTTPConnection("127.0.0.1", self.port)
@@ -1531,6 +1563,8 @@ class RealChild:
                     obj = json.loads(line[6:])
                     pieces.put(("piece", obj.get("content", "")))
                     if obj.get("stop"):
+                        timings = obj.get("timings") or {}
+                        stats.update(tokens=timings.get("predicted_n"), stop_type=obj.get("stop_type"))
                         break
                 pieces.put(("done", None))
             except (OSError, http.client.HTTPException, ValueError) as e:
@@ -2132,6 +2166,25 @@ class Api:
         rows.sort(key=lambda row: -row[0])
         return json_reply(200, {"models": [entry for _, entry in rows]})
 
+    def show(self, raw: bytes, _ctx: RequestCtx) -> Reply:
+        """POST /api/show: a model's details, read from disk (no runner involved)."""
+        body = decode_body(raw, "api.ShowRequest")
+        m = resolve_model(body.get("model") if body.get("model") is not None else body.get("name"))
+        entry = m.entry()
+        info: dict[str, Any] = {"general.architecture": "llama", "general.file_type": 0 if m.gguf else 15}
+        if m.gguf:
+            info["general.parameter_count"] = m.size // 4
+        out = {
+            "modelfile": f"FROM {m.blob}\n",
+            "parameters": "",
+            "template": "{{ .Prompt }}",
+            "details": entry["details"],
+            "model_info": info,
+            "capabilities": ["completion"],
+            "modified_at": go_time(self.started_ns - m.age_s * NS, local=True),
+        }
+        return json_reply(200, out)
+
     # -- model endpoints ----------------------------------------------------
 
     def generate(self, raw: bytes, ctx: RequestCtx) -> Reply:
@@ -2209,13 +2262,14 @@ class Api:
         words = _words(prompt, n)
         reason = "length" if limited else "stop"
         produced: list[str] = []
+        stats: dict[str, Any] = {}  # a real runner's own count and stop type
 
         def tokens() -> Iterator[str]:
             runner.slots.acquire(ctx)
             try:
                 child = runner.child
                 if isinstance(child, RealChild):  # the real engine makes the text
-                    with contextlib.closing(child.complete(prompt, n, ctx)) as pieces:
+                    with contextlib.closing(child.complete(prompt, n, ctx, stats)) as pieces:
                         for piece in pieces:
                             produced.append(piece)
                             yield piece
@@ -2233,10 +2287,12 @@ class Api:
                 done["message"] = {"role": "assistant", "content": text}
             else:
                 done["response"] = text
-            done.update(done=True, done_reason=reason)
+            count = stats.get("tokens") or len(produced)
+            stop = {"limit": "length", "eos": "stop", "word": "stop"}.get(stats.get("stop_type") or "", reason)
+            done.update(done=True, done_reason=stop)
             if not chat:
-                done["context"] = prompt_ids + [1000 + i for i in range(len(produced))]
-            done.update(_metrics(t0, load_ns, len(prompt_ids), len(produced), eval_ns))
+                done["context"] = prompt_ids + [1000 + i for i in range(count)]
+            done.update(_metrics(t0, load_ns, len(prompt_ids), count, eval_ns))
             return done
 
         def chunk(text: str) -> dict[str, Any]:
@@ -2404,6 +2460,7 @@ ROUTES: dict[str, dict[str, str]] = {
     "/api/version": {"GET": "version", "HEAD": "version"},
     "/api/tags": {"GET": "tags", "HEAD": "tags"},
     "/api/ps": {"GET": "ps"},
+    "/api/show": {"POST": "show"},
     "/api/generate": {"POST": "generate"},
     "/api/chat": {"POST": "chat"},
     "/api/embed": {"POST": "embed"},
