@@ -20,6 +20,13 @@ deps: $(VENV)/.stamp
 	@command -v systemd-nspawn >/dev/null && command -v debootstrap >/dev/null || { \
 	  echo "installing $(APT_PACKAGES)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; }
+	@# promtool checks and tests the alerting rules (tests/unit/test_alert_rules.py). Debian has it only in the
+	@# prometheus package, whose postinst enables and starts a Prometheus server: not wanted here, so disabled
+	@# and stopped at once (no recommends: node_exporter would be a second server).
+	@command -v promtool >/dev/null || { \
+	  echo "installing prometheus for promtool (its server disabled)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+	  && systemctl disable -q prometheus.service && service prometheus stop; }
 
 # Not an editable install (-e makes setuptools print a wall of notes): the tests import the package
 # from the checkout itself (pytest runs from here); the venv's copy brings the dependencies.
