@@ -30,7 +30,18 @@ if TYPE_CHECKING:
     from ollamactl.config import Config
     from ollamactl.controller import Controller
 
-__all__ = ["COMMANDS", "GLOBAL_OPTIONS", "Command", "Option", "build_parser", "emit", "main", "say", "to_json"]
+__all__ = [
+    "COMMANDS",
+    "GLOBAL_OPTIONS",
+    "NOT_REMOTE",
+    "Command",
+    "Option",
+    "build_parser",
+    "emit",
+    "main",
+    "say",
+    "to_json",
+]
 
 EPILOG = "exit codes:\n" + "\n".join(f"  {code:<3} {meaning}" for code, meaning in EXIT_CODES)
 DESCRIPTION = "Restart a wedged Ollama (ollama.service) without sudo, through systemd and polkit."
@@ -452,6 +463,28 @@ def _add_commands(
             p.set_defaults(handler=cmd.handler)
 
 
+#: Commands that run until stopped: run them on each host itself (its systemd unit), not over --host.
+NOT_REMOTE = frozenset({"watch"})
+
+
+def _remote_command(argv: Sequence[str]) -> list[str]:
+    """The command each host runs for ``argv`` (remote.remote_argv), read back as the host's ollamactl will read it.
+
+    remote_argv strips --host and --all-hosts in every spelling argparse accepts; our own
+    parser makes sure of it, so no host is asked to go on over ssh, and refuses the
+    commands that run until stopped.  UsageError, before any ssh runs, if not.
+    """
+    from ollamactl.remote import remote_argv
+
+    words = remote_argv(argv)
+    args = build_parser(words[1:]).parse_args(words[1:])
+    if getattr(args, "hosts", None) or getattr(args, "all_hosts", False):
+        raise UsageError("cannot remove --host from the command line for the remote hosts: spell it out as --host")
+    if args._command in NOT_REMOTE:
+        raise UsageError(f"{args._command} runs until stopped: run it on each host (its systemd unit), not over --host")
+    return words
+
+
 def _handler(name: str) -> Callable[[argparse.Namespace, bool], int]:
     """The function a handler name ("module:function") designates; imports its module."""
     module, _, function = name.partition(":")
@@ -480,7 +513,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not hosts:
                 raise UsageError('--all-hosts: the config\'s hosts list is empty (hosts = "gpu1 alice@gpu2")')
             return run_on_hosts(
-                hosts, args_list, as_json, connect_timeout=cfg.ssh_connect_timeout, deadline=cfg.remote_deadline
+                hosts,
+                _remote_command(args_list),
+                as_json,
+                verbose=getattr(args, "verbose", False),
+                connect_timeout=cfg.ssh_connect_timeout,
+                deadline=cfg.remote_deadline,
             )
         _without_gi()
         return _handler(args.handler)(args, as_json)

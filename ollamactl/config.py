@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from ollamactl.budget import DEFAULT_BACKOFF, DEFAULT_MAX_RESTARTS, DEFAULT_WINDOW
-from ollamactl.errors import ConfigError
-from ollamactl.units import check_group_name, check_unit_name, mangle_unit_name
+from ollamactl.errors import ConfigError, UsageError
+from ollamactl.units import check_group_name, check_unit_name, mangle_unit_name, split_host
 
 DEFAULT_CONFIG_FILE = Path("/etc/ollamactl/config.toml")
 #: Where Ollama listens by default (its OLLAMA_HOST default); the url key's default without OLLAMA_HOST.
@@ -67,14 +67,9 @@ def _check_path(v: str) -> str:
 
 def _check_hosts(v: str) -> str:
     specs = v.replace(",", " ").split()
-    if not specs:
-        return ""  # the default: no import of the ssh module (tens of ms) on every run
-    from ollamactl.errors import UsageError
-    from ollamactl.remote import parse_host
-
     for spec in specs:
         try:
-            parse_host(spec)
+            split_host(spec)
         except UsageError as exc:
             raise ValueError(exc.message) from None
     return " ".join(specs)

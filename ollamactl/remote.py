@@ -5,14 +5,17 @@ on each host through ``ssh``, as ``systemctl -H`` does: the host's own ollamactl
 and polkit rule decide, with the identity ssh logs in as.  Nothing is decided
 here; this module only carries the question and the answer.
 
-- Each host spec is checked strictly before anything runs (``parse_host``): it
-  goes into ssh's argv (never a shell), so no spec can be read as an ssh
-  option (a leading ``-``) or carry shell syntax, whitespace or controls.
+- Each host spec is checked strictly before anything runs (``parse_host``, with
+  the grammar ``units.split_host``): it goes into ssh's argv (never a shell), so
+  no spec can be read as an ssh option (a leading ``-``) or carry shell syntax,
+  whitespace or controls.
 - ssh runs in batch mode (never a password or host-key prompt), with a
   connection timeout and ``-T``; host-key checking stays as the user's ssh
   configuration says (an unknown key fails the host, it is not accepted).
-- The remote command is our own argv minus ``--host``, plus ``--json``, each
-  word shell-quoted (ssh joins its arguments into one remote shell command).
+- The remote command is our own argv minus ``--host``, plus ``--json``
+  (``remote_argv``), each word shell-quoted (ssh joins its arguments into one
+  remote shell command).  The CLI reads it back with its own parser before
+  anything runs (``cli._remote_command``): no host is asked to go on over ssh.
 - Hosts run concurrently under one overall deadline; a host that does not
   answer in time is killed (its whole process group) and reported.
 - A remote answer is untrusted: at most MAX_ANSWER_BYTES, JSON nested at most
@@ -25,13 +28,12 @@ exit status, or an error entry made here (``error`` "ssh", "remote-not-installed
 "remote-answer", "timeout").  The exit code is the worst of the hosts': 0 if
 all succeeded, else the highest exit code of any host (order-independent).
 
-Standard library plus ollamactl's errors/output/text only.
+Standard library plus ollamactl's errors/output/text/units only.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import math
 import os
@@ -46,6 +48,7 @@ from typing import Any
 from ollamactl.errors import EXIT_OK, EXIT_REMOTE, EXIT_TIMEOUT, OllamactlError, TimedOut, UsageError
 from ollamactl.output import say, to_json
 from ollamactl.text import clean
+from ollamactl.units import split_host
 
 #: Seconds ssh may take to set up the TCP connection (ssh -o ConnectTimeout).
 CONNECT_TIMEOUT = 10
@@ -65,14 +68,6 @@ MESSAGE_LIMIT = 300
 REMOTE_PROGRAM = "ollamactl"
 #: ssh exits 255 when ssh itself failed (no connection, authentication, host key).
 SSH_FAILED = 255
-#: Commands that run until stopped: run them on the host itself, not through ssh.
-NOT_REMOTE = frozenset({"watch"})
-
-_USER = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}"
-_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
-_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
-_PORT = re.compile(r"[1-9][0-9]{0,4}")
-_SCOPE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 
 
 class RemoteUnreachable(OllamactlError):
@@ -106,71 +101,9 @@ class HostSpec:
     port: int | None = None
 
 
-def _bad(spec: str, why: str) -> UsageError:
-    return UsageError(
-        f"bad --host {clean(spec, 80)!r}: {why}; expected [USER@]HOST[:PORT], IPv6 as [ADDR] or [ADDR]:PORT",
-        host=clean(spec, 80),
-    )
-
-
-def _ipv6(text: str) -> str | None:
-    """``text`` if it is an IPv6 address (optionally with a %scope), else None."""
-    addr, _, scope = text.partition("%")
-    if "%" in text and not _SCOPE.fullmatch(scope):
-        return None
-    try:
-        ipaddress.IPv6Address(addr)
-    except ValueError:
-        return None
-    return text
-
-
 def parse_host(spec: str) -> HostSpec:
-    """Check one ``--host`` value strictly; UsageError (nothing run) if it is not [USER@]HOST[:PORT].
-
-    HOST is a DNS name or ssh_config alias (letters, digits, ``-``, ``_``, dots; no
-    label starts or ends with ``-``), an IPv4 address, or an IPv6 address in
-    brackets (bare when no port follows).  USER is a login name (letters,
-    digits, ``_.-``, not starting with ``-``).  PORT is 1-65535.
-    """
-    if not isinstance(spec, str) or not spec:
-        raise _bad(str(spec), "empty")
-    if len(spec) > 300:
-        raise _bad(spec, "too long")
-    if spec.startswith("-"):
-        raise _bad(spec, "starts with '-' (ssh would read it as an option)")
-    if not spec.isascii() or not spec.isprintable() or any(c.isspace() for c in spec):
-        raise _bad(spec, "whitespace or control characters")
-    user: str | None = None
-    rest = spec
-    if "@" in spec:
-        user, _, rest = spec.partition("@")
-        if not re.fullmatch(_USER, user):
-            raise _bad(spec, "bad user name")
-    port_text: str | None = None
-    if rest.startswith("["):
-        addr, sep, tail = rest[1:].partition("]")
-        if not sep or _ipv6(addr) is None:
-            raise _bad(spec, "bad IPv6 address in brackets")
-        host = addr
-        if tail:
-            if not tail.startswith(":"):
-                raise _bad(spec, "text after ']' that is not :PORT")
-            port_text = tail[1:]
-    elif rest.count(":") > 1:
-        if _ipv6(rest) is None:
-            raise _bad(spec, "bad IPv6 address")
-        host = rest
-    else:
-        host, sep, port_text_ = rest.partition(":")
-        port_text = port_text_ if sep else None
-        if not _HOSTNAME.fullmatch(host) or len(host) > 253:
-            raise _bad(spec, "bad host name")
-    port: int | None = None
-    if port_text is not None:
-        if not _PORT.fullmatch(port_text) or int(port_text) > 65535:
-            raise _bad(spec, "port must be 1-65535")
-        port = int(port_text)
+    """One ``--host`` value checked (``units.split_host``: UsageError, nothing run, if it is not [USER@]HOST[:PORT])."""
+    user, host, port = split_host(spec)
     return HostSpec(spec=spec, host=host, user=user, port=port)
 
 
@@ -198,7 +131,7 @@ def remote_argv(argv: Sequence[str]) -> list[str]:
 
     argparse accepts ``--host X``, ``--host=X`` and unique abbreviations (``--ho X``); all
     are removed (and ``--all-hosts``, should the CLI take the config's host list), so a
-    remote ollamactl never runs ssh itself (_check_no_hop makes sure).  A bare ``--`` ends options.
+    remote ollamactl never runs ssh itself (the CLI's re-parse makes sure).  A bare ``--`` ends options.
     """
     out: list[str] = []
     words = iter(argv)
@@ -419,56 +352,18 @@ async def _run_all(
     return entries
 
 
-#: Options that make ollamactl run on other hosts: never in the remote command (no hops).
-_HOP_OPTIONS = ("hosts", "all_hosts")
-
-
-def _check_no_hop(words: Sequence[str]) -> None:
-    """Parse the remote command with our own parser: it must not ask the host to go on over ssh.
-
-    remote_argv strips --host and its abbreviations; this makes sure of it whatever the
-    spelling, by asking argparse, which reads the line as the remote ollamactl will.
-    """
-    from ollamactl.cli import build_parser
-
-    args = build_parser(list(words)).parse_args(list(words))
-    if any(getattr(args, name, None) for name in _HOP_OPTIONS):
-        raise UsageError("cannot remove --host from the command line for the remote hosts: spell it out as --host")
-
-
-#: Global options that take a value (the word after them is not the command).
-_VALUE_OPTIONS = ("--unit", "--url", "--config")
-
-
-def _command(words: Sequence[str]) -> str | None:
-    """The (sub)command name in an ollamactl argv: its first word that is no option nor option value."""
-    skip = False
-    for w in words:
-        if skip:
-            skip = False
-        elif w == "--":
-            return None
-        elif w.startswith("-"):
-            skip = "=" not in w and any(len(w) >= 4 and o.startswith(w) for o in _VALUE_OPTIONS)
-        else:
-            return w
-    return None
-
-
 def run_hosts(
     hosts: Sequence[str],
-    argv: Sequence[str],
+    words: Sequence[str],
     *,
     connect_timeout: int = CONNECT_TIMEOUT,
     deadline: float = DEADLINE,
 ) -> dict[str, Any]:
-    """Run ``argv`` (an ollamactl command line) on each host; the merged result (see the module doc)."""
+    """Run the remote command ``words`` (from ``remote_argv``) on each host; the merged result (see the module doc).
+
+    Every host is checked before any ssh runs; the CLI has checked ``words``.
+    """
     specs = parse_hosts(hosts)
-    words = remote_argv(argv)
-    _check_no_hop(words[1:])
-    command = _command(words[1:])
-    if command in NOT_REMOTE:
-        raise UsageError(f"{command} runs until stopped: run it on each host (its systemd unit), not over --host")
     entries = asyncio.run(_run_all(specs, words, connect_timeout, deadline))
     return merge(entries)
 
@@ -511,16 +406,17 @@ def table(result: dict[str, Any]) -> str:
 
 def run_on_hosts(
     hosts: Sequence[str],
-    argv: Sequence[str],
+    words: Sequence[str],
     as_json: bool,
     *,
+    verbose: bool = False,
     connect_timeout: int = CONNECT_TIMEOUT,
     deadline: float = DEADLINE,
 ) -> int:
-    """Run ``argv`` (without its --host options) on each host; print the merged result; the worst exit code."""
-    if any(w in ("-v", "--verbose") for w in argv):
-        say(f"running on each host: {shlex.join(remote_argv(argv))}", file=sys.stderr)
-    result = run_hosts(hosts, argv, connect_timeout=connect_timeout, deadline=deadline)
+    """Run the remote command ``words`` on each host; print the merged result; the worst exit code."""
+    if verbose:
+        say(f"running on each host: {shlex.join(words)}", file=sys.stderr)
+    result = run_hosts(hosts, words, connect_timeout=connect_timeout, deadline=deadline)
     if as_json:
         print(to_json(result))
     else:

@@ -1,16 +1,19 @@
-"""Name grammars: systemd unit names, group names and grantable verbs, checked before use.
+"""Name grammars: systemd unit names, group names, grantable verbs and ssh host specs, checked before use.
 
 Unit names mirror ``unit_name_is_valid()`` in systemd's src/basic/unit-name.c so
 a typo is reported by us, naming the field, instead of as a D-Bus InvalidArgs.
-Both grammars are matched against the whole string (``re.fullmatch``, or a
+Every grammar is matched against the whole string (``re.fullmatch``, or a
 character-set test), so a trailing newline can never slip through into a
-polkit rule.
+polkit rule or an ssh command line.
 """
 
 from __future__ import annotations
 
 import re
 import string
+
+from ollamactl.errors import UsageError
+from ollamactl.text import clean
 
 UNIT_TYPES = frozenset("service socket device mount automount swap target path timer slice scope".split())
 _VALID_CHARS = frozenset(string.ascii_letters + string.digits + ":-_.\\@")
@@ -107,3 +110,85 @@ def unit_object_path(name: str) -> str:
         else:
             out.append(f"_{ord(ch):02x}")
     return "/org/freedesktop/systemd1/unit/" + ("".join(out) or "_")
+
+
+# --------------------------------------------------------------------------- ssh host specs
+
+#: What a ``--host`` value (or a word of the config's ``hosts``) may be.
+HOST_SPEC_FORM = "[USER@]HOST[:PORT], IPv6 as [ADDR] or [ADDR]:PORT"
+HOST_SPEC_MAX = 300
+# Patterns for re.fullmatch, compiled on first use (re caches them): not on every CLI run.
+_HOST_USER = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}"
+_HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST_NAME = rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?"
+_HOST_PORT = r"[1-9][0-9]{0,4}"
+_HOST_SCOPE = r"[A-Za-z0-9_.-]{1,32}"
+
+
+def _bad_host(spec: str, why: str) -> UsageError:
+    return UsageError(f"bad --host {clean(spec, 80)!r}: {why}; expected {HOST_SPEC_FORM}", host=clean(spec, 80))
+
+
+def _ipv6(text: str) -> str | None:
+    """``text`` if it is an IPv6 address (optionally with a %scope), else None."""
+    import ipaddress  # only IPv6 specs need it
+
+    addr, _, scope = text.partition("%")
+    if "%" in text and not re.fullmatch(_HOST_SCOPE, scope):
+        return None
+    try:
+        ipaddress.IPv6Address(addr)
+    except ValueError:
+        return None
+    return text
+
+
+def split_host(spec: str) -> tuple[str | None, str, int | None]:
+    """(user, host, port) of one ``--host`` value; UsageError (exit 2) if it is not [USER@]HOST[:PORT].
+
+    The spec goes into ssh's argv as its destination, so the grammar is strict: no spec
+    can be read as an ssh option (a leading ``-``) or carry shell syntax, whitespace or
+    controls.  HOST is a DNS name or ssh_config alias (letters, digits, ``-``, ``_``,
+    dots; no label starts or ends with ``-``), an IPv4 address, or an IPv6 address in
+    brackets (bare when no port follows); the host returned has no brackets.  USER is a
+    login name (letters, digits, ``_.-``, not starting with ``-``).  PORT is 1-65535.
+    """
+    if not isinstance(spec, str) or not spec:
+        raise _bad_host(str(spec), "empty")
+    if len(spec) > HOST_SPEC_MAX:
+        raise _bad_host(spec, "too long")
+    if spec.startswith("-"):
+        raise _bad_host(spec, "starts with '-' (ssh would read it as an option)")
+    if not spec.isascii() or not spec.isprintable() or any(c.isspace() for c in spec):
+        raise _bad_host(spec, "whitespace or control characters")
+    user: str | None = None
+    rest = spec
+    if "@" in spec:
+        user, _, rest = spec.partition("@")
+        if not re.fullmatch(_HOST_USER, user):
+            raise _bad_host(spec, "bad user name")
+    port_text: str | None = None
+    if rest.startswith("["):
+        addr, sep, tail = rest[1:].partition("]")
+        if not sep or _ipv6(addr) is None:
+            raise _bad_host(spec, "bad IPv6 address in brackets")
+        host = addr
+        if tail:
+            if not tail.startswith(":"):
+                raise _bad_host(spec, "text after ']' that is not :PORT")
+            port_text = tail[1:]
+    elif rest.count(":") > 1:
+        if _ipv6(rest) is None:
+            raise _bad_host(spec, "bad IPv6 address")
+        host = rest
+    else:
+        host, sep, port_text_ = rest.partition(":")
+        port_text = port_text_ if sep else None
+        if not re.fullmatch(_HOST_NAME, host) or len(host) > 253:
+            raise _bad_host(spec, "bad host name")
+    port: int | None = None
+    if port_text is not None:
+        if not re.fullmatch(_HOST_PORT, port_text) or int(port_text) > 65535:
+            raise _bad_host(spec, "port must be 1-65535")
+        port = int(port_text)
+    return user, host, port

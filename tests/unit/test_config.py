@@ -291,6 +291,14 @@ def test_the_packaged_config_file_and_the_benchs_need_no_toml_parser():
     assert _simple_toml("[section]\n") is None
 
 
+def test_the_hosts_list_is_checked_with_the_host_grammar(tmp_path):
+    assert load(tmp_path, 'hosts = "gpu1, alice@gpu2:2222 [::1]:22"\n').hosts == "gpu1 alice@gpu2:2222 [::1]:22"
+    assert load(tmp_path).hosts == ""
+    with pytest.raises(ConfigError, match="invalid hosts from .*config.toml: bad --host 'h;rm'") as info:
+        load(tmp_path, 'hosts = "gpu1 h;rm"\n')
+    assert info.value.details["key"] == "hosts"
+
+
 def test_the_default_url_is_already_in_the_form_parse_url_gives():
     """_check_url returns DEFAULT_URL unparsed, so that a CLI run with defaults does not import the HTTP module."""
     from ollamactl.config import DEFAULT_URL

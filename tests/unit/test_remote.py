@@ -12,91 +12,25 @@ from pathlib import Path
 
 import pytest
 
-from ollamactl import remote
+from ollamactl import cli, remote
 from ollamactl.errors import UsageError
+from tests.unit.test_units import HOSTS_GOOD as GOOD
 
 REPO = Path(__file__).resolve().parents[2]
 
-# --------------------------------------------------------------------------- host specs
-
-GOOD = [
-    ("h1", None, "h1", None),
-    ("alice@h1", "alice", "h1", None),
-    ("alice@h1:2222", "alice", "h1", 2222),
-    ("gpu-01.lab.example.org", None, "gpu-01.lab.example.org", None),
-    ("my_alias", None, "my_alias", None),
-    ("10.0.0.2:22", None, "10.0.0.2", 22),
-    ("[::1]:22", None, "::1", 22),
-    ("[::1]", None, "::1", None),
-    ("bob@[fe80::1%eth0]:65535", "bob", "fe80::1%eth0", 65535),
-    ("fe80::2", None, "fe80::2", None),
-    ("a.b-c_d@h", "a.b-c_d", "h", None),
-]
+# --------------------------------------------------------------------------- host specs (grammar: test_units.py)
 
 
 @pytest.mark.parametrize(("spec", "user", "host", "port"), GOOD)
-def test_host_specs_accepted(spec, user, host, port):
+def test_host_specs_keep_the_spec_as_given(spec, user, host, port):
     h = remote.parse_host(spec)
     assert (h.spec, h.user, h.host, h.port) == (spec, user, host, port)
 
 
-BAD = [
-    "",
-    "-oProxyCommand=x",  # an ssh option
-    "-p22",
-    "alice@-oProxyCommand=x",  # an option after the user
-    "-alice@h",
-    "h;rm",  # shell syntax
-    "h;rm -rf /",
-    "h|x",
-    "h&x",
-    "$(id)",
-    "`id`",
-    "h>x",
-    "h h",  # whitespace
-    "h\tx",
-    "h\nx",
-    "h\x1b[2J",  # controls
-    "h\x00",
-    "hôte",  # non-ASCII
-    "alice@",
-    "@h",
-    "a@b@c",
-    "h:",
-    "h:0",
-    "h:65536",
-    "h:+22",
-    "h:22x",
-    "h:-1",
-    "[::1",
-    "[::1]x",
-    "[::1]:",
-    "[nothost]:22",
-    "::1:22:zz",
-    "-h",
-    "h-.x",
-    ".h",
-    "h..x",
-    "a" * 64 + ".x",  # a label too long
-    "x" * 301,
-    "ali ce@h",
-    "alice'@h",
-    "h'",
-    'h"',
-    "h\\x",
-    "h/x",
-    "h,x",
-    "[fe80::1%eth0;x]",
-]
-
-
-@pytest.mark.parametrize("spec", BAD)
-def test_host_specs_refused(spec):
-    with pytest.raises(UsageError) as e:
+@pytest.mark.parametrize("spec", ["-oProxyCommand=x", "h;rm", "h h", "[::1]x"])
+def test_host_specs_refused_by_the_grammar(spec):
+    with pytest.raises(UsageError, match="expected \\[USER@\\]HOST\\[:PORT\\]"):
         remote.parse_host(spec)
-    assert e.value.exit_code == 2
-    assert "expected [USER@]HOST[:PORT]" in str(e.value)
-    assert "\n" not in str(e.value) and "\x1b" not in str(e.value)
 
 
 def test_duplicate_hosts_run_once_order_kept():
@@ -106,7 +40,7 @@ def test_duplicate_hosts_run_once_order_kept():
 def test_one_bad_host_refuses_the_whole_run(tmp_path, monkeypatch):
     log = fake_ssh(tmp_path, monkeypatch)
     with pytest.raises(UsageError):
-        remote.run_hosts(["ok", "h;rm"], ["restart"])
+        remote.run_hosts(["ok", "h;rm"], remote.remote_argv(["restart"]))
     assert not log.exists(), "ssh ran although a host was refused"
 
 
@@ -153,13 +87,16 @@ def test_ssh_argv_without_user_or_port():
     assert argv[argv.index("--") + 1] == "h1"
 
 
-def test_watch_is_refused_before_any_ssh(tmp_path, monkeypatch):
+def test_watch_is_refused_before_any_ssh(tmp_path, monkeypatch, capsys):
     log = fake_ssh(tmp_path, monkeypatch)
-    with pytest.raises(UsageError, match="runs until stopped"):
-        remote.run_hosts(["ok"], ["--host", "ok", "--config", "/etc/x.toml", "watch"])
+    monkeypatch.setenv("OLLAMACTL_CONFIG", os.devnull)
+    assert cli.main(["--host", "ok", "--config", os.devnull, "watch"]) == 2
+    assert "watch runs until stopped" in capsys.readouterr().err
     assert not log.exists()
-    assert remote._command(["--config", "watch", "restart"]) == "restart"
-    assert remote._command(["restart", "--reason", "watch"]) == "restart"
+    # the command as argparse reads it: not an option's value that happens to be "watch"
+    words = cli._remote_command(["--config", "watch", "restart"])
+    assert words == ["ollamactl", "--config", "watch", "restart", "--json"]
+    assert cli._remote_command(["restart", "--reason", "watch"])[1] == "restart"
 
 
 # --------------------------------------------------------------------------- answers, merging
@@ -294,7 +231,7 @@ def fake_ssh(tmp_path: Path, monkeypatch) -> Path:
 def test_fake_ssh_many_hosts_merged(tmp_path, monkeypatch):
     log = fake_ssh(tmp_path, monkeypatch)
     argv = ["--host", "ok", "--host", "alice@denied", "--host", "down", "--host", "missing", "restart"]
-    result = remote.run_hosts(["ok", "alice@denied", "down", "missing"], argv)
+    result = remote.run_hosts(["ok", "alice@denied", "down", "missing"], remote.remote_argv(argv))
     hosts = result["hosts"]
     assert list(hosts) == ["ok", "alice@denied", "down", "missing"]
     assert hosts["ok"]["exit_code"] == 0 and hosts["ok"]["words"] == ["ollamactl", "restart", "--json"]
@@ -311,7 +248,7 @@ def test_fake_ssh_many_hosts_merged(tmp_path, monkeypatch):
 def test_fake_ssh_hung_host_killed_at_the_deadline(tmp_path, monkeypatch):
     log = fake_ssh(tmp_path, monkeypatch)
     t0 = time.monotonic()
-    result = remote.run_hosts(["ok", "hang"], ["status"], deadline=1.5)
+    result = remote.run_hosts(["ok", "hang"], remote.remote_argv(["status"]), deadline=1.5)
     took = time.monotonic() - t0
     assert took < 5, f"took {took:.1f}s"
     assert result["hosts"]["ok"]["exit_code"] == 0
@@ -325,7 +262,7 @@ def test_fake_ssh_hung_host_killed_at_the_deadline(tmp_path, monkeypatch):
 def test_fake_ssh_flood_is_cut_at_the_size_bound(tmp_path, monkeypatch):
     fake_ssh(tmp_path, monkeypatch)
     t0 = time.monotonic()
-    result = remote.run_hosts(["flood"], ["status"], deadline=30)
+    result = remote.run_hosts(["flood"], remote.remote_argv(["status"]), deadline=30)
     assert time.monotonic() - t0 < 10
     entry = result["hosts"]["flood"]
     assert entry["error"] == "remote-answer" and "larger than" in entry["message"]
@@ -354,14 +291,26 @@ def test_cli_end_to_end_with_fake_ssh(tmp_path, monkeypatch):
         assert bad.returncode == 2 and "bad --host" in bad.stderr, bad.stderr
 
 
-def test_no_hop_check_reads_the_remote_line_as_argparse_does(tmp_path, monkeypatch):
-    remote._check_no_hop(["restart", "--reason=--host=x", "--json"])  # a value, not an option: fine
-    for words in (["--host", "x", "status"], ["--hos=x", "status"], ["status", "--ho", "x"]):
-        with pytest.raises(UsageError, match="cannot remove --host"):
-            remote._check_no_hop(words)
-    # Should stripping ever miss a spelling, nothing runs.
-    log = fake_ssh(tmp_path, monkeypatch)
+def test_no_hop_check_reads_the_remote_line_as_argparse_does(tmp_path, monkeypatch, capsys):
+    """The CLI reads the remote command back with its own parser: no host is asked to go on over ssh."""
+    words = cli._remote_command(["--host", "h", "restart", "--reason=--host=x"])  # a value, not an option: fine
+    assert words == ["ollamactl", "restart", "--reason=--host=x", "--json"]
+    # Should stripping ever miss a spelling, the re-parse refuses the line and nothing runs.
     monkeypatch.setattr(remote, "remote_argv", lambda argv: ["ollamactl", *argv])
-    with pytest.raises(UsageError, match="cannot remove --host"):
-        remote.run_hosts(["ok"], ["--host", "ok", "status"])
+    for argv in (["--host", "x", "status"], ["--hos=x", "status"], ["status", "--ho", "x"], ["--all-h", "status"]):
+        with pytest.raises(UsageError, match="cannot remove --host"):
+            cli._remote_command(argv)
+    log = fake_ssh(tmp_path, monkeypatch)
+    monkeypatch.setenv("OLLAMACTL_CONFIG", os.devnull)
+    assert cli.main(["--host", "ok", "status"]) == 2
+    assert "cannot remove --host" in capsys.readouterr().err
     assert not log.exists()
+
+
+def test_verbose_says_what_each_host_runs(tmp_path, monkeypatch, capsys):
+    fake_ssh(tmp_path, monkeypatch)
+    words = remote.remote_argv(["--host", "ok", "-v", "status"])
+    assert remote.run_on_hosts(["ok"], words, True, verbose=True) == 0
+    assert "running on each host: ollamactl -v status --json" in capsys.readouterr().err
+    assert remote.run_on_hosts(["ok"], words, True) == 0
+    assert "running on each host" not in capsys.readouterr().err

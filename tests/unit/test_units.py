@@ -1,7 +1,8 @@
-"""Unit-name grammar: the same verdicts systemd's unit_name_is_valid() gives."""
+"""Name grammars: unit names (the same verdicts systemd's unit_name_is_valid() gives), groups, ssh host specs."""
 
 import pytest
 
+from ollamactl.errors import UsageError
 from ollamactl.units import (
     GROUP_NAME_RE,
     INSTANCE_PATTERN,
@@ -9,6 +10,7 @@ from ollamactl.units import (
     check_unit_name,
     is_template,
     mangle_unit_name,
+    split_host,
     template_instance,
     unit_object_path,
 )
@@ -156,3 +158,85 @@ def test_check_unit_name_accepts_a_template_only_when_asked():
     assert "template" in (check_unit_name("ollama@.service") or "")
     assert check_unit_name("ollama@.service", template_ok=True) is None
     assert check_unit_name("@.service", template_ok=True) is not None
+
+
+# --------------------------------------------------------------------------- ssh host specs (--host, hosts)
+
+#: (spec, user, host, port); test_remote.py checks its HostSpec on the same table.
+HOSTS_GOOD = [
+    ("h1", None, "h1", None),
+    ("alice@h1", "alice", "h1", None),
+    ("alice@h1:2222", "alice", "h1", 2222),
+    ("gpu-01.lab.example.org", None, "gpu-01.lab.example.org", None),
+    ("my_alias", None, "my_alias", None),
+    ("10.0.0.2:22", None, "10.0.0.2", 22),
+    ("[::1]:22", None, "::1", 22),
+    ("[::1]", None, "::1", None),
+    ("bob@[fe80::1%eth0]:65535", "bob", "fe80::1%eth0", 65535),
+    ("fe80::2", None, "fe80::2", None),
+    ("a.b-c_d@h", "a.b-c_d", "h", None),
+]
+
+
+@pytest.mark.parametrize(("spec", "user", "host", "port"), HOSTS_GOOD)
+def test_host_specs_accepted(spec, user, host, port):
+    assert split_host(spec) == (user, host, port)
+
+
+HOSTS_BAD = [
+    "",
+    "-oProxyCommand=x",  # an ssh option
+    "-p22",
+    "alice@-oProxyCommand=x",  # an option after the user
+    "-alice@h",
+    "h;rm",  # shell syntax
+    "h;rm -rf /",
+    "h|x",
+    "h&x",
+    "$(id)",
+    "`id`",
+    "h>x",
+    "h h",  # whitespace
+    "h\tx",
+    "h\nx",
+    "h\x1b[2J",  # controls
+    "h\x00",
+    "hôte",  # non-ASCII
+    "alice@",
+    "@h",
+    "a@b@c",
+    "h:",
+    "h:0",
+    "h:65536",
+    "h:+22",
+    "h:22x",
+    "h:-1",
+    "[::1",
+    "[::1]x",
+    "[::1]:",
+    "[nothost]:22",
+    "::1:22:zz",
+    "-h",
+    "h-.x",
+    ".h",
+    "h..x",
+    "a" * 64 + ".x",  # a label too long
+    "x" * 301,
+    "ali ce@h",
+    "alice'@h",
+    "h'",
+    'h"',
+    "h\\x",
+    "h/x",
+    "h,x",
+    "[fe80::1%eth0;x]",
+]
+
+
+@pytest.mark.parametrize("spec", HOSTS_BAD)
+def test_host_specs_refused(spec):
+    with pytest.raises(UsageError) as e:
+        split_host(spec)
+    assert e.value.exit_code == 2
+    assert "expected [USER@]HOST[:PORT]" in str(e.value)
+    assert "\n" not in str(e.value) and "\x1b" not in str(e.value)
