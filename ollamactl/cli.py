@@ -39,6 +39,7 @@ __all__ = [
     "build_parser",
     "emit",
     "main",
+    "parse_command_line",
     "say",
     "to_json",
 ]
@@ -414,9 +415,12 @@ COMMANDS: tuple[Command, ...] = (
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The argparse parser of ``COMMANDS``.
 
-    With ``argv``, only the commands named in it get their options and
-    children (the others are listed, with their help line): building every
-    subparser costs a CLI run milliseconds, and parsing ``argv`` needs only its own.
+    With ``argv``, only the commands named in it are built, with their options and
+    children: building every subparser costs a CLI run milliseconds, and parsing
+    ``argv`` needs only its own.  Where ``argv`` names none of a level's commands
+    (``--help``, a typo), all are listed with their help line.  The error for a line
+    it refuses may list too few commands: ``parse_command_line`` words it with the
+    whole parser.
     """
     common = argparse.ArgumentParser(add_help=False, formatter_class=_Formatter)
     for opt in GLOBAL_OPTIONS:  # SUPPRESS: a flag given before the command is not reset by the subcommand's copy
@@ -443,6 +447,8 @@ def _add_commands(
 ) -> None:
     sub = parser.add_subparsers(dest=f"_{metavar.lower()}", metavar=metavar, parser_class=_Parser)
     sub.required = True
+    if wanted is not None and not wanted.isdisjoint(cmd.name for cmd in commands):
+        commands = [cmd for cmd in commands if cmd.name in wanted]  # the others cannot be chosen
     for cmd in commands:
         full = wanted is None or cmd.name in wanted
         p = sub.add_parser(
@@ -463,6 +469,19 @@ def _add_commands(
             p.set_defaults(handler=cmd.handler)
 
 
+def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
+    """``argv`` parsed; UsageError if it is not an ollamactl command line.
+
+    The parser is built for ``argv`` (``build_parser``), which parses every line it
+    accepts as the whole parser does; a line it refuses is parsed again by the whole
+    parser, whose error lists every command.
+    """
+    try:
+        return build_parser(argv).parse_args(argv)
+    except UsageError:
+        return build_parser().parse_args(argv)
+
+
 #: Commands that run until stopped: run them on each host itself (its systemd unit), not over --host.
 NOT_REMOTE = frozenset({"watch"})
 
@@ -477,7 +496,7 @@ def _remote_command(argv: Sequence[str]) -> list[str]:
     from ollamactl.remote import remote_argv
 
     words = remote_argv(argv)
-    args = build_parser(words[1:]).parse_args(words[1:])
+    args = parse_command_line(words[1:])
     if getattr(args, "hosts", None) or getattr(args, "all_hosts", False):
         raise UsageError("cannot remove --host from the command line for the remote hosts: spell it out as --host")
     if args._command in NOT_REMOTE:
@@ -496,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in args_list
     try:
-        args = build_parser(args_list).parse_args(args_list)
+        args = parse_command_line(args_list)
         as_json = getattr(args, "json", False)
         if getattr(args, "verbose", False):
             from ollamactl._log import enable

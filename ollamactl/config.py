@@ -442,10 +442,7 @@ def _read_file(path: Path, explicit: bool) -> dict[str, Any]:
         if len(raw) > MAX_CONFIG_BYTES:
             raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a config file", source=str(path))
         text = raw.decode("utf-8")
-        simple = _simple_toml(text)  # the packaged file (all comments) and files like it: no TOML parser
-        if simple is not None:
-            return simple
-        import tomllib  # a few ms of regexes at import; only for files beyond _simple_toml's subset
+        import tomllib  # not before there is a file to parse
 
         try:
             data = tomllib.loads(text)
@@ -467,66 +464,3 @@ def _read_file(path: Path, explicit: bool) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}", source=str(path)) from None
     return data
-
-
-_BARE_KEY = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
-_DIGITS = frozenset("0123456789")
-
-
-def _simple_toml(text: str) -> dict[str, Any] | None:
-    """The TOML table of ``text`` if it is in a small subset of TOML, else None (then tomllib decides).
-
-    The subset: blank lines, ``#`` comments, and ``bare_key = value`` lines whose value is
-    a decimal integer, a decimal fraction (``1.5``) or a ``"basic string"`` without
-    escapes, each optionally followed by a comment.  Exact, not a guess: what is
-    accepted parses to the very same table with tomllib (property-tested); anything
-    else (escapes, exponents, underscores, tables, a repeated key, a control
-    character, a lone CR) returns None.  It spares a CLI run tomllib's import.
-    """
-    out: dict[str, Any] = {}
-    lines = text.split("\n")
-    for n, line in enumerate(lines):
-        if n < len(lines) - 1:  # CRLF; a CR not followed by LF is left to tomllib (which refuses it)
-            line = line.removesuffix("\r")
-        line = line.strip(" \t")
-        if not line or line[0] == "#":
-            if not _comment_ok(line):
-                return None
-            continue
-        key, eq, rest = line.partition("=")
-        key, rest = key.rstrip(" \t"), rest.lstrip(" \t")
-        if not eq or not key or not _BARE_KEY.issuperset(key) or key in out:
-            return None
-        if rest[:1] == '"':
-            end = rest.find('"', 1)
-            value: Any = rest[1:end]
-            if end < 0 or "\\" in value or not value.isprintable():
-                return None
-            after = rest[end + 1 :]
-        else:
-            cut = min((i for i in (rest.find(c) for c in " \t#") if i >= 0), default=len(rest))
-            value, after = _number(rest[:cut]), rest[cut:]
-            if value is None:
-                return None
-        if not _comment_ok(after.lstrip(" \t")):
-            return None
-        out[key] = value
-    return out
-
-
-def _comment_ok(rest: str) -> bool:
-    """Whether ``rest`` is nothing, or a comment of characters TOML allows in one (printable ones and tabs)."""
-    return not rest or (rest[0] == "#" and rest.replace("\t", " ").isprintable())
-
-
-def _number(token: str) -> int | float | None:
-    """A decimal integer or fraction as TOML reads it, or None for any other token."""
-    sign, body = (token[0], token[1:]) if token[:1] in ("+", "-") else ("", token)
-    whole, dot, frac = body.partition(".")
-    if not 0 < len(whole) <= 18 or not _DIGITS.issuperset(whole) or (len(whole) > 1 and whole[0] == "0"):
-        return None
-    if not dot:
-        return int(sign + whole)
-    if not frac or not _DIGITS.issuperset(frac):
-        return None
-    return float(sign + whole + "." + frac)

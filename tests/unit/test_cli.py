@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from ollamactl import __version__
-from ollamactl.cli import build_parser
+from ollamactl.cli import COMMANDS, build_parser, parse_command_line
+from ollamactl.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -204,11 +205,36 @@ def _paths(commands, prefix=()):
         ["policy", "install", "--group", "g", "--name", "x.rules"],
         ["policy", "show", "--json"],
         ["doctor", "--user", "bob"],
+        ["--unit", "watch", "status"],
+        ["policy", "show", "--unit", "render"],
     ],
 )
 def test_the_parser_built_for_argv_parses_it_as_the_whole_parser_does(argv):
     """build_parser(argv) fills in only the commands argv names; the result must not differ."""
     assert vars(build_parser(argv).parse_args(argv)) == vars(build_parser().parse_args(argv))
+    assert vars(parse_command_line(argv)) == vars(build_parser().parse_args(argv))
+
+
+def _choices(parser):
+    return sorted(next(a for a in parser._actions if a.dest == "_command").choices)
+
+
+def test_the_parser_built_for_argv_builds_only_the_commands_it_names():
+    """The others cost a run milliseconds (argparse makes a parser for each); --help or a typo lists them all."""
+    everything = sorted(cmd.name for cmd in COMMANDS)
+    assert _choices(build_parser(["restart", "--no-wait"])) == ["restart"]
+    assert _choices(build_parser(["--unit", "status", "restart"])) == ["restart", "status"]
+    assert _choices(build_parser(["--help"])) == _choices(build_parser(["restrat"])) == everything
+    assert _choices(build_parser()) == everything
+
+
+def test_a_refused_line_is_worded_by_the_whole_parser():
+    """Here "status" is --unit's value: the parser built for the line knows no other command; the error lists all."""
+    with pytest.raises(UsageError) as info:
+        parse_command_line(["--unit", "status", "restrat"])
+    message = info.value.message
+    assert "invalid choice: 'restrat'" in message
+    assert all(repr(cmd.name) in message for cmd in COMMANDS), message
 
 
 def test_every_command_has_a_handler_or_children_and_a_known_result_class():
