@@ -70,8 +70,10 @@ def run_suite(suite: str, args: argparse.Namespace, log) -> dict[str, Any]:
     out: dict[str, Any] = {"suite": suite, "wedges": [], "harm": []}
     t_start = time.monotonic()
     with booted(suite, args.deb) as c:
-        h = hc.HarmBed(c, report=log)
+        real = args.runner == "llama-server"
+        h = hc.real_bed(c, report=log) if real else hc.HarmBed(c, report=log)
         h.install()
+        out["runner"], out["model"] = h.runner, h.model
         out["startup_grace"] = h.grace
 
         def case(name: str, fn, *a) -> Any:
@@ -81,7 +83,7 @@ def run_suite(suite: str, args: argparse.Namespace, log) -> dict[str, Any]:
             finally:
                 h.restore()
 
-        for kind in hc.WEDGES if "wedges" in args.cases else ():
+        for kind in (hc.RUNNER_WEDGES if real else hc.WEDGES) if "wedges" in args.cases else ():
             for loaded in (False, True):
                 rows = []
                 for i in range(args.runs):
@@ -102,9 +104,13 @@ def run_suite(suite: str, args: argparse.Namespace, log) -> dict[str, Any]:
                 out["wedges"].append({"kind": kind, "loaded": loaded, "runs": rows})
         harm = (
             ("saturated load", hc.saturated_load, args.saturated),
-            ("one long stream", hc.long_stream, args.stream),
-            ("slow model loads", hc.slow_loads, args.load),
-        )
+            ("one long stream", hc.real_stream if real else hc.long_stream, args.stream),
+            *(
+                (("a long prompt under load", hc.real_long_prompt, hc.REAL_PROMPT_CHARS),
+                 ("a model load under load", hc.real_model_load, args.load))
+                if real else (("slow model loads", hc.slow_loads, args.load),)
+            ),
+        )  # fmt: skip
         for name, fn, length in harm if "harm" in args.cases else ():
             r = case(f"{name} {length:g} s", fn, length)
             out["harm"].append(
@@ -139,7 +145,8 @@ def run_suite(suite: str, args: argparse.Namespace, log) -> dict[str, Any]:
 
 def print_suite(r: dict[str, Any], args: argparse.Namespace) -> None:
     print(
-        f"\nsuite {r['suite']}: shipped watchdog defaults + model {hc.MODEL} (startup grace {r['startup_grace']:g} s),"
+        f"\nsuite {r['suite']}: shipped watchdog defaults + model {r['model']} in the {r['runner']} runner"
+        f" (startup grace {r['startup_grace']:g} s),"
         f" {args.runs} run(s) per wedge, {r['minutes']} min"
     )
     if r["wedges"]:
@@ -150,6 +157,10 @@ def print_suite(r: dict[str, Any], args: argparse.Namespace) -> None:
         load = "loaded" if w["loaded"] else "idle"
         if w["kind"] in hc.UNDETECTABLE and not any(x["restarted"] for x in rows):
             print(f"  {w['kind']:16} {load:6} {'not detected':>17} {'-':>18}  {'0':10}  0 (by design: see test_harm)")
+            continue
+        if w["kind"] in hc.SELF_HEALING and not any(x["restarted"] for x in rows):
+            killed = ",".join(str(x["killed"]) for x in rows) if w["loaded"] else "-"
+            print(f"  {w['kind']:16} {load:6} {'no restart':>17} {'Ollama reloads':>18}  {killed:10}  0 (wanted)")
             continue
         detect = [x["detect"] for x in rows if x["detect"] is not None]
         recover = [x["recover"] for x in rows if x["recover"] is not None]
@@ -202,6 +213,12 @@ def main() -> int:
         type=lambda v: set(v.split(",")),
         help="which parts to run, comma-separated (default: wedges,harm,stop,soak)",
     )
+    parser.add_argument(
+        "--runner",
+        default="simulated",
+        choices=("simulated", "llama-server"),
+        help="the stand-in's simulated runner, or the real llama-server (releases that package it: sid)",
+    )
     parser.add_argument("--deb", help="the .deb to install (default: build it, cached by source hash)")
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -212,6 +229,10 @@ def main() -> int:
             print(message, file=sys.stderr, flush=True)
 
     suites = testbed.SUITES if args.suite == "all" else (args.suite,)
+    if args.runner == "llama-server":
+        suites = tuple(s for s in suites if testbed.has_real_runner(s))
+        if not suites:
+            parser.error("--runner llama-server needs a release that packages llama.cpp: --suite sid")
     results = [run_suite(suite, args, log) for suite in suites]
     for r in results:
         print_suite(r, args)

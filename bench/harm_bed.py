@@ -73,7 +73,6 @@ RUNNER_WEDGES = {
     "silent-runner": "silent-runner=once",  # the whole runner SIGSTOPped
     "kill-runner": "kill-runner=once",  # the runner SIGKILLed once
 }
-WEDGES.update(RUNNER_WEDGES)
 #: Faults Ollama mends by itself, with how: no restart is wanted, only no harm beyond the fault's own.
 SELF_HEALING = {
     "kill-runner": (
@@ -505,7 +504,13 @@ def wedge(h: HarmBed, kind: str, loaded: bool, bound: float = WEDGE_BOUND) -> We
     since, inv, nr = h.mark()
     undetectable = kind in UNDETECTABLE
     undetectable = undetectable or kind in SELF_HEALING
-    args = ["wedge", "--mode", WEDGES[kind], "--bound", str(UNDETECTED_WINDOW if undetectable else bound)]
+    args = [
+        "wedge",
+        "--mode",
+        {**WEDGES, **RUNNER_WEDGES}[kind],
+        "--bound",
+        str(UNDETECTED_WINDOW if undetectable else bound),
+    ]
     args += ["--model", h.model]
     if loaded:
         args += ["--clients", str(WEDGE_CLIENTS), "--num-predict", str(h.wedge_num_predict)]
@@ -531,16 +536,26 @@ def wedge(h: HarmBed, kind: str, loaded: bool, bound: float = WEDGE_BOUND) -> We
 #: The bed's models (tests/standin/make_gguf.py): tiny for wedges and load, big for slow work.
 REAL_MODEL = "tiny:latest"
 REAL_BIG = "big:latest"
-#: Context for the big model's stream and prompt: enough for minutes of tokens at its speed.
-REAL_CONTEXT = 16384
+#: Context for the big model's stream: enough for minutes of tokens at its speed on one thread.
+REAL_STREAM_CONTEXT = 8192
 #: The long prompt: letters, one token each through byte fallback; evaluated in batches of REAL_BATCH, the
 #: largest Ollama picks (server/sched.go), so /slots' counters stand still for a whole batch (measured 13.7 s).
 REAL_PROMPT_CHARS = 6000
 REAL_BATCH = 2048
+#: Tokens per request of the clients in the real cases: about half a second each on the tiny model on 2 cores,
+#: so the runner is busy and the journal (llama-server logs each task, as Ollama forwards it) is not flooded.
+REAL_NUM_PREDICT = 2000
 
 
-def real_rate(h: HarmBed, model: str = REAL_BIG, n: int = 200) -> float:
-    """Tokens per second the real engine makes for ``model`` here, now (the model loaded first)."""
+def real_bed(c: testbed.Container, report: Report = print) -> HarmBed:
+    """A HarmBed whose watchdog watches the bed's tiny model in the real llama-server."""
+    h = HarmBed(c, report, model=REAL_MODEL, other_model=REAL_BIG, runner="llama-server")
+    h.wedge_num_predict = h.saturated_num_predict = REAL_NUM_PREDICT
+    return h
+
+
+def real_rate(h: HarmBed, model: str = REAL_BIG, n: int = 500) -> float:
+    """Tokens per second the real engine makes for ``model`` here, now, over its first ``n`` (model loaded first)."""
     h.warm(model)
     out = h.driver("generate", "--model", model, "--num-predict", str(n), "--timeout", "300", timeout=320)
     assert out["ok"], out
@@ -548,11 +563,16 @@ def real_rate(h: HarmBed, model: str = REAL_BIG, n: int = 200) -> float:
 
 
 def real_stream(h: HarmBed, seconds: float = STREAM_SECONDS) -> CaseResult:
-    """One streamed generation on the big model sized to take ``seconds`` at the engine's measured speed."""
-    h.configure({"OLLAMA_CONTEXT_LENGTH": str(REAL_CONTEXT)})
+    """One streamed generation on the big model, computing on one thread, sized to take about ``seconds``.
+
+    Each token costs more as the context grows (attention), so the count is set from the first tokens'
+    speed with room to spare (x 0.6) and capped by the context: it ends somewhat before ``seconds`` rather
+    than long after; the report gives how long it really took.
+    """
+    h.configure({"OLLAMA_CONTEXT_LENGTH": str(REAL_STREAM_CONTEXT), "STANDIN_LLAMA_THREADS": "1"})
     h.warm()
     rate = real_rate(h)
-    n = max(1, min(int(rate * seconds), REAL_CONTEXT - 64))
+    n = max(1, min(int(rate * seconds * 0.6), REAL_STREAM_CONTEXT - 64))
     h.settle()
     since, inv, nr = h.mark()
     t0 = time.monotonic()

@@ -169,7 +169,7 @@ class Judge:
         # (port, slot) -> (Slot.progress last seen, when that value was first seen)
         self._progress: dict[tuple[int, int], tuple[tuple[int | None, ...], float]] = {}
         self._load_seen: float | None = None  # first sign of a load the journal did not date
-        self._cpu_seen: list[tuple[float, int]] = []  # (time, unit CPU ns) of the recent deep samples
+        self._cpu_seen: list[tuple[float, int]] = []  # (when read, unit CPU ns) of the recent deep samples
 
     @property
     def failures(self) -> int:
@@ -299,7 +299,7 @@ class Judge:
         before = dict(self._progress)
         stalled = self._stalled(s)
         if s.unit.cpu_usage_nsec is not None:
-            self._cpu_seen = [*self._cpu_seen[-63:], (s.done_at, s.unit.cpu_usage_nsec)]
+            self._cpu_seen = [*self._cpu_seen[-63:], (s.at, s.unit.cpu_usage_nsec)]
         if no_model:
             silent, stalled = [], {}  # their models are gone: nothing is stuck on them
         if not silent and not stalled and not stuck_load:
@@ -342,15 +342,17 @@ class Judge:
         if progress:
             self._deep = None
             return Verdict(BUSY, f"{what}, but {progress}")
-        cpus = self._cpus(streak, s.done_at)
-        if cpus is not None and cpus >= CPU_BUSY:
-            return Verdict(BUSY, f"{what}, but {s.unit.name} is computing ({cpus:.1f} CPUs over the silence)")
         only_stalled = bool(stalled) and not silent and not stuck_load
-        if only_stalled:
+        if only_stalled:  # flat counters while the unit computes: a long prompt batch (13.3 s measured)
             cpus = self._cpus_since(streak.start, s.done_at)
-        if only_stalled and cpus is not None and cpus >= CPU_IDLE:
-            # flat counters while the unit computes: one long prompt batch (measured: 13.7 s for 2048 tokens)
-            return Verdict(BUSY, f"{what}, but {s.unit.name} is computing ({cpus:.1f} CPUs): a long batch")
+            if cpus is not None and cpus >= CPU_IDLE:
+                return Verdict(BUSY, f"{what}, but {s.unit.name} is computing ({cpus:.1f} CPUs): a long batch")
+        else:
+            cpus = self._cpus(streak, s.done_at)
+            if cpus is None and len(self._cpu_seen) > 1:  # the streak's first sample: the last period's CPU use
+                cpus = self._cpus_since(self._cpu_seen[-2][0], s.done_at)
+            if cpus is not None and cpus >= CPU_BUSY:
+                return Verdict(BUSY, f"{what}, but {s.unit.name} is computing ({cpus:.1f} CPUs over the silence)")
         needed = lim.deep_confirm if (silent or stalled) else 0.0
         confirmed = streak.count >= lim.threshold and span >= needed and not _stale(s.journal)
         tail = _no_progress(s.journal, streak.start)

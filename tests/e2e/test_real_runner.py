@@ -31,9 +31,6 @@ from tests.e2e.conftest import REPO, TIMINGS, Bed
 REAL_SUITES = [s for s in testbed.SUITES if testbed.has_real_runner(s)]
 DRIVER = "/root/real_runner_driver.py"
 GGUF = testbed.GGUF_DIR
-#: Tokens per request of the clients in the real cases: about half a second each on the tiny model here,
-#: so the runner is busy and the journal (llama-server logs each task) is not flooded.
-REAL_NUM_PREDICT = 2000
 
 
 @pytest.fixture(scope="module", params=REAL_SUITES)
@@ -47,8 +44,7 @@ def real(request, deb) -> Bed:
 
 @pytest.fixture
 def harm(real: Bed):
-    h = hc.HarmBed(real.c, report=TIMINGS.append, model=hc.REAL_MODEL, other_model=hc.REAL_BIG, runner="llama-server")
-    h.wedge_num_predict = REAL_NUM_PREDICT
+    h = hc.real_bed(real.c, report=TIMINGS.append)
     h.install()
     try:
         yield h
@@ -171,7 +167,6 @@ def _deep_alarms(r: hc.Restarts) -> dict[str, int]:
 
 
 def test_real_saturated_load_is_not_restarted(harm: hc.HarmBed):
-    harm.saturated_num_predict = REAL_NUM_PREDICT
     r = hc.saturated_load(harm, ci.SATURATED_SECONDS)
     (load,) = r.loads()
     assert r.restarts.count == 0 and not _deep_alarms(r.restarts), _no_restart(harm, r)
@@ -222,7 +217,8 @@ def test_real_model_load_under_load_is_not_restarted(harm: hc.HarmBed):
 
 def test_real_admin_stop_is_respected(harm: hc.HarmBed):
     r = hc.admin_stop(harm, ci.STOP_SECONDS)
-    assert set(r.hold["states"]) == {"inactive/dead"} and r.restarts.count == 0, r.restarts
+    journal = harm.c.run(["journalctl", "-u", "ollama.service", "--no-pager", "-n", "40"]).stdout
+    assert set(r.hold["states"]) == {"inactive/dead"} and r.restarts.count == 0, f"{r.restarts} {r.hold}\n{journal}"
     assert r.state_after == "inactive" and r.probe.get("outcome") == "stopped", r.probe
     harm.report(f"systemctl stop with the watchdog running ({ci.STOP_SECONDS:g} s)", f"stayed {r.state_after}")
 

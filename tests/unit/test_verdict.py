@@ -255,6 +255,15 @@ def test_a_silent_runner_computing_on_several_cpus_is_busy():
     assert restarts(out) == [] and out[-1][1].outcome == BUSY and "computing" in out[-1][1].evidence
 
 
+def test_the_first_silent_sample_while_the_unit_computes_raises_no_alarm():
+    """A model loading beside a busy one starves a runner's /slots for a moment on 2 cores: with the unit
+    computing over the last period, not even a pending deep-wedged verdict is logged."""
+    judge, w = Judge(DEFAULTS), World(mode="busy", cpus=2.0)
+    out = run(w, 10, judge=judge) + run(w, 3, judge=judge, events=lambda w: setattr(w, "mode", "stuck"))
+    assert DEEP_WEDGED not in outcomes(out) and restarts(out) == []
+    assert BUSY in outcomes(out[10:])
+
+
 def test_a_runner_stuck_on_one_cpu_spinning_is_still_stuck():
     w = World(mode="stuck", cpus=1.0)
     assert len(restarts(run(w, 30))) == 1
