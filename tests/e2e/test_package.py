@@ -72,6 +72,9 @@ def test_installed_files_users_and_modes(bed: Bed):
     # the watchdog unit is shipped but neither enabled nor started
     assert bed.prop("UnitFileState", unit="ollamactl-watchdog.service") == "disabled"
     assert bed.prop("ActiveState", unit="ollamactl-watchdog.service") == "inactive"
+    # the alerting rules that go with the metrics, as an example for the admin's Prometheus
+    rules = bed.c.run(["cat", "/usr/share/doc/ollamactl/examples/ollamactl.rules.yml"], check=True).stdout
+    assert rules == (testbed.REPO_ROOT / "packaging/prometheus/ollamactl.rules.yml").read_text()
 
 
 def test_drop_in_bounds_timeout_stop(bed: Bed):
