@@ -73,6 +73,10 @@ CPU_BUSY = 1.5
 #: Busy slots whose counters stand still are a long batch while the unit computes on this many CPUs or more
 #: (one llama-server thread computing is 1.0; a frozen inference loop measured 0.0).
 CPU_IDLE = 0.5
+#: ...and they must stand still this long (at least; deep_confirm if longer) before they count: a batch that
+#: computes on a GPU may leave the CPUs idle (a backend that waits without spinning), and a 2048-token batch
+#: took 13.3 s on 2 CPU cores here.  /slots' own silence is judged at deep_confirm: it never lasted 14 ms.
+STALL_CONFIRM = 30.0
 _TRANSITIONS = ("activating", "deactivating", "reloading", "maintenance", "refreshing")
 
 
@@ -154,6 +158,7 @@ class Verdict:
 class _Streak:
     start: float
     count: int = 0
+    kind: str = "silent"  # what it is a streak of: "silent" /slots (or a stuck load), or "stalled" counters
     cpu: list[tuple[float, int]] = field(default_factory=list)  # (time, unit CPU ns) samples
 
 
@@ -166,8 +171,8 @@ class Judge:
         self._live: _Streak | None = None
         self._deep: _Streak | None = None
         self._proven: set[int] = set()  # runner ports that answered like a llama-server this invocation
-        # (port, slot) -> (Slot.progress last seen, when that value was first seen)
-        self._progress: dict[tuple[int, int], tuple[tuple[int | None, ...], float]] = {}
+        # (port, slot) -> ((is_processing, *Slot.progress) last seen, when that value was first seen)
+        self._progress: dict[tuple[int, int], tuple[tuple[Any, ...], float]] = {}
         self._load_seen: float | None = None  # first sign of a load the journal did not date
         self._cpu_seen: list[tuple[float, int]] = []  # (when read, unit CPU ns) of the recent deep samples
 
@@ -310,8 +315,12 @@ class Judge:
             age = max(0.0, s.at - s.unit.started_at)
             return Verdict(STARTING, f"{s.unit.name} started {age:.1f}s ago (startup grace)")
 
-        # a stalled runner's streak began when its counters last moved (they were seen flat since then)
-        streak = self._deep = self._deep or _Streak(min(stalled.values()) if stalled and not silent else s.at)
+        # a stalled runner's streak began when its counters last moved (they were seen flat since then); a
+        # streak of one kind never carries over into the other (each has its own start and confirmation)
+        kind = "stalled" if stalled and not silent and not stuck_load else "silent"
+        if self._deep is None or self._deep.kind != kind:
+            self._deep = _Streak(min(stalled.values()) if kind == "stalled" else s.at, kind=kind)
+        streak = self._deep
         streak.count += 1
         if s.unit.cpu_usage_nsec is not None:
             streak.cpu.append((s.done_at, s.unit.cpu_usage_nsec))
@@ -346,6 +355,7 @@ class Judge:
         if only_stalled:  # flat counters while the unit computes: a long prompt batch (13.3 s measured)
             cpus = self._cpus_since(streak.start, s.done_at)
             if cpus is not None and cpus >= CPU_IDLE:
+                self._deep = None  # the next flat sample starts again, from when the counters last moved
                 return Verdict(BUSY, f"{what}, but {s.unit.name} is computing ({cpus:.1f} CPUs): a long batch")
         else:
             cpus = self._cpus(streak, s.done_at)
@@ -353,7 +363,7 @@ class Judge:
                 cpus = self._cpus_since(self._cpu_seen[-2][0], s.done_at)
             if cpus is not None and cpus >= CPU_BUSY:
                 return Verdict(BUSY, f"{what}, but {s.unit.name} is computing ({cpus:.1f} CPUs over the silence)")
-        needed = lim.deep_confirm if (silent or stalled) else 0.0
+        needed = max(lim.deep_confirm, STALL_CONFIRM) if only_stalled else lim.deep_confirm if silent else 0.0
         confirmed = streak.count >= lim.threshold and span >= needed and not _stale(s.journal)
         tail = _no_progress(s.journal, streak.start)
         if only_stalled and cpus is None:
@@ -372,17 +382,24 @@ class Judge:
         with the unit computing; ``_deep_verdict`` tells the two apart by the unit's CPU time.
         """
         out: dict[int, float] = {}
+        ports = {r.port for r in s.runners}
+        for key in [k for k in self._progress if k[0] not in ports]:  # runners gone (a reload has a new port)
+            del self._progress[key]
         for r in s.runners:
             if r.slots_status != probe.OK:
+                if r.slots_status == probe.REFUSED:
+                    for key in [k for k in self._progress if k[0] == r.port]:
+                        del self._progress[key]
                 continue
             busy_since: list[float | None] = []
             for sl in r.slots:
                 key = (r.port, sl.id)
                 prev = self._progress.get(key)
-                if prev is None or prev[0] != sl.progress:
-                    self._progress[key] = (sl.progress, s.at)
+                seen = (sl.is_processing, *sl.progress)  # idle -> busy is a change, whatever the counters
+                if prev is None or prev[0] != seen or sl.id_task is None:
+                    self._progress[key] = (seen, s.at)
                     if sl.is_processing:
-                        busy_since.append(None)
+                        busy_since.append(None)  # moved (or no task id to tell one task from the next)
                 elif sl.is_processing:
                     busy_since.append(prev[1])
             if busy_since and None not in busy_since:
@@ -427,7 +444,7 @@ class Judge:
         version: str,
         loaded: str,
         no_model: bool,
-        before: dict[tuple[int, int], tuple[tuple[int | None, ...], float]],
+        before: dict[tuple[int, int], tuple[tuple[Any, ...], float]],
     ) -> Verdict:
         if no_model:
             return Verdict(HEALTHY, f"{version}; no model loaded: nothing to deep-probe")
@@ -441,7 +458,7 @@ class Judge:
             text = f"runner :{r.port} /slots answered in {r.seconds:.3f}s, {len(busy)} of {len(r.slots)} slots busy"
             for sl in busy[:2]:
                 prev = before.get((r.port, sl.id))
-                was = prev[0][2] if prev is not None and prev[0][0] == sl.id_task else None
+                was = prev[0][3] if prev is not None and prev[0][1] == sl.id_task else None
                 if sl.n_decoded is not None:
                     text += f", slot {sl.id} n_decoded {'' if was is None else f'{was} -> '}{sl.n_decoded}"
             parts.append(text)

@@ -64,8 +64,13 @@ def main(argv: list[str]) -> int:
     while not stop:
         try:
             ready, _, _ = select.select([sys.stdin], [], [], 0.5)
+            pid, status = os.waitpid(tid, os.WNOHANG | WALL)
         except InterruptedError:
             continue
+        except ChildProcessError:
+            return 0  # the thread is gone and reaped
+        if pid == tid and (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
+            return 0  # it died (killed while frozen): nothing left to hold, and its exit is reported now
         if ready and not os.read(sys.stdin.fileno(), 4096):
             break  # the stand-in is gone (its end of the pipe closed)
     try:

@@ -89,7 +89,8 @@ size and sha256, and runs in the real llama-server, started as Ollama starts
 it (--model --port --host 127.0.0.1 --no-webui --offline -c -np
 --log-verbosity 4 --no-log-prefix --no-log-timestamps --flash-attn auto -b -ub,
 its output into the journal); /health answers while it loads, /completion
-makes the text.  Its wedges are done to the process: stuck-inference freezes
+makes the text (stall-load does not apply to it: its load is the real one).
+Its wedges are done to the process: stuck-inference freezes
 its main thread (freeze_thread.py, ptrace), silent-runner SIGSTOPs it,
 kill-runner SIGKILLs it.
   - silent, hang-generate, trickle and SIGUSR2 wedge the server, not the
@@ -162,8 +163,9 @@ Faithful wedges (the file is also re-read every 0.2 s):
                         OLLAMA_LOAD_TIMEOUT (HTTP 500, "Load failed" logged).
   silent-runner         the runners as if SIGSTOPped (a real one is): /health
                         and /slots unanswered, no tokens; a new request waits
-                        for the 10 s Ping, then reloads the runner once no
-                        request in flight holds it.
+                        for two 10 s Pings (getRunner's and processPending's,
+                        as Ollama's), then reloads the runner once no request
+                        in flight holds it.
   kill-runner           each runner up when the mode is first seen dies, once:
                         its requests in flight fail ("an error was encountered
                         while running the model: unexpected EOF"), its port
@@ -1462,11 +1464,12 @@ class RealChild:
             self.state = "closed"
             self.cond.notify_all()
         self._unfreeze()
+        self.proc.kill()  # a no-op once reaped
         try:
-            self.proc.kill()
-        except OSError:
-            pass
-        self.proc.wait()
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # a helper that attached meanwhile holds the exit: let it go
+            self._unfreeze()
+            self.proc.wait()
 
     def hold(self) -> None:
         """stuck-child's unload: the child never exits; it is left frozen, its port bound and silent."""
@@ -1492,12 +1495,14 @@ class RealChild:
             frozen = self._active("stuck-inference") or self._active("stuck-child") or self.state == "held"
             if frozen and self._freezer is None and self.state in ("ready", "held"):
                 self._freeze()
+                if self.state == "closed":  # closed while the helper attached: close() did not see it
+                    self._unfreeze()
             elif not frozen and self._freezer is not None:
                 self._unfreeze()
             stopped = self._active("silent-runner")
             if stopped != self._stopped and self.state != "loading":
                 self._stopped = stopped
-                os.kill(self.pid, signal.SIGSTOP if stopped else signal.SIGCONT)
+                self.proc.send_signal(signal.SIGSTOP if stopped else signal.SIGCONT)  # a no-op once reaped
                 what = "stopped" if stopped else "continued"
                 log(f"silent-runner: runner 127.0.0.1:{self.port} (pid {self.pid}) {what}")
             if (
@@ -1508,7 +1513,7 @@ class RealChild:
             ):
                 self._killed = True
                 log(f"kill-runner: SIGKILL to runner 127.0.0.1:{self.port} (pid {self.pid})")
-                os.kill(self.pid, signal.SIGKILL)
+                self.proc.send_signal(signal.SIGKILL)
             time.sleep(0.05)
 
     def _freeze(self) -> None:

@@ -197,15 +197,16 @@ def test_a_busy_slot_that_stops_moving_is_restarted_within_the_target():
     Debian's build 11669): is_processing true, n_decoded flat, the unit idle.  Tokens were flowing before."""
     w = World(mode="stream")
     wedge_at = w.now + 20.5
-    out = run(w, 60, events=lambda w: setattr(w, "mode", "stalled") if w.now >= wedge_at and not w.restarts else None)
+    out = run(w, 90, events=lambda w: setattr(w, "mode", "stalled") if w.now >= wedge_at and not w.restarts else None)
     (t,) = restarts(out)
     v = next(v for tt, v in out if tt == t)
     assert (
         v.outcome == DEEP_WEDGED
         and f"runner :{PORT} /slots answers but its 1 busy slot(s) made no progress" in v.evidence
     )
-    # the counters were last seen moving at the sample before the wedge; deep_confirm from then
-    assert DEFAULTS.deep_confirm - 1 <= t - wedge_at <= DEFAULTS.deep_confirm + 2, t - wedge_at
+    # the counters were last seen moving at the sample before the wedge; STALL_CONFIRM (a GPU batch may leave
+    # the CPUs idle for a while) from then
+    assert verdict.STALL_CONFIRM - 1 <= t - wedge_at <= verdict.STALL_CONFIRM + 2, t - wedge_at
 
 
 def test_a_long_prompt_batch_with_the_unit_computing_is_never_restarted():
@@ -229,6 +230,33 @@ def test_flat_counters_without_the_units_cpu_time_are_never_confirmed():
     out = run(World(mode="stalled", cpu_known=False), 120)
     assert restarts(out) == [] and out[-1][1].outcome == DEEP_WEDGED and not out[-1][1].confirmed
     assert "CPU time is unknown" in out[-1][1].evidence
+
+
+def test_a_stalled_streak_never_carries_over_into_a_silent_one():
+    """Flat counters on one computing thread (busy), then one /slots timeout: a new streak, not the old one's
+    count and span (which would confirm a wedge on a single slow answer)."""
+    judge, w = Judge(DEFAULTS), World(mode="stalled", cpus=1.0)
+    out = run(w, 25, judge=judge) + run(w, 1, judge=judge, events=lambda w: setattr(w, "mode", "stuck"))
+    assert restarts(out) == [] and not any(v.confirmed for _, v in out)
+
+
+def test_a_slot_that_goes_from_idle_to_busy_with_the_same_counters_has_just_moved():
+    """Idle for minutes, then busy showing the same counters (no task id, or a reused port): flat since the
+    slot became busy, not since it was first seen idle."""
+    judge, w = Judge(DEFAULTS), World(mode="ok", cpus=0.0)
+    out = run(w, 120, judge=judge)
+    w.mode = "stalled"
+    out = run(w, 5, judge=judge)
+    assert restarts(out) == [] and not any(v.confirmed for _, v in out)
+
+
+def test_the_progress_of_runners_that_are_gone_is_forgotten():
+    """Every reload gets a new port: a watchdog running for weeks must not keep every port it ever saw."""
+    judge, w = Judge(DEFAULTS), World(mode="busy")
+    for port in range(50):
+        w.runners = {40000 + port: w.now}
+        run(w, 2, judge=judge)
+    assert {port for port, _ in judge._progress} == {40049}
 
 
 def test_a_new_task_in_the_slot_is_progress():
