@@ -351,7 +351,7 @@ class Judge:
         if progress:
             self._deep = None
             return Verdict(BUSY, f"{what}, but {progress}")
-        only_stalled = bool(stalled) and not silent and not stuck_load
+        only_stalled = streak.kind == "stalled"
         if only_stalled:  # flat counters while the unit computes: a long prompt batch (13.3 s measured)
             cpus = self._cpus_since(streak.start, s.done_at)
             if cpus is not None and cpus >= CPU_IDLE:
@@ -424,19 +424,14 @@ class Judge:
 
     def _cpus_since(self, since: float, now: float) -> float | None:
         """CPUs the unit used from ``since`` (a sample's start) to ``now``, from the deep samples (None: unknown)."""
-        points = [(t, n) for t, n in self._cpu_seen if since - 0.5 <= t <= now]
-        if len(points) < 2 or points[-1][0] <= points[0][0] or points[-1][1] < points[0][1]:
-            return None
-        return (points[-1][1] - points[0][1]) / 1e9 / (points[-1][0] - points[0][0])
+        return _cpu_rate([(t, n) for t, n in self._cpu_seen if since - 0.5 <= t <= now])
 
     def _cpus(self, streak: _Streak, now: float) -> float | None:
         """CPUs the unit used over the last deep_confirm seconds of the streak (None: unknown)."""
         window = [(t, n) for t, n in streak.cpu if t >= now - self.limits.deep_confirm]
         older = [(t, n) for t, n in streak.cpu if t < now - self.limits.deep_confirm]
         points = older[-1:] + window
-        if len(points) < 2 or points[-1][0] <= points[0][0] or points[-1][1] < points[0][1]:
-            return None
-        return (points[-1][1] - points[0][1]) / 1e9 / (points[-1][0] - points[0][0])
+        return _cpu_rate(points)
 
     def _answering(
         self,
@@ -471,6 +466,13 @@ class Judge:
         elif loaded:
             parts.append(f"loaded: {loaded}")
         return Verdict(outcome, "; ".join(parts))
+
+
+def _cpu_rate(points: list[tuple[float, int]]) -> float | None:
+    """CPUs used between the first and last (time, CPU ns) point; None if two points do not tell."""
+    if len(points) < 2 or points[-1][0] <= points[0][0] or points[-1][1] < points[0][1]:
+        return None
+    return (points[-1][1] - points[0][1]) / 1e9 / (points[-1][0] - points[0][0])
 
 
 def _progress(journal: JournalFacts | None, since: float) -> str:
