@@ -100,6 +100,7 @@ class Restarts:
     nrestarts: int  # systemd's automatic restarts (Restart=always) since then
     decisions: list[str]  # the watchdog's restart decisions (messages)
     verdicts: dict[str, int] = field(default_factory=dict)  # the watchdog's outcomes seen, by name
+    evidence: list[str] = field(default_factory=list)  # for each new invocation, the first entry that showed it
 
     @property
     def count(self) -> int:
@@ -108,12 +109,30 @@ class Restarts:
     def __str__(self) -> str:
         return (
             f"{len(self.invocations)} new invocation(s), NRestarts +{self.nrestarts},"
-            f" {len(self.decisions)} watchdog restart decision(s)"
+            f" {len(self.decisions)} watchdog restart decision(s)" + "".join(f"\n  {e}" for e in self.evidence)
         )
 
 
 OUTCOMES = ("healthy", "busy", "loading", "starting", "stopped", "failed", "down", "wedged", "deep-wedged")
 _DECISION = re.compile(r"restart of \S+: (queued|restarted)\b")
+
+
+def _invocation(e: dict[str, Any]) -> str | None:
+    """The InvocationID of ollama.service an entry of ``journalctl -u`` names, if it names one.
+
+    ``-u`` also shows other units' entries about this one: journald's "Suppressed N messages from
+    ollama.service" (a busy real runner exceeds the rate limit) carries journald's own
+    _SYSTEMD_INVOCATION_ID, with this unit's in OBJECT_SYSTEMD_INVOCATION_ID; PID 1's carry INVOCATION_ID.
+    """
+    for unit_field, inv_field in (
+        ("_SYSTEMD_UNIT", "_SYSTEMD_INVOCATION_ID"),
+        ("UNIT", "INVOCATION_ID"),
+        ("OBJECT_SYSTEMD_UNIT", "OBJECT_SYSTEMD_INVOCATION_ID"),
+    ):
+        inv = e.get(inv_field)
+        if e.get(unit_field) == UNIT and isinstance(inv, str) and inv:
+            return inv
+    return None
 
 
 class HarmBed:
@@ -263,13 +282,17 @@ class HarmBed:
     def restarts(self, since: float, before: str, nrestarts_before: str) -> Restarts:
         """Restarts of ollama.service since ``since`` (epoch s); ``before`` is the InvocationID then."""
         seen: list[str] = []
+        evidence: list[str] = []
         for e in self.journal(since, unit=UNIT):
-            inv = e.get("_SYSTEMD_INVOCATION_ID") or e.get("INVOCATION_ID")
+            inv = _invocation(e)
             if isinstance(inv, str) and inv and inv != before and inv not in seen:
                 seen.append(inv)
+                fields = {k: e.get(k) for k in ("_SYSTEMD_UNIT", "_PID", "_COMM", "UNIT", "MESSAGE")}
+                evidence.append(f"invocation {inv} (was {before}) seen in {fields}")
         now = self.prop("InvocationID")
         if now != before and now not in seen:
             seen.append(now)
+            evidence.append(f"InvocationID is now {now} (was {before})")
         logged, audited, verdicts = [], [], {}
         for e in self.journal(since, unit=WATCHDOG):
             msg = e.get("MESSAGE")
@@ -285,7 +308,7 @@ class HarmBed:
         # one decision is both an audit record and a watch log line: count whichever set is larger
         decisions = logged if len(logged) >= len(audited) else audited
         nr = int(self.prop("NRestarts") or 0) - int(nrestarts_before or 0)
-        return Restarts(seen, nr, decisions, verdicts)
+        return Restarts(seen, nr, decisions, verdicts, evidence)
 
     def mark(self) -> tuple[float, str, str]:
         """(now, InvocationID, NRestarts): the baseline restarts() compares with."""

@@ -357,6 +357,8 @@ class Judge:
             if cpus is not None and cpus >= CPU_IDLE:
                 self._deep = None  # the next flat sample starts again, from when the counters last moved
                 return Verdict(BUSY, f"{what}, but {s.unit.name} is computing ({cpus:.1f} CPUs): a long batch")
+            if span < lim.deep_confirm:  # one token of a big model on a CPU can take seconds: not yet a sign
+                return Verdict(BUSY, f"{what}: flat for less than {lim.deep_confirm:g}s, one slow token")
         else:
             cpus = self._cpus(streak, s.done_at)
             if cpus is None and len(self._cpu_seen) > 1:  # the streak's first sample: the last period's CPU use

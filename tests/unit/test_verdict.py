@@ -218,6 +218,16 @@ def test_a_long_prompt_batch_with_the_unit_computing_is_never_restarted():
     assert any("a long batch" in v.evidence for _, v in out)
 
 
+def test_slow_tokens_with_the_unit_idle_are_no_alarm():
+    """A slow stream (a token every few seconds, a jittery host) leaves the counters flat between tokens, with
+    the CPUs idle as seen through a GPU: up to deep_confirm of that is not even a pending alarm."""
+    gap = DEFAULTS.deep_confirm - 1
+    w = World(mode="stream", cpus=0.0)
+    out = run(w, 300, events=lambda w: setattr(w, "mode", "stalled" if int(w.now) % (gap + 1) < gap else "stream"))
+    assert restarts(out) == [] and DEEP_WEDGED not in outcomes(out)
+    assert any("one slow token" in v.evidence for _, v in out)
+
+
 @pytest.mark.parametrize("cpus", [1.0, 0.6])
 def test_flat_counters_on_one_computing_thread_are_busy(cpus):
     """llama-server with -t 1 computing one long batch uses one CPU: that is work, not a frozen loop."""
