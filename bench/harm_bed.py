@@ -519,8 +519,11 @@ class WedgeResult:
         return f"{self.kind} {'under load' if self.loaded else 'idle'}"
 
 
-def wedge(h: HarmBed, kind: str, loaded: bool, bound: float = WEDGE_BOUND) -> WedgeResult:
-    """Wedge the running stand-in ``kind`` (=once), idle (a model loaded) or under load; measure recovery."""
+def wedge(h: HarmBed, kind: str, loaded: bool, bound: float = WEDGE_BOUND, forge_as: str = "") -> WedgeResult:
+    """Wedge the running stand-in ``kind`` (=once), idle (a model loaded) or under load; measure recovery.
+
+    ``forge_as``: a user who sends an empty generate every 2 s meanwhile (each logs a completed request).
+    """
     h.configure()
     h.warm()
     h.settle()
@@ -539,6 +542,8 @@ def wedge(h: HarmBed, kind: str, loaded: bool, bound: float = WEDGE_BOUND) -> We
         args += ["--clients", str(WEDGE_CLIENTS), "--num-predict", str(h.wedge_num_predict)]
     if kind == "stuck-eviction":
         args += ["--trigger-model", h.other_model]
+    if forge_as:
+        args += ["--forge-as", forge_as]
     out = h.driver(*args, "--warmup", "2", "--after", "1", timeout=bound + 300)
     time.sleep(1.5)  # a second, unwanted restart would show now
     rs = h.restarts(since, inv, nr)

@@ -347,10 +347,9 @@ class Judge:
                 what += f", loaded: {loaded}"
         else:
             what = f"{stuck_load} ({_nth(streak.count)} time in {span:.1f}s)"
-        progress = _progress(s.journal, streak.start)
-        if progress:
-            self._deep = None
-            return Verdict(BUSY, f"{what}, but {progress}")
+        # No completion line overrides this: an empty generate (a preload, an unload, or a stranger's request
+        # every few seconds) completes with 200 without the inference loop, and another model's runner may
+        # serve while this one is stuck.  Only the runner's own /slots (counters moving) or CPU time count.
         only_stalled = streak.kind == "stalled"
         if only_stalled:  # flat counters while the unit computes: a long prompt batch (13.3 s measured)
             cpus = self._cpus_since(streak.start, s.done_at)
@@ -367,7 +366,7 @@ class Judge:
                 return Verdict(BUSY, f"{what}, but {s.unit.name} is computing ({cpus:.1f} CPUs over the silence)")
         needed = max(lim.deep_confirm, STALL_CONFIRM) if only_stalled else lim.deep_confirm if silent else 0.0
         confirmed = streak.count >= lim.threshold and span >= needed and not _stale(s.journal)
-        tail = _no_progress(s.journal, streak.start)
+        tail = _deep_journal_note(s.journal, streak.start)
         if only_stalled and cpus is None:
             confirmed = False  # without the unit's CPU time a long prompt batch cannot be ruled out
             tail += f"; {s.unit.name}'s CPU time is unknown, so a long batch cannot be ruled out"
@@ -493,6 +492,17 @@ def _no_progress(journal: JournalFacts | None, since: float) -> str:
     if _stale(journal):
         return f"; no request completed since {_clock(since)} as far as the journal was read ({journal.problem})"
     return f", no request completed since {_clock(since)} (journal)"
+
+
+def _deep_journal_note(journal: JournalFacts | None, since: float) -> str:
+    """What the journal says during a deep streak: said, never weighed (anyone can make a request complete)."""
+    if journal is not None and journal.readable and journal.completed_since(since):
+        at = journal.last_completion_at or since
+        return (
+            f"; a request completed at {_clock(at)} ({journal.last_completion}; journal), which does not show"
+            " this runner working (an empty or other model's request completes too)"
+        )
+    return _no_progress(journal, since)
 
 
 def _stale(journal: JournalFacts | None) -> bool:

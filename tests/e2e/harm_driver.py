@@ -81,6 +81,38 @@ def generate(model: str, num_predict: int = 1, timeout: float = 30) -> tuple[boo
         return False, repr(e)[:200], time.monotonic() - t0
 
 
+#: A stranger's loop (run as that user): an empty generate for the model every EVERY seconds; prints how many
+#: were answered 200.  Ollama answers these (done_reason "load") without the inference loop, and logs a gin
+#: line for each like any completed request (issue 14 §1).
+FORGER = r"""
+import json, signal, sys, time, urllib.request
+url, model, every, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+n = {"tried": 0, "ok": 0}
+def done(*_):
+    print(json.dumps(n), flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, done)
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    n["tried"] += 1
+    req = urllib.request.Request(url + "/api/generate", json.dumps({"model": model}).encode(),
+                                 {"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=every) as r:
+            n["ok"] += r.status == 200
+    except Exception:
+        pass
+    time.sleep(every)
+done()
+"""
+
+
+def start_forger(user: str, model: str, every: float, seconds: float) -> subprocess.Popen[str]:
+    """``user``'s empty generates every ``every`` s for ``seconds`` (a non-member: no ollamactl rights)."""
+    argv = ["runuser", "-u", user, "--", "python3", "-c", FORGER, URL, model, str(every), str(seconds)]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def write_mode(mode: str) -> None:
     """Atomically, so the stand-in never reads half a file (its mtime is now: =once latches)."""
     tmp = f"{MODE_FILE}.harm-tmp"
@@ -219,6 +251,7 @@ def cmd_wedge(args: argparse.Namespace) -> dict[str, Any]:
         while clients.ok_count() == 0 and time.monotonic() < end:  # the load really runs before the wedge
             time.sleep(0.1)
     trigger: dict[str, Any] = {}
+    forger = start_forger(args.forge_as, args.model, args.forge_every, args.bound) if args.forge_as else None
     t0 = time.monotonic()
     write_mode(args.mode)
     if args.trigger_model:  # e.g. stuck-eviction: a request that needs a load
@@ -254,6 +287,10 @@ def cmd_wedge(args: argparse.Namespace) -> dict[str, Any]:
         ok, detail, secs = generate(args.model, 1, 10)
         out["generate_loaded_model"] = {"ok": ok, "detail": detail, "seconds": round(secs, 2)}
     out["trigger"] = {"model": args.trigger_model, "answered": "result" in trigger, "result": trigger.get("result")}
+    if forger is not None:
+        forger.terminate()
+        stdout, stderr = forger.communicate(timeout=30)
+        out["forger"] = {"user": args.forge_as, "stdout": stdout[-300:], "stderr": stderr[-300:]}
     clients.finish()
     out["load"] = clients.summary(t0, recovered_at) if args.clients else None
     out["final_invocation"] = show("InvocationID")["InvocationID"]
@@ -296,6 +333,8 @@ def main() -> int:
     w.add_argument("--bound", type=float, default=60)
     w.add_argument("--after", type=float, default=3)
     w.add_argument("--trigger-model", default="")
+    w.add_argument("--forge-as", default="", help="a user who sends empty generates meanwhile (issue 14 §1)")
+    w.add_argument("--forge-every", type=float, default=2.0)
     args = p.parse_args()
     out = {"generate": cmd_generate, "hold": cmd_hold, "ps": cmd_ps, "wedge": cmd_wedge}[args.cmd](args)
     print(json.dumps(out), flush=True)

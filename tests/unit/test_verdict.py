@@ -280,10 +280,25 @@ def test_a_new_task_in_the_slot_is_progress():
     assert restarts(out) == [] and outcomes(out) == {HEALTHY}
 
 
-def test_stuck_inference_with_a_completion_meanwhile_is_busy():
-    w = World(mode="stuck")
-    out = run(w, 60, events=lambda w: w.completions.append(w.now + 0.5) if int(w.now) % 5 == 0 else None)
-    assert restarts(out) == [] and BUSY in outcomes(out)
+@pytest.mark.parametrize("mode", ["stuck", "stalled"])
+def test_completion_lines_do_not_hold_off_a_stuck_runner(mode):
+    """Issue 14 §1: anyone's empty generate every 2 s completes with 200 (done_reason "load") without the
+    inference loop, and logs a gin line like any other; a stuck runner is restarted within its bound anyway."""
+    w = World(mode="stream")
+    wedge_at = w.now + 20.5
+
+    def events(w):
+        if w.now >= wedge_at and not w.restarts:
+            w.mode = mode
+        if int(w.now) % 2 == 0:
+            w.completions.append(w.now + 0.5)
+
+    out = run(w, 90, events=events)
+    (t,) = restarts(out)
+    bound = DEFAULTS.deep_confirm if mode == "stuck" else verdict.STALL_CONFIRM
+    assert t - wedge_at <= bound + 3, t - wedge_at
+    v = next(v for tt, v in out if tt == t)
+    assert "which does not show this runner working" in v.evidence
 
 
 def test_a_silent_runner_computing_on_several_cpus_is_busy():
