@@ -17,9 +17,11 @@ and the user stay, as Debian does for system accounts.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -115,13 +117,12 @@ def check_reachable(argv: str) -> None:
     """What the watchdog unit will run must be reachable by it and writable by root alone.
 
     The watchdog (user ollamactl, ProtectHome=yes, PrivateTmp=yes) runs the command ``argv``
-    names, with this interpreter and this package.  Whoever can write any of those (or a
-    directory above them) would run code as the watchdog, which may restart Ollama and read
-    the whole journal: more than "restart Ollama".  So each must be root's.
+    names, with this interpreter, this package and its dependencies.  Whoever can write any of
+    those (a module, a cached .pyc, a .pth file of a site directory, a directory above them, a
+    link's target) would run code as the watchdog, which may restart Ollama and read the whole
+    journal: more than "restart Ollama".  So each must be root's.
     """
-    import ollamactl
-
-    paths = [Path(argv.split()[0]), Path(sys.executable), Path(ollamactl.__file__).parent]
+    paths = [Path(argv.split()[0]), Path(sys.executable), *_module_paths("ollamactl")]
     for path in paths:
         if str(path).startswith(_PRIVATE):
             raise SetupError(
@@ -131,40 +132,218 @@ def check_reachable(argv: str) -> None:
                 "sudo /opt/ollamactl/bin/ollamactl setup",
                 path=str(path),
             )
-    for path in paths:
-        root_only(path)
-        if path.is_symlink():  # e.g. a venv's bin/python: what it points to counts as well
-            root_only(path.resolve())
+    executables, trees, sites = _what_runs(argv)
+    walk = _Walk()
+    for path, need in executables:
+        walk.chain(path, need)
+    for path in trees:
+        walk.tree(path)
+    for site_dir in sites:
+        walk.site(site_dir)
 
 
+def _what_runs(argv: str) -> tuple[list[tuple[Path, int]], list[Path], list[Path]]:
+    """The paths (with the bits others need) whose chains count, the trees walked whole, the site directories."""
+    executables = [(Path(argv.split()[0]), 0o001), (Path(sys.executable), 0o001)]
+    venv_cfg = Path(sys.prefix) / "pyvenv.cfg"  # names the interpreter's home: its stdlib, at every start
+    if os.path.lexists(venv_cfg):
+        executables.append((venv_cfg, 0))
+    executables.append((Path(os.__file__).parent, 0o001))  # the standard library's directory, not each file
+    trees = [path for name in ("ollamactl", *DEPENDENCIES) for path in _module_paths(name)]
+    return executables, trees, _site_dirs()
+
+
+#: What the watchdog imports besides ollamactl and the standard library (pydantic 2's own dependencies
+#: included); tests/unit/test_hostsetup.py checks the list against what ``watch`` really imports.
+DEPENDENCIES = (
+    "dbus_next",
+    "pydantic",
+    "pydantic_core",
+    "annotated_types",
+    "typing_extensions",
+    "typing_inspection",
+    "loguru",
+)
 #: Groups whose write access is root's own: root, and Debian's staff (it owns /usr/local, on root's PATH).
 _ROOTS_GROUPS = ("root", "staff")
+#: Files and directories one setup checks at most (ollamactl and pydantic 2 are about 1500).
+MAX_CHECKED = 20000
+_MAX_LINKS = 40  # links followed to resolve one path, as the kernel's MAXSYMLINKS
+_ACL_ACCESS, _ACL_DEFAULT = "system.posix_acl_access", "system.posix_acl_default"
+_ACL_USER, _ACL_GROUP, _ACL_MASK, _ACL_WRITE = 0x02, 0x08, 0x10, 0x2
 
 
 def root_only(path: Path) -> None:
-    """Raise SetupError unless ``path`` and every directory above it are owned by root, writable by root
-    (or a root-equivalent group) alone, and searchable by others (the watchdog's user)."""
-    from ollamactl.nss import group_id
+    """Raise SetupError unless ``path`` and every directory above it (and above any link's target on the
+    way) are owned by root, writable by root (or a root-equivalent group) alone, and searchable by
+    others (the watchdog's user)."""
+    _Walk().chain(path)
 
-    trusted_gids = {gid for gid in map(group_id, _ROOTS_GROUPS) if gid is not None}
-    for d in (*reversed(path.parents), path):
+
+def _module_paths(name: str) -> list[Path]:
+    """Where a top-level module's code is (a package's directories, or one file), without importing it."""
+    from importlib.util import cache_from_source, find_spec
+
+    spec = find_spec(name)
+    if spec is None:  # not installed (pydantic 1 has no pydantic_core): never imported, nothing to check
+        return []
+    if spec.submodule_search_locations:
+        return [Path(p) for p in spec.submodule_search_locations]
+    if not spec.origin or not os.path.isabs(spec.origin):
+        return []
+    found = [Path(spec.origin)]
+    if spec.origin.endswith(".py"):  # one file: its .pyc lives in the site directory's __pycache__
+        cache = Path(cache_from_source(spec.origin)).parent
+        if os.path.lexists(cache):
+            found.append(cache)
+    return found
+
+
+def _site_dirs() -> list[Path]:
+    """The site directories this interpreter reads .pth files from at every start."""
+    import site
+
+    # not root's user site (~/.local): the watchdog's user has its own, behind ProtectHome=yes
+    return [Path(d) for d in site.getsitepackages() if os.path.isdir(d)]
+
+
+def acl_writers(blob: bytes, trusted_gids: set[int]) -> list[str]:
+    """Who, besides root and the owner, a POSIX ACL (the xattr's binary form) lets write.
+
+    The form: a little-endian u32 version, then 8-byte entries (u16 tag, u16 permissions, u32 id).
+    Named users (but root) and named groups (but root's) with write count, unless the mask takes it away.
+    """
+    if len(blob) < 4 or (len(blob) - 4) % 8:
+        return [f"an ACL of {len(blob)} bytes that does not parse"]
+    entries = [struct.unpack_from("<HHI", blob, off) for off in range(4, len(blob), 8)]
+    masked = any(tag == _ACL_MASK and not perm & _ACL_WRITE for tag, perm, _ in entries)
+    found = []
+    for tag, perm, ident in entries:
+        if not perm & _ACL_WRITE or masked:
+            continue
+        if tag == _ACL_USER and ident != 0:
+            found.append(f"user {ident}")
+        elif tag == _ACL_GROUP and ident not in trusted_gids:
+            found.append(f"group {ident}")
+    return found
+
+
+class _Walk:
+    """Checks paths for root_only, never following a link except to resolve it on purpose; bounded."""
+
+    def __init__(self) -> None:
+        from ollamactl.nss import group_id
+
+        self.trusted_gids = {gid for gid in map(group_id, _ROOTS_GROUPS) if gid is not None}
+        self.checked = 0
+        self.seen: set[tuple[int, int]] = set()
+
+    def chain(self, path: Path, need: int = 0o001) -> Path:
+        """Check every directory from / down to ``path``, resolving each link on the way (its target's
+        directories are checked too); ``path`` itself must have the ``need`` bits for others.  The real path."""
+        here, todo, links = Path("/"), list(Path(os.path.abspath(path)).parts[1:]), 0
+        self.node(here, self.lstat(here), need=0o001)
+        while todo:
+            part = todo.pop(0)
+            if part in (".", ""):
+                continue
+            nxt = here.parent if part == ".." else here / part
+            st = self.lstat(nxt)
+            if stat.S_ISLNK(st.st_mode):  # resolved deliberately; the link itself is as safe as its directory
+                links += 1
+                if links > _MAX_LINKS:
+                    raise SetupError(f"too many links to resolve {path}; install ollamactl on a plain path")
+                target = os.readlink(nxt)
+                todo = [*Path(target).parts[1 if target.startswith("/") else 0 :], *todo]
+                if target.startswith("/"):
+                    here = Path("/")
+                continue
+            here = nxt
+            self.node(here, st, need=need if todo == [] and not stat.S_ISDIR(st.st_mode) else 0o001)
+        return here
+
+    def tree(self, top: Path) -> None:
+        """``top``'s chain, then everything below it (cached .pyc files too), links resolved on purpose."""
+        real = self.chain(top, need=0)
+        stack = [real]
+        while stack:
+            d = stack.pop()
+            st = self.lstat(d)
+            if not stat.S_ISDIR(st.st_mode) or (st.st_dev, st.st_ino) in self.seen:
+                continue
+            self.seen.add((st.st_dev, st.st_ino))
+            for name in self.names(d):
+                p = d / name
+                st = self.lstat(p)
+                if stat.S_ISLNK(st.st_mode):
+                    stack.append(self.chain(p, need=0))
+                else:
+                    self.node(p, st, need=0)
+                    if stat.S_ISDIR(st.st_mode):
+                        stack.append(p)
+
+    def site(self, site_dir: Path) -> None:
+        """A site directory and its .pth files and *customize modules: Python runs them at every start."""
+        real = self.chain(site_dir, need=0)
+        for name in self.names(real):
+            if name.endswith(".pth") or name.split(".")[0] in ("sitecustomize", "usercustomize"):
+                p = real / name
+                st = self.lstat(p)
+                if stat.S_ISLNK(st.st_mode) or stat.S_ISDIR(st.st_mode):
+                    self.tree(p)
+                else:
+                    self.node(p, st, need=0)
+
+    def names(self, d: Path) -> list[str]:
         try:
-            st = d.stat()
+            with os.scandir(d) as entries:
+                return [e.name for e in entries]
         except OSError as exc:
             raise SetupError(f"cannot check {d}: {exc.strerror}", path=str(d)) from None
-        writable_by_group = st.st_mode & 0o020 and st.st_gid not in trusted_gids
+
+    def lstat(self, p: Path) -> os.stat_result:
+        self.checked += 1
+        if self.checked > MAX_CHECKED:
+            raise SetupError(
+                f"more than {MAX_CHECKED} files to check under {p.parent}; install ollamactl in a venv of its "
+                "own (e.g. sudo python3 -m venv /opt/ollamactl) so that setup can check all of it",
+                path=str(p),
+            )
+        try:
+            return os.lstat(p)
+        except OSError as exc:
+            raise SetupError(f"cannot check {p}: {exc.strerror}", path=str(p)) from None
+
+    def node(self, p: Path, st: os.stat_result, need: int) -> None:
+        """One file or directory: root's, writable by root alone (mode and ACL); ``need`` bits for others."""
+        writable_by_group = st.st_mode & 0o020 and st.st_gid not in self.trusted_gids
         if st.st_uid != 0 or st.st_mode & 0o002 or writable_by_group:
             raise SetupError(
-                f"{d} can be changed by someone other than root (owner uid {st.st_uid}, mode "
+                f"{p} can be changed by someone other than root (owner uid {st.st_uid}, mode "
                 f"{stat.S_IMODE(st.st_mode):04o}), and the watchdog would run code from under it; install "
                 "ollamactl where only root can write (e.g. a venv in /opt/ollamactl made by root)",
-                path=str(d),
+                path=str(p),
             )
-        if not st.st_mode & 0o001:  # others may search the directory / execute the file
+        for attr in (_ACL_ACCESS, _ACL_DEFAULT) if stat.S_ISDIR(st.st_mode) else (_ACL_ACCESS,):
+            try:
+                blob = os.getxattr(p, attr, follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):  # no ACL, or no ACLs here
+                    continue
+                raise SetupError(f"cannot read the ACL of {p}: {exc.strerror}", path=str(p)) from None
+            writers = acl_writers(blob, self.trusted_gids)
+            if writers:
+                raise SetupError(
+                    f"{p} has an ACL that lets {', '.join(writers)} write (or create files that will), and the "
+                    f"watchdog would run code from under it; remove it (sudo setfacl -b -k {p}) or install "
+                    "ollamactl where only root can write",
+                    path=str(p),
+                )
+        if need and not st.st_mode & need:  # others may search the directory / execute the file
             raise SetupError(
-                f"{d} is not readable/searchable by others, so the watchdog (user {GROUP}) could not run "
-                f"{path}; install ollamactl where every user can run it (e.g. /opt/ollamactl)",
-                path=str(d),
+                f"{p} is not readable/searchable by others, so the watchdog (user {GROUP}) could not run "
+                f"ollamactl from it; install ollamactl where every user can run it (e.g. /opt/ollamactl)",
+                path=str(p),
             )
 
 

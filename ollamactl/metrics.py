@@ -12,6 +12,7 @@ the exposition format requires; ours come from the config's grammar anyway.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import stat
@@ -29,6 +30,7 @@ RUNTIME_DIR = "/run/ollamactl-metrics"
 OUTCOMES = ("healthy", "busy", "loading", "starting", "stopped", "failed", "down", "wedged", "deep-wedged")
 #: How the watchdog's restart attempts ended (the ``outcome`` label of ollamactl_restarts_total).
 RESTART_OUTCOMES = ("queued", "skipped", "budget-exhausted", "refused", "failed")
+_NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 @dataclass
@@ -137,16 +139,18 @@ def write_textfile(directory: str, text: str, name: str = FILE_NAME) -> str:
     """Write ``text`` to ``directory/name`` atomically (a temporary file, then rename); return the path.
 
     The temporary name does not end in .prom, so the collector never reads it;
-    the file is 0644, whatever our umask, so node_exporter's user can. Raises
-    MetricsWriteError (the old file stays as it was).
+    the file is 0644, whatever our umask, so node_exporter's user can.  The
+    directory is reached without following any link (``open_directory``): root
+    running ``watch`` by hand never writes through a link someone planted on the
+    way.  Raises MetricsWriteError (the old file stays as it was).
     """
     path = os.path.join(directory, name)
     tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
     try:
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as exc:
+        dir_fd = open_directory(directory)
+    except FileNotFoundError:
         raise MetricsWriteError(
-            f"cannot write metrics to {directory}: {exc.strerror}; set metrics_dir, or let the watchdog's user "
+            f"cannot write metrics to {directory}: it does not exist; set metrics_dir, or let the watchdog's user "
             f"write there (the package grants it on Debian's node-exporter directory)",
             path=directory,
         ) from None
@@ -181,19 +185,11 @@ def link_textfile(directory: str, target: str = os.path.join(RUNTIME_DIR, FILE_N
     Returns what was done, for the log.  A missing directory (no
     node_exporter) is no error: nothing to link.
     """
-    if not directory.startswith("/"):
-        raise MetricsWriteError(f"metrics_dir must be an absolute path (got {directory!r})")
-    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for part in [p for p in directory.split("/") if p]:
-            try:
-                nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            except FileNotFoundError:
-                return f"{directory} does not exist (node_exporter not installed): nothing linked"
-            except OSError as exc:
-                raise MetricsWriteError(f"cannot open {directory} without following links: {exc.strerror}") from None
-            os.close(fd)
-            fd = nxt
+        fd = open_directory(directory)
+    except FileNotFoundError:
+        return f"{directory} does not exist (node_exporter not installed): nothing linked"
+    try:
         try:
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
@@ -215,6 +211,44 @@ def link_textfile(directory: str, target: str = os.path.join(RUNTIME_DIR, FILE_N
         return f"linked {os.path.join(directory, name)} -> {target}"
     finally:
         os.close(fd)
+
+
+def open_directory(directory: str) -> int:
+    """An fd of ``directory``, opened one component at a time from / with O_NOFOLLOW: no link is followed.
+
+    Whoever owns a directory on the way (node_exporter's user, a group member)
+    could put a link there to make root write elsewhere; a link, or anything
+    but a directory, is refused with MetricsWriteError.  A missing component
+    raises FileNotFoundError, for the caller to decide (an error, or nothing to do).
+    """
+    parts = [p for p in directory.split("/") if p not in ("", ".")]
+    if not directory.startswith("/") or ".." in parts:
+        raise MetricsWriteError(f"metrics_dir must be an absolute path without '..' (got {directory!r})")
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    here = ""
+    try:
+        for part in parts:
+            here = f"{here}/{part}"
+            try:
+                nxt = os.open(part, _NOFOLLOW_DIR, dir_fd=fd)
+            except FileNotFoundError:
+                raise
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # O_NOFOLLOW|O_DIRECTORY on a link: ENOTDIR
+                    why, fix = "is a symbolic link or not a directory", "set metrics_dir to the real directory"
+                else:
+                    why, fix = f"cannot be opened ({exc.strerror})", "set metrics_dir to a directory root can open"
+                raise MetricsWriteError(
+                    f"cannot open {directory} without following links: {here} {why}; {fix} (readlink -f shows "
+                    "where a link leads; use it only if whoever can change the link is trusted)",
+                    path=directory,
+                ) from None
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _labels(labels: dict[str, str]) -> str:

@@ -643,6 +643,34 @@ def test_metrics_link_is_not_made_through_a_swapped_directory(site: Site):
     a.verdict()
 
 
+def test_metrics_are_not_written_through_a_symlinked_metrics_dir(site: Site):
+    """Root runs ``ollamactl watch`` by hand with metrics_dir under /run/ollamactl, where alice (a member) may
+    put anything: she makes its parent component a link to a directory of hers.  Root must write nothing
+    through the link and say why (one warning naming the fix); the watch itself goes on."""
+    c = site.c
+    hers, metrics_dir = "/var/tmp/alice-prom", f"{RUN_DIR}/prom/textfile"
+    a = Attack(site.bed, f"{RUN_DIR}/prom made a link to {hers} (metrics_dir={metrics_dir})", "alice")
+    try:
+        c.run(["install", "-d", "-o", "alice", "-g", "alice", "-m", "0755", hers, f"{hers}/textfile"], check=True)
+        planted = site.plant("symlink", "prom", hers)
+        assert planted["ok"], planted
+        env = {"OLLAMACTL_METRICS_DIR": metrics_dir, "OLLAMACTL_WATCH_PERIOD": "0.5"}
+        r = c.run(["timeout", "-s", "TERM", "4", "ollamactl", "watch"], env=env, timeout=60)
+        said = r.stdout + r.stderr
+        written = c.run(["find", hers, "-mindepth", "2"]).stdout.strip()
+        a.check("root wrote nothing through the link", written == "", written or f"{hers}/textfile is empty")
+        refused = [line for line in said.splitlines() if "metrics not written" in line]
+        a.check(
+            "watch says why, once, with the fix",
+            len(refused) == 1 and "without following links" in refused[0] and "set metrics_dir" in refused[0],
+            _show(refused[0] if refused else said),
+        )
+        a.check("no traceback", "Traceback" not in said, _show(said[-300:]))
+    finally:
+        c.run(["rm", "-rf", hers])
+    a.verdict()
+
+
 def test_users_cannot_signal_or_notify_the_watchdog(site: Site):
     """alice and bob try to stop, kill or fake sd_notify messages for the watchdog; it must not notice.
 

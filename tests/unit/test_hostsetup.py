@@ -9,8 +9,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
+import struct
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -210,3 +215,165 @@ def test_the_command_line_runs_setup_and_prints_one_json_object(argv, monkeypatc
     name, layout, dry_run = seen[0]
     assert name == ("undo" if "--undo" in argv else "setup") and dry_run
     assert layout.unit == (argv[2] if "--unit" in argv else "ollama.service")
+
+
+# --------------------------------------------------------------------------- the package, its dependencies, ACLs, links
+
+
+@pytest.fixture
+def install(tree, monkeypatch):
+    """A root-only install under /run: bin/ollamactl (``tree``), a package with __pycache__, a dependency
+    file, a site directory with a .pth file; check_reachable looks at exactly these."""
+    top = tree.parents[1]  # .../opt/ollamactl
+    site_dir = top / "lib" / "site-packages"
+    pkg = site_dir / "ollamactl"
+    (pkg / "__pycache__").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "__pycache__" / "__init__.cpython-311.pyc").write_bytes(b"\0" * 16)
+    (site_dir / "dep.py").write_text("")
+    (site_dir / "x.pth").write_text("")
+    for p in (top / "lib", site_dir, pkg, pkg / "__pycache__"):
+        p.chmod(0o755)
+    executables = [(tree, 0o001)]
+    monkeypatch.setattr(hostsetup, "_what_runs", lambda argv: (executables, [pkg, site_dir / "dep.py"], [site_dir]))
+    hostsetup.check_reachable(str(tree))  # accepted as it is
+    return SimpleNamespace(top=top, exe=tree, site=site_dir, pkg=pkg, executables=executables)
+
+
+def _refused(install, match: str) -> None:
+    with pytest.raises(SetupError, match=match) as info:
+        hostsetup.check_reachable(str(install.exe))
+    assert info.value.exit_code == 2 and "\n" not in info.value.message
+
+
+@pytest.mark.parametrize(
+    "what", ["__pycache__/*.pyc", "__pycache__", "a module", "a dependency", "a .pth file", "a file deep inside"]
+)
+def test_anything_in_the_package_or_its_dependencies_a_user_can_write_is_refused(install, what):
+    """A .pyc is run as it is when its header matches the source: whoever writes one runs code as the watchdog."""
+    path = {
+        "__pycache__/*.pyc": install.pkg / "__pycache__" / "__init__.cpython-311.pyc",
+        "__pycache__": install.pkg / "__pycache__",
+        "a module": install.pkg / "__init__.py",
+        "a dependency": install.site / "dep.py",
+        "a .pth file": install.site / "x.pth",
+        "a file deep inside": install.pkg / "a" / "b" / "c.py",
+    }[what]
+    if not path.exists():
+        path.parent.mkdir(parents=True, mode=0o755)
+        path.write_text("")
+    os.chown(path, 65534, 0)  # nobody
+    _refused(install, f"{path} can be changed by someone other than root")
+
+
+def _acl(*entries: tuple[int, int, int]) -> bytes:
+    """The xattr's binary form; the kernel wants the entries sorted by tag, then id."""
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in sorted(entries, key=lambda e: (e[0], e[2])))
+
+
+OWNER, USER, GROUP_OBJ, GROUP, MASK, OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+NOID = 0xFFFFFFFF
+
+
+def _set_acl(path: Path, blob: bytes, name: str = "system.posix_acl_access") -> None:
+    try:
+        os.setxattr(path, name, blob)
+    except OSError as exc:
+        pytest.skip(f"this file system takes no POSIX ACL: {exc.strerror}")
+
+
+@pytest.mark.parametrize("who", ["user 1000", "group 1000"])
+def test_an_acl_that_lets_a_user_write_is_refused(install, who):
+    """Mode 0644 and owner root say nothing of an ACL entry ``user:1000:rw-``: the xattr is read too."""
+    path = install.pkg / "__init__.py"
+    entry = (USER, 6, 1000) if who == "user 1000" else (GROUP, 6, 1000)
+    _set_acl(path, _acl((OWNER, 6, NOID), entry, (GROUP_OBJ, 4, NOID), (MASK, 6, NOID), (OTHER, 4, NOID)))
+    # the mode shows the mask (rw) as group bits, and the group is root's: the mode alone would pass
+    assert path.stat().st_gid == 0 and stat.S_IMODE(path.stat().st_mode) == 0o664
+    _refused(install, f"{path} has an ACL that lets {who} write")
+
+
+def test_an_acl_whose_mask_takes_write_away_and_roots_own_entries_are_accepted(install):
+    path = install.pkg / "__init__.py"
+    _set_acl(path, _acl((OWNER, 6, NOID), (USER, 6, 1000), (GROUP_OBJ, 4, NOID), (MASK, 4, NOID), (OTHER, 4, NOID)))
+    hostsetup.check_reachable(str(install.exe))
+    _set_acl(path, _acl((OWNER, 6, NOID), (USER, 6, 0), (GROUP_OBJ, 4, NOID), (MASK, 6, NOID), (OTHER, 4, NOID)))
+    os.chown(path, 0, 0)
+    hostsetup.check_reachable(str(install.exe))
+
+
+def test_a_default_acl_on_a_directory_is_refused(install):
+    """A default ACL hands write to files root creates later there (a .pyc on the next import)."""
+    d = install.pkg / "__pycache__"
+    blob = _acl((OWNER, 7, NOID), (USER, 7, 1000), (GROUP_OBJ, 5, NOID), (MASK, 7, NOID), (OTHER, 5, NOID))
+    _set_acl(d, blob, "system.posix_acl_default")
+    _refused(install, f"{d} has an ACL that lets user 1000 write")
+
+
+def test_acl_parsing():
+    trusted = {0, 50}
+    assert hostsetup.acl_writers(_acl((OWNER, 6, NOID), (USER, 2, 1000), (MASK, 7, NOID)), trusted) == ["user 1000"]
+    assert hostsetup.acl_writers(_acl((USER, 6, 1000), (MASK, 5, NOID)), trusted) == []  # masked
+    assert hostsetup.acl_writers(_acl((USER, 6, 1000)), trusted) == ["user 1000"]  # no mask: nothing masked
+    assert hostsetup.acl_writers(_acl((GROUP, 6, 50), (USER, 4, 1000), (USER, 6, 0)), trusted) == []
+    assert hostsetup.acl_writers(b"\2\0\0\0\1", trusted) == ["an ACL of 5 bytes that does not parse"]
+
+
+@pytest.mark.parametrize("where", ["the interpreter", "in the package"])
+def test_the_directories_above_a_links_target_must_be_roots_too(install, where):
+    """A root-owned link to /srv/python3 is only as safe as /srv: whoever writes there swaps python3."""
+    shared = install.top.parent / "shared"  # .../opt/shared, world-writable (sticky, as /tmp is)
+    real = shared / "lib" / "python3"
+    real.mkdir(parents=True)
+    (real / "mod.py").write_text("")
+    for p in (real, real.parent):
+        p.chmod(0o755)
+    shared.chmod(0o1777)
+    if where == "the interpreter":
+        link = install.exe.parent / "python3"
+        link.symlink_to(os.path.relpath(real / "mod.py", link.parent))  # relative, through ../..
+        install.executables.append((link, 0))
+    else:
+        link = install.pkg / "vendored"
+        link.symlink_to(real)
+    _refused(install, f"{shared} can be changed by someone other than root")
+
+
+def test_a_link_loop_and_too_many_files_are_errors_not_hangs(install, monkeypatch):
+    loop = install.pkg / "loop"
+    loop.symlink_to(loop)
+    _refused(install, "too many links to resolve")
+    loop.unlink()
+    monkeypatch.setattr(hostsetup, "MAX_CHECKED", 5)
+    _refused(install, "more than 5 files to check")
+
+
+def _python(code: str) -> str:
+    """Run ``code`` in a fresh interpreter (nothing imported yet); its stdout."""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_module_paths_find_a_dependency_and_its_cache_without_importing_it():
+    code = (
+        "import sys; from ollamactl import hostsetup\n"
+        "paths = {n: hostsetup._module_paths(n) for n in hostsetup.DEPENDENCIES}\n"
+        "assert not set(hostsetup.DEPENDENCIES) & set(sys.modules), set(hostsetup.DEPENDENCIES) & set(sys.modules)\n"
+        "assert paths['pydantic'][0].name == 'pydantic' and paths['typing_extensions'][0].suffix == '.py', paths\n"
+    )
+    _python(code)
+
+
+def test_dependencies_list_what_the_watchdog_imports():
+    """DEPENDENCIES must not fall behind: import what ``watch`` does and compare the third-party modules."""
+    code = (
+        "import sys\n"
+        "import ollamactl.cli, ollamactl.watch, ollamactl.systemd, ollamactl._pydantic, ollamactl._log\n"
+        "from ollamactl._log import enable; enable('INFO', journal=False)\n"
+        "from ollamactl.config import load_config; load_config(environ={})\n"
+        "tops = {m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names) - set(sys.builtin_module_names)\n"
+        "print(' '.join(sorted(t for t in tops - {'ollamactl'} if not t.startswith('_'))))\n"
+    )
+    out = _python(code)
+    assert set(out.split()) <= set(hostsetup.DEPENDENCIES) and {"pydantic", "loguru", "dbus_next"} <= set(out.split())

@@ -134,3 +134,27 @@ def test_link_refuses_a_directory_swapped_for_a_symlink(tmp_path: Path):
     with pytest.raises(metrics.MetricsWriteError, match="without following links"):
         metrics.link_textfile(str(tmp_path / "prometheus" / "node-exporter"), "/run/x.prom")
     assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["parent", "last"])
+def test_a_symlinked_metrics_directory_is_refused_and_nothing_is_written_through_it(tmp_path: Path, where: str):
+    """Root running ``watch`` by hand: a link someone planted on the way to metrics_dir is never followed."""
+    elsewhere = tmp_path / "member"
+    (elsewhere / "node-exporter").mkdir(parents=True)
+    if where == "parent":
+        os.symlink(elsewhere, tmp_path / "prometheus")
+    else:
+        (tmp_path / "prometheus").mkdir()
+        os.symlink(elsewhere / "node-exporter", tmp_path / "prometheus" / "node-exporter")
+    with pytest.raises(metrics.MetricsWriteError, match="without following links") as info:
+        write_textfile(str(tmp_path / "prometheus" / "node-exporter"), "a 1\n")
+    assert "set metrics_dir to the real directory" in info.value.message and "\n" not in info.value.message
+    assert list((elsewhere / "node-exporter").iterdir()) == []
+
+
+def test_a_metrics_dir_with_dot_dot_or_relative_is_refused(tmp_path: Path):
+    (tmp_path / "a").mkdir()
+    for bad in (str(tmp_path / "a" / ".."), "relative/dir"):
+        with pytest.raises(metrics.MetricsWriteError, match="absolute path without '..'"):
+            write_textfile(bad, "a 1\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
