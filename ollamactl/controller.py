@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from ollamactl import probe, sockets, unitenv
 from ollamactl._log import audit, log
 from ollamactl.budget import Budget
-from ollamactl.config import TIMEOUT_RANGE, Config, Instance, in_timeout_range, load_config
+from ollamactl.config import DEFAULT_CONFIG_FILE, TIMEOUT_RANGE, Config, Instance, in_timeout_range, load_config
 from ollamactl.errors import (
     BudgetExhausted,
     BusUnavailable,
@@ -37,6 +37,7 @@ from ollamactl.errors import (
     TimedOut,
     UnitFailed,
     UnitStopped,
+    UrlUnknown,
     UsageError,
 )
 from ollamactl.models import Instances, ProbeReport, RestartResult, Status
@@ -186,9 +187,14 @@ class AsyncController(_Client):
         (the lock, the stop with the time left until SIGKILL, the start, the
         API), on each change and every half second meanwhile: the CLI's TTY line.
 
+        With ``wait`` and the URL read from the unit, an environment file that
+        may set OLLAMA_HOST but cannot be read raises UrlUnknown before anything
+        is restarted (the wait could not tell when Ollama is back); without
+        ``wait`` the URL is not needed, and the restart goes ahead.
+
         Raises PermissionDenied, UnitNotFound, UnitMasked, UnitStopped, UnitFailed,
-        BusUnavailable, BudgetExhausted, RestartFailed, TimedOut or RuntimeDirError
-        (all OllamactlError).
+        BusUnavailable, BudgetExhausted, RestartFailed, TimedOut, RuntimeDirError
+        or UrlUnknown (all OllamactlError).
         """
         cfg = self.config
         clock = _Deadline(cfg.timeout if timeout is None else _check_timeout(timeout))
@@ -231,6 +237,8 @@ class AsyncController(_Client):
                 progress(f"waiting for the restart lock on {runtime.path}")
                 async with self._locked(runtime, clock, unattended):
                     before = await self._look(bus, clock, start)
+                    if wait:  # the wait needs Ollama's URL: an unknown one (UrlUnknown) refuses before the restart
+                        self._endpoint(before)
                     if observed_at is not None and before.started_since(observed_at):
                         action, after = "skipped", before
                     else:
@@ -514,7 +522,11 @@ class AsyncController(_Client):
         async def one(inst: Instance) -> InstanceMetrics:
             sub = self.for_instance(inst)
             at = time.time()
-            report = await sub.probe(deep=deep)
+            try:
+                report = await sub.probe(deep=deep)
+            except UrlUnknown as err:  # no outcome to show (a guess could be another server's): the others still are
+                log("WARNING", err.message, unit=inst.unit)
+                return InstanceMetrics(inst.name, inst.unit, None, None, at, None)
             m = InstanceMetrics(inst.name, report.unit or inst.unit, report.outcome, None, at, None)
             try:
                 history = [r.at for r in sub.runtime.read_state().for_unit(m.unit)]
@@ -602,7 +614,9 @@ class AsyncController(_Client):
 
         Read from ``state`` (systemd's Environment and EnvironmentFiles) and
         its files again only when they, or the invocation, change: a server
-        reads its environment when it starts.
+        reads its environment when it starts.  If a file that may set it (one
+        after the value's source) cannot be read, raises UrlUnknown: a guess
+        would probe, and restart, another instance's server or a healthy one.
         """
         cfg = self.config
         if not cfg.url_from_unit:
@@ -610,14 +624,11 @@ class AsyncController(_Client):
         key = (state.name, state.invocation_id, state.environment, state.environment_files)
         if self._url is None or self._url[0] != key:
             found = unitenv.lookup("OLLAMA_HOST", state.environment, state.environment_files)
+            if found.unknown:  # not cached: read again next time, so making the file readable is enough
+                raise _url_unknown(cfg, state.name, found.unknown)
             url = cfg.url
-            for problem in found.problems:
-                log(
-                    "WARNING",
-                    f"{state.name}: {problem}; if it sets OLLAMA_HOST, give the URL: "
-                    f'url = "..." in /etc/ollamactl/config.toml (or --url)',
-                    unit=state.name,
-                )
+            for problem in found.problems:  # files before the one that set it: overridden, whatever they say
+                log("DEBUG", f"{state.name}: {problem}; OLLAMA_HOST is set after it, in {found.where}")
             if found.value is not None and found.value.strip():
                 try:
                     url = probe.server_url(found.value)
@@ -626,6 +637,24 @@ class AsyncController(_Client):
             log("DEBUG", "Ollama's URL", unit=state.name, url=url, source=found.where or "default")
             self._url = (key, url)
         return probe.parse_url(self._url[1])
+
+
+def _url_unknown(cfg: Config, unit: str, unreadable: tuple[tuple[str, str], ...]) -> UrlUnknown:
+    """The refusal when a file that may set OLLAMA_HOST cannot be read: what, and the two ways out."""
+    paths = " ".join(path for path, _ in unreadable)
+    what = ", ".join(f"{path} ({why})" for path, why in unreadable)
+    where = f"[instances.{cfg.instance}] of {DEFAULT_CONFIG_FILE}" if cfg.instance else f"{DEFAULT_CONFIG_FILE}"
+    fix = (
+        f"make it readable by group {cfg.group} (sudo chgrp {cfg.group} {paths} && sudo chmod 640 {paths}), "
+        f'or set url = "http://HOST:PORT" in {where}'
+    )
+    return UrlUnknown(
+        f"{unit}: cannot read {what}, which may set OLLAMA_HOST: the URL cannot be known, so nothing is probed "
+        f"or restarted; fix: {fix}",
+        unit=unit,
+        files=[path for path, _ in unreadable],
+        fix=fix,
+    )
 
 
 async def _nothing() -> None:

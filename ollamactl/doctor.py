@@ -18,7 +18,7 @@ from typing import Any
 
 from ollamactl import nss, policy, runtime
 from ollamactl.config import Config, load_config
-from ollamactl.errors import OllamactlError, PolkitNotTrusted, PolkitUnavailable, UsageError
+from ollamactl.errors import OllamactlError, PolkitNotTrusted, PolkitUnavailable, UrlUnknown, UsageError
 from ollamactl.policy import NotRoot
 from ollamactl.polkit import Polkit, process_start_time
 
@@ -398,6 +398,9 @@ async def _ollama_check(config: Config) -> Check:
 
     try:
         url = await AsyncController(config=config).url()
+    except UrlUnknown as err:  # a guess could be another instance's server: name the file and the fix
+        fix = str(err.details.get("fix", ""))
+        return Check("url", False, err.message.removesuffix(f"; fix: {fix}"), fix or None)
     except OllamactlError:
         url = config.url  # the bus checks above say what is wrong with the bus or the unit
     try:

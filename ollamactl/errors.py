@@ -27,6 +27,7 @@ EXIT_STOPPED = 14  # probe: stopped; restart: refused, the unit is stopped
 EXIT_BUSY = 15
 EXIT_LOADING = 16
 EXIT_FAILED = 17  # probe: failed; restart: refused, the unit failed
+EXIT_URL_UNKNOWN = 18  # the unit's OLLAMA_HOST may be set in a file we cannot read
 EXIT_DOCTOR = 20
 EXIT_REMOTE = 21
 EXIT_INTERRUPTED = 130
@@ -151,6 +152,13 @@ class UnitFailed(OllamactlError):
     kind = "unit-failed"
 
 
+class UrlUnknown(OllamactlError):
+    """An unreadable environment file may set the unit's OLLAMA_HOST: a guessed URL could restart a healthy server."""
+
+    exit_code = EXIT_URL_UNKNOWN
+    kind = "url-unknown"
+
+
 class ProbeConfigError(OllamactlError):
     """A deep probe cannot run as configured (e.g. the model is not installed)."""
 
@@ -178,6 +186,7 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EXIT_BUSY, "probe: busy (slow, but requests make progress)"),
     (EXIT_LOADING, "probe: loading (a model load is in progress, within load_timeout)"),
     (EXIT_FAILED, "probe: failed (the unit failed); restart: refused, the message gives Result and the fix"),
+    (EXIT_URL_UNKNOWN, "Ollama's URL cannot be known: an environment file of the unit is unreadable; nothing done"),
     (EXIT_DOCTOR, "doctor: at least one check failed (each prints its fix)"),
     (EXIT_REMOTE, "--host: a host could not be asked (ssh failed, no ollamactl there, or no valid answer)"),
     (EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),

@@ -32,6 +32,9 @@ class Found:
     value: str | None  # None: not set (as far as we could read)
     where: str  # "Environment=", a file's path, or "" when not set
     problems: tuple[str, ...] = ()  # files that may set it but could not be read
+    #: (path, why) of the files read after ``where`` that could not be read: any of them may override the
+    #: value (later assignments win), so while there is one, the value the process got cannot be known.
+    unknown: tuple[tuple[str, str], ...] = ()
 
 
 def lookup(name: str, environment: Sequence[str], files: Iterable[tuple[str, bool]]) -> Found:
@@ -48,20 +51,25 @@ def lookup(name: str, environment: Sequence[str], files: Iterable[tuple[str, boo
         if eq and key == name:
             value, where = val, "Environment="
     problems: list[str] = []
+    unknown: list[tuple[str, str]] = []  # unreadable since the last file that set it
     for path, _optional in files:
         try:
             assignments = parse(read(path))
         except FileNotFoundError:
             continue  # optional, or the unit cannot start anyway: nothing set there
         except OSError as exc:
-            problems.append(f"cannot read {path}: {exc.strerror or exc}")
+            why = exc.strerror or str(exc)
+            problems.append(f"cannot read {path}: {why}")
+            unknown.append((path, why))
             continue
         except ValueError as exc:
             problems.append(f"{path}: {exc}")
+            unknown.append((path, str(exc)))
             continue
         if name in assignments:
             value, where = assignments[name], path
-    return Found(value, where, tuple(problems))
+            unknown.clear()  # this file overrides whatever the unreadable ones before it set
+    return Found(value, where, tuple(problems), tuple(unknown))
 
 
 def read(path: str) -> str:

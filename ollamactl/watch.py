@@ -6,7 +6,8 @@ the shared verdict (ollamactl.verdict), which keeps the streaks: only a
 confirmed wedge (whole server silent, or an inference loop or load that makes
 no progress, with no request completing meanwhile) leads to a restart.  Busy,
 loading and starting never count; a unit an admin stopped, or one that failed,
-is logged once and waited on, never started.  Restarts go through
+is logged once and waited on, never started; so is one whose URL cannot be
+known (an unreadable environment file may set its OLLAMA_HOST), never probed.  Restarts go through
 AsyncController.restart with ``observed_at`` (when the streak began), so they
 are coalesced with any app that saw the same wedge, and budgeted, so a wedge
 that survives restarts cannot loop.  Every decision is logged with its
@@ -33,7 +34,7 @@ from typing import Any
 from ollamactl._log import log
 from ollamactl.budget import Budget
 from ollamactl.controller import AsyncController, Unattended
-from ollamactl.errors import BudgetExhausted, OllamactlError, UnitFailed, UnitStopped
+from ollamactl.errors import BudgetExhausted, OllamactlError, UnitFailed, UnitStopped, UrlUnknown
 from ollamactl.metrics import RUNTIME_DIR, InstanceMetrics, WatchdogMetrics, render, write_textfile
 from ollamactl.verdict import BUSY, FAILED, HEALTHY, LOADING, RESTARTABLE, STARTING, STOPPED, Judge, Limits
 
@@ -79,6 +80,7 @@ class Watcher:
         self.restarted_at: float | None = None  # monotonic time of our last restart, until healthy again
         self.unattended = Unattended()  # our own restart history (budget) and bounded lock wait
         self.errors = 0  # ticks that failed with an unexpected exception
+        self.unknown_url: str | None = None  # why Ollama's URL cannot be known, as last logged (UrlUnknown)
         self.ping = True  # send WATCHDOG=1 from run(); watch() does it for several watchers at once
         # Several instances in one process: each line says which one (the unit is a field of every entry too).
         self.tag = f"{self.cfg.instance or self.cfg.unit}: " if self.cfg.instances else ""
@@ -147,10 +149,16 @@ class Watcher:
         """One sample, the verdict on it, and what follows: nothing, a log line, or a restart."""
         try:
             report = await self.actl.probe(deep=deep, judge=self.judge)
+        except UrlUnknown as err:  # nothing to probe until the file is readable: say so once, keep watching
+            self._url_unknown(err)
+            return
         except OllamactlError as err:  # e.g. the bus is down: say so, keep watching
             self._log("ERROR", f"probe failed to run: {err.message}", error=err.kind)
             self.notifier.send(STATUS=f"probe failed to run: {err.kind}")
             return
+        if self.unknown_url is not None:
+            self._log("INFO", f"Ollama's URL is known again ({report.url}); probing it", url=report.url)
+            self.unknown_url = None
         outcome, evidence = report.outcome, report.evidence
         m = self.metrics
         m.outcome, m.failures, m.probed_at = outcome, self.judge.failures, time.time()
@@ -183,6 +191,23 @@ class Watcher:
         else:
             self._log("DEBUG", f"{outcome}: {evidence}", outcome=outcome)
         self.last = (outcome, evidence)
+
+    def _url_unknown(self, err: UrlUnknown) -> None:
+        """Log the refusal once per change (not every period); forget the streaks, and the last outcome.
+
+        Streaks from before must not confirm a wedge once the URL is known
+        again (it may be another server's), and the metrics must not go on
+        showing an outcome nobody probed.
+        """
+        if err.message != self.unknown_url:
+            self._log("ERROR", f"not probing, never restarting: {err.message}", error=err.kind)
+            self.notifier.send(STATUS=f"{self.tag}Ollama's URL cannot be known; not probing"[:200])
+            self.unknown_url = err.message
+        else:
+            self._log("DEBUG", f"still not probing: {err.message}", error=err.kind)
+        self.judge.reset()
+        self.last = None
+        self.metrics.outcome, self.metrics.failures, self.metrics.probed_at = None, 0, time.time()
 
     async def recover(self, outcome: str, evidence: str, since: float | None) -> None:
         """Ask for the coalesced, budgeted restart of a confirmed wedge; log what happened."""

@@ -121,3 +121,71 @@ def _up_for(bed: Bed, unit: str) -> float:
     ts = bed.c.run(["systemctl", "show", "-p", "ActiveEnterTimestampMonotonic", "--value", unit], check=True)
     now = bed.c.run(["cat", "/proc/uptime"], check=True).stdout.split()[0]
     return float(now) - int(ts.stdout.strip()) / 1e6
+
+
+# -- issue 14 §3: an EnvironmentFile the caller cannot read -------------------------------------------------------
+
+SECRET_DROPIN = "/etc/systemd/system/ollama.service.d/zz-e2e-unreadable-env.conf"
+SECRET_ENV = "/etc/ollama/e2e-unreadable.env"
+SECRET_PORT = 11503
+
+
+def test_an_unreadable_environment_file_refuses_instead_of_guessing_the_url(healthy: Bed):
+    """ollama.service listens on 11503, set in an EnvironmentFile of mode 0600 root:root; nothing on 11434.
+
+    Old code fell back to 127.0.0.1:11434: the watchdog saw it refused and
+    restarted the healthy server.  Now nothing is probed or restarted, the
+    watchdog says why once and keeps running, doctor names the file and the
+    fix, probe exits 18; once the file is readable by the group, all is well.
+    """
+    c = healthy.c
+    ensure_units(c)
+    c.write_file(SECRET_ENV, f"OLLAMA_HOST=127.0.0.1:{SECRET_PORT}\n", mode=0o600)
+    c.write_file(SECRET_DROPIN, f"[Service]\nEnvironmentFile={SECRET_ENV}\n")
+    try:
+        c.run(["chown", "root:root", SECRET_ENV], check=True)
+        c.run(["systemctl", "daemon-reload"], check=True)
+        c.run(["systemctl", "restart", UNIT], check=True, timeout=60)
+        wait_answers(healthy, SECRET_PORT)
+        assert not answers(healthy, 11434)
+        c.run(["rm", "-f", "/run/ollamactl/state.json"], check=True)
+        before = healthy.prop("InvocationID")
+        since = time.time()
+        c.run(["systemctl", "start", WATCHDOG], check=True, timeout=60)
+        time.sleep(16)  # past the startup grace (10 s) and 3 failed probes, which restarted it before
+        log = c.run(["journalctl", "-u", WATCHDOG, "--no-pager", f"--since=@{since:.3f}"]).stdout
+        assert healthy.prop("InvocationID") == before, log
+        assert healthy.prop("ActiveState", unit=WATCHDOG) == "active", log
+        refusals = [line for line in log.splitlines() if "not probing, never restarting" in line]
+        assert len(refusals) == 1 and SECRET_ENV in refusals[0], log  # once, not every period
+        assert "]: restarting: " not in log, log  # the line the watchdog logs before a restart
+
+        rc, out = healthy.json("probe")  # as alice, a member
+        assert rc == 18 and out["error"] == "url-unknown" and out["files"] == [SECRET_ENV], out
+        text = healthy.ollamactl("probe")
+        assert text.returncode == 18 and "Traceback" not in text.stderr, text.stderr
+        assert f"cannot read {SECRET_ENV} (Permission denied)" in text.stderr, text.stderr
+        doc = healthy.ollamactl("doctor")
+        assert doc.returncode == 20 and "Traceback" not in doc.stderr, doc.stdout + doc.stderr
+        assert f"cannot read {SECRET_ENV}" in doc.stdout and f"chmod 640 {SECRET_ENV}" in doc.stdout, doc.stdout
+        rc, out = healthy.json("restart", "--reason", "e2e")  # its wait needs the URL: refused before restarting
+        assert rc == 18 and out["error"] == "url-unknown", out
+        assert healthy.prop("InvocationID") == before
+
+        c.run(["chgrp", "ollamactl", SECRET_ENV], check=True)  # the fix doctor gave
+        c.run(["chmod", "640", SECRET_ENV], check=True)
+        rc, out = healthy.json("probe")
+        assert rc == 0 and out["outcome"] == "healthy" and out["url"] == f"http://127.0.0.1:{SECRET_PORT}", out
+        end = time.monotonic() + 15
+        while "known again" not in (
+            log := c.run(["journalctl", "-u", WATCHDOG, "--no-pager", f"--since=@{since:.3f}"]).stdout
+        ):
+            assert time.monotonic() < end, log
+            time.sleep(0.5)
+        assert healthy.prop("InvocationID") == before, log
+        report(healthy, "unreadable EnvironmentFile", "no restart in 16 s", "doctor names it; probe exits 18")
+    finally:
+        c.run(["systemctl", "stop", WATCHDOG], timeout=60)
+        c.run(["rm", "-f", SECRET_DROPIN, SECRET_ENV], check=True)
+        c.run(["systemctl", "daemon-reload"], check=True)
+        healthy.recover()

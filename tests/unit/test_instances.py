@@ -156,3 +156,30 @@ def test_a_unit_without_a_url_reads_its_own_and_ignores_the_callers_ollama_host(
 def test_bad_instances_are_refused_naming_the_table(tmp_path: Path, text, message):
     with pytest.raises(ConfigError, match=message):
         _load(tmp_path, text)
+
+
+@pytest.mark.parametrize(
+    ("sources", "value", "unknown"),
+    [
+        pytest.param(["env", "unreadable"], "127.0.0.1:9", ["unreadable"], id="Environment= then an unreadable file"),
+        pytest.param(["unreadable"], None, ["unreadable"], id="only an unreadable file: not even the default"),
+        pytest.param(["sets", "unreadable"], "127.0.0.1:1", ["unreadable"], id="an unreadable file after the value"),
+        pytest.param(["unreadable", "sets"], "127.0.0.1:1", [], id="a later file sets it: it wins, whatever"),
+        pytest.param(["unreadable", "other"], None, ["unreadable"], id="a later file that does not set it"),
+        pytest.param(["env", "optional-missing"], "127.0.0.1:9", [], id="a missing -file: nothing set there"),
+    ],
+)
+def test_a_file_after_the_values_source_that_cannot_be_read_makes_the_value_unknown(
+    tmp_path: Path, sources, value, unknown
+):
+    """systemd applies Environment=, then each EnvironmentFile= in order, the last assignment winning."""
+    paths = {"sets": tmp_path / "sets.env", "other": tmp_path / "other.env", "unreadable": tmp_path}  # a directory
+    paths["sets"].write_text("OLLAMA_HOST=127.0.0.1:1\n")
+    paths["other"].write_text("CUDA_VISIBLE_DEVICES=1\n")
+    paths["optional-missing"] = tmp_path / "gone.env"
+    env = ["OLLAMA_HOST=127.0.0.1:9"] if "env" in sources else []
+    files = [(str(paths[s]), s == "optional-missing") for s in sources if s != "env"]
+    found = unitenv.lookup("OLLAMA_HOST", env, files)
+    assert found.value == value
+    assert [path for path, _ in found.unknown] == [str(paths[s]) for s in unknown]
+    assert all(why == "not a regular file" for _, why in found.unknown)

@@ -9,6 +9,7 @@ world.FakeOllama).  The runtime directory is real (root:GROUP 2770).
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import os
 import statistics
@@ -17,9 +18,11 @@ import time
 import pytest
 
 from ollamactl import controller as controller_mod
+from ollamactl import doctor, unitenv
+from ollamactl import watch as watch_mod
 from ollamactl.config import load_config
 from ollamactl.controller import AsyncController, Controller
-from ollamactl.errors import BudgetExhausted, PermissionDenied, RestartFailed, UsageError
+from ollamactl.errors import BudgetExhausted, PermissionDenied, RestartFailed, UrlUnknown, UsageError
 from ollamactl.models import Instances, ProbeReport, RestartResult, Status, fields_doc
 from ollamactl.runtime import RuntimeDir
 from ollamactl.watch import Notifier, Watcher
@@ -293,6 +296,110 @@ def test_the_url_comes_from_the_units_environment_file_over_its_environment(wire
     assert status.url == "http://127.0.0.1:11502" and status.api_ok  # 0.0.0.0: every interface, so loopback
     result = asyncio.run(make(wire).restart("r"))
     assert result.action == "restarted" and result.api_version == "0.12.3"  # readiness asked 11502
+
+
+def unreadable_env_file(monkeypatch, path, text: str = "OLLAMA_HOST=127.0.0.1:11502\n"):
+    """An EnvironmentFile of mode 0600 root:root, as a member (or the watchdog's user) finds it.
+
+    The tests run as root, whom the kernel lets read it: so read() answers
+    EACCES for it, as open(2) does for anyone else.
+    """
+    path.write_text(text)
+    path.chmod(0o600)
+    real = unitenv.read
+
+    def read(name: str) -> str:
+        if name == str(path) and path.stat().st_mode & 0o077 == 0 and os.geteuid() == 0:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
+        return real(name)
+
+    monkeypatch.setattr(unitenv, "read", read)
+    return path
+
+
+@pytest.fixture
+def gpu1(wire, monkeypatch, tmp_path):
+    """Instance gpu1 listens on 11502, set in its unreadable EnvironmentFile; nothing listens on 11434."""
+    _, systemd, ollama = wire
+    env = unreadable_env_file(monkeypatch, tmp_path / "gpu1.env")
+    systemd.set(environment_files=[(str(env), False)])
+    ollama.port = 11502
+    return env
+
+
+def test_an_unreadable_environment_file_refuses_the_probe_and_says_what_to_do(wire, gpu1):
+    """Old code: a WARNING, then 127.0.0.1:11434 probed (down here), as if it were gpu1's URL."""
+    base, systemd, ollama = wire
+    for call in (lambda c: c.probe(), lambda c: c.status(), lambda c: c.url()):
+        with pytest.raises(UrlUnknown) as info:
+            asyncio.run(call(make(wire)))
+        err = info.value
+        assert err.exit_code == 18 and err.kind == "url-unknown" and "\n" not in err.message
+        assert f"cannot read {gpu1} (Permission denied), which may set OLLAMA_HOST" in err.message
+        group = base["group"]
+        assert f"readable by group {group} (sudo chgrp {group} {gpu1} && sudo chmod 640 {gpu1})" in err.message
+        assert "url" in err.details["fix"] and err.details["files"] == [str(gpu1)]
+    assert ollama.requests == [] and systemd.jobs == []  # nothing probed, nothing restarted
+
+
+def test_a_manual_restart_that_would_wait_is_refused_before_restarting(wire, gpu1):
+    """The wait needs the URL; --no-wait does not, and restarts (a member asked for exactly that)."""
+    _, systemd, ollama = wire
+    with pytest.raises(UrlUnknown):
+        asyncio.run(make(wire).restart("r"))
+    assert systemd.jobs == [] and ollama.requests == []
+    assert asyncio.run(make(wire).restart("r", wait=False)).action == "queued"
+    assert systemd.jobs == ["TryRestartUnit"] and ollama.requests == []
+
+
+def test_the_watchdog_never_restarts_while_the_url_is_unknown_says_so_once_and_recovers(wire, gpu1, monkeypatch):
+    """Old code: 11434 refused, so gpu1 (healthy, on 11502) was restarted as down after 3 probes."""
+    _, systemd, ollama = wire
+    logged: list[tuple[str, str]] = []
+    monkeypatch.setattr(watch_mod, "log", lambda level, message, **fields: logged.append((level, message)))
+    ctl = make(wire)
+    ctl._journal = _NoJournal()
+    watcher = Watcher(ctl, Notifier(address=""))
+
+    async def ticks(n: int) -> None:
+        for _ in range(n):
+            await watcher.tick(False)
+
+    asyncio.run(ticks(6))
+    assert systemd.jobs == [] and ollama.requests == [] and watcher.metrics.outcome is None
+    errors = [m for level, m in logged if level in ("ERROR", "WARNING")]
+    assert len(errors) == 1 and "not probing, never restarting" in errors[0] and str(gpu1) in errors[0]
+    gpu1.chmod(0o640)  # the fix: readable by the group (root:ollamactl on a real host)
+    asyncio.run(ticks(2))
+    assert systemd.jobs == [] and watcher.last is not None and watcher.last[0] == "healthy"
+    assert {port for _, port, _ in ollama.requests} == {11502}
+    assert any("known again (http://127.0.0.1:11502)" in m for level, m in logged if level == "INFO")
+
+
+def test_doctor_names_the_unreadable_file_and_the_fix(wire, gpu1, monkeypatch):
+    base, systemd, ollama = wire
+
+    def controller(config):
+        return AsyncController(config=config, dbus_transport=systemd, http_transport=ollama)
+
+    monkeypatch.setattr(controller_mod, "AsyncController", controller)
+    cfg = load_config(base, environ={}, config_file="/dev/null")
+    check = asyncio.run(doctor._ollama_check(cfg))
+    assert (check.name, check.ok) == ("url", False)
+    assert f"cannot read {gpu1} (Permission denied)" in check.detail and "fix" not in check.detail
+    assert check.fix is not None and f"chmod 640 {gpu1}" in check.fix and "url = " in check.fix
+    assert ollama.requests == []
+
+
+class _NoJournal:
+    """The journal as most users see it: not readable."""
+
+    from ollamactl.journal import JournalFacts
+
+    facts = JournalFacts(problem="journal not readable by this user")
+
+    async def update(self, inv):
+        return self.facts
 
 
 def test_url_says_where_the_units_ollama_is_asked(wire):
