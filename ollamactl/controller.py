@@ -46,7 +46,7 @@ from ollamactl.runtime import MAX_HISTORY, Restart, RuntimeDir, State
 from ollamactl.systemd import SystemdBus, UnitState
 
 if TYPE_CHECKING:  # the restart path does not need the verdict or the journal reader: imported where used
-    from ollamactl.journal import JournalFacts, JournalReader
+    from ollamactl.journal import JournalReader
     from ollamactl.verdict import Judge, Sample, Verdict
 
 T = TypeVar("T")
@@ -584,12 +584,14 @@ class AsyncController(_Client):
         if state.active_state != "active":
             return Sample(at, state), endpoint
         from ollamactl.journal import JournalReader
+        from ollamactl.runners import own_runners, runner_candidates
 
         reader = self._journal or JournalReader(state.name, timeout=cfg.http_timeout)
         self._journal = reader
         if deep and reader.facts.invocation_id != state.invocation_id:
             await reader.update(state.invocation_id)  # a new invocation: its runners' ports come from here
-        ports = _runner_ports(reader.facts, endpoint) if deep else []
+        found = sockets.listeners() if deep else []  # the kernel's listening sockets, for runner identity
+        ports = runner_candidates(reader.facts, endpoint, found) if deep else []
         live, ps, *runners = await asyncio.gather(
             probe.liveness(endpoint, cfg.probe_timeout, transport=self.http_transport),
             probe.loaded_models(endpoint, cfg.deep_timeout, transport=self.http_transport) if deep else _nothing(),
@@ -598,16 +600,21 @@ class AsyncController(_Client):
         facts = None
         if deep or live.outcome != probe.HEALTHY:  # completions up to now, and loads
             facts = await reader.update(state.invocation_id)
-        note = ""
+        note, ignored = "", ()
+        if deep:  # only answers from Ollama's own runners count (issue 14 §2)
+            mine = own_runners(ports, reader.facts, endpoint, ps, found)
+            runners, ignored = [r for r in runners if r.port in mine.ports], mine.ignored
+            ports = list(mine.ports)
         if deep and cfg.model and ps is not None and ps.status == probe.OK:
             wanted = _model_name(cfg.model)
             if all(_model_name(m.name) != wanted for m in ps.models):
                 note, runners = f"model {cfg.model} is not loaded: nothing to deep-probe", []
         if deep and not ports and not note:
-            note = "no runner found to deep-probe"
+            note = "no runner of Ollama's found to deep-probe" if ignored else "no runner found to deep-probe"
             if facts is not None and not facts.readable:
                 note += f" ({facts.problem})"
-        return Sample(at, state, live, ps, tuple(runners), facts, deep, note, time.time()), endpoint
+        sample = Sample(at, state, live, ps, tuple(runners), facts, deep, note, time.time(), ignored=ignored)
+        return sample, endpoint
 
     def _endpoint(self, state: UnitState) -> probe.Endpoint:
         """Where this unit's Ollama listens: the URL given, else the OLLAMA_HOST of the unit's own environment.
@@ -665,13 +672,6 @@ def _model_name(name: str) -> str:
     """A model name as /api/ps shows it: "llama3" is "llama3:latest"."""
     name = name.strip().lower()
     return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
-
-
-def _runner_ports(facts: JournalFacts, endpoint: probe.Endpoint) -> list[int]:
-    """The llama-server ports to ask: from the journal, else the kernel's list of listening sockets."""
-    if facts.readable or facts.entries:  # the journal (even if its last read failed): it names them exactly
-        return sorted(facts.runners)
-    return sockets.runner_ports(endpoint.port)
 
 
 def _report(verdict: Verdict, s: Sample, endpoint: probe.Endpoint, model: str | None, samples: int) -> ProbeReport:

@@ -131,6 +131,7 @@ PROGRESS_PATHS = frozenset(
 )
 _EVENTS_RE = r'msg="(starting llama-server|loading model via llama-server|llama-server started in |Load failed)'
 _PORT_RE = re.compile(r"--port[ =]([0-9]{1,5})(?=[\s\"\\]|$)")
+_BLOB_RE = re.compile(r"--model[ =]\S*/blobs/sha256[-:]([0-9a-f]{64})(?=[\s\"\\]|$)")
 _HEX32_RE = re.compile(r"[0-9a-f]{32}")
 _DENIED_HINTS = ("insufficient permissions", "not seeing messages from other users")
 
@@ -149,6 +150,7 @@ class JournalFacts:
     load_started_at: float | None = None  # a model load began then and has not ended (None: no open load)
     load_activity_at: float | None = None  # the latest non-access-log line since that load began
     runners: dict[int, float] = field(default_factory=dict)  # llama-server port -> when it was started
+    runner_models: dict[int, str] = field(default_factory=dict)  # port -> the sha256 of its model's blob, if named
 
     def completed_since(self, t: float) -> bool:
         """Did a request complete (successfully, with inference) after wall-clock time ``t``?"""
@@ -335,8 +337,15 @@ def observe(facts: JournalFacts, message: str, at: float) -> None:
         port = int(m.group(1)) if m else 0
         if 0 < port <= 65535:
             facts.runners[port] = at
+            blob = _BLOB_RE.search(message)
+            if blob:
+                facts.runner_models[port] = blob.group(1)
+            else:
+                facts.runner_models.pop(port, None)
             if len(facts.runners) > MAX_RUNNERS:
-                del facts.runners[min(facts.runners, key=facts.runners.__getitem__)]
+                oldest = min(facts.runners, key=facts.runners.__getitem__)
+                del facts.runners[oldest]
+                facts.runner_models.pop(oldest, None)
         msg = "loading model via llama-server"
     if msg == "loading model via llama-server":
         if facts.load_started_at is None:

@@ -422,6 +422,9 @@ async def liveness(endpoint: Endpoint, timeout: float, *, transport: Transport |
     return ProbeResult(HEALTHY, time.monotonic() - t0, api_version=version)
 
 
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
 @dataclass(frozen=True)
 class Loaded:
     """One model /api/ps lists as loaded."""
@@ -429,6 +432,7 @@ class Loaded:
     name: str
     size: int
     size_vram: int
+    digest: str = ""  # the sha256 of its blob (hex), as its runner's --model path names it; "" if not given
 
 
 @dataclass(frozen=True)
@@ -461,7 +465,16 @@ async def loaded_models(endpoint: Endpoint, timeout: float, *, transport: Transp
     models = []
     for row in rows[:MAX_MODELS]:
         if isinstance(row, dict) and isinstance(row.get("name"), str):
-            models.append(Loaded(clean(row["name"], MAX_NAME), _count(row.get("size")), _count(row.get("size_vram"))))
+            digest = row.get("digest")
+            digest = digest.removeprefix("sha256:") if isinstance(digest, str) else ""
+            models.append(
+                Loaded(
+                    clean(row["name"], MAX_NAME),
+                    _count(row.get("size")),
+                    _count(row.get("size_vram")),
+                    digest if _SHA256_RE.fullmatch(digest) else "",
+                )
+            )
     return PsResult(OK, seconds, tuple(models))
 
 

@@ -52,14 +52,3 @@ def _parse(line: str) -> tuple[str, int, int] | None:
     except (ValueError, OSError, struct.error):
         return None
     return ip, port, uid
-
-
-def runner_ports(api_port: int, found: list[tuple[str, int, int]] | None = None) -> list[int]:
-    """Ports on 127.0.0.1 listened on by the owner of Ollama's own port ``api_port`` (its runners)."""
-    socks = listeners() if found is None else found
-    owners = {uid for _, port, uid in socks if port == api_port}
-    if len(owners) != 1:  # nobody listens there, or we cannot tell whose it is
-        return []
-    (owner,) = owners
-    ports = sorted({port for ip, port, uid in socks if uid == owner and ip == "127.0.0.1" and port != api_port})
-    return ports[:MAX_PORTS]

@@ -124,6 +124,7 @@ class Sample:
     deep: bool = False
     deep_note: str = ""  # why the runners were not probed, if they were not
     done_at: float = 0.0
+    ignored: tuple[str, ...] = ()  # ports that answered but are not Ollama's runners, and why (runners.py)
 
     def __post_init__(self) -> None:
         self.done_at = self.done_at or self.at
@@ -372,6 +373,7 @@ class Judge:
             tail += f"; {s.unit.name}'s CPU time is unknown, so a long batch cannot be ruled out"
         if not confirmed and (silent or stalled):
             tail += f"; deep-wedged after {lim.threshold} in {needed:g}s"
+        tail += "".join(f"; {why}" for why in s.ignored)
         return Verdict(DEEP_WEDGED, what + tail, confirmed=confirmed, pending=not confirmed, since=streak.start)
 
     def _stalled(self, s: Sample) -> dict[int, float]:
@@ -409,7 +411,7 @@ class Judge:
 
     def _load(self, s: Sample, journal: JournalFacts | None) -> tuple[float, float, str] | None:
         """(began, last sign of life, how we know) of a load in progress, or None."""
-        if journal is not None and journal.load_started_at is not None:
+        if journal is not None and journal.load_started_at is not None and not _load_ended(s, journal):
             self._load_seen = None
             began = journal.load_started_at
             return began, max(began, journal.load_activity_at or began), "journal: load started, not finished"
@@ -460,6 +462,7 @@ class Judge:
             parts.append(text)
         if len(parts) == 1:
             parts.append(s.deep_note or "no runner answered /slots")
+        parts.extend(s.ignored)
         outcome = HEALTHY
         if s.ps is not None and s.ps.status == probe.TIMEOUT:
             outcome = BUSY
@@ -467,6 +470,22 @@ class Judge:
         elif loaded:
             parts.append(f"loaded: {loaded}")
         return Verdict(outcome, "; ".join(parts))
+
+
+def _load_ended(s: Sample, journal: JournalFacts) -> bool:
+    """Did the load the journal shows open end, with its closing line never read (issue 14 §4)?
+
+    Any local user can flood Ollama's log (404s) over journald's rate limit, which drops lines such as
+    "llama-server started in": a missing line must never leave a load open until it looks stuck.  The
+    runner started for it answers /health 200 once loaded, and /api/ps lists its model then.
+    """
+    began = journal.load_started_at or 0.0
+    ports = {port for port, at in journal.runners.items() if at >= began - 1.0}
+    if any(r.port in ports and probe.OK in (r.health_status, r.slots_status) for r in s.runners):
+        return True
+    digests = {journal.runner_models.get(port) for port in ports} - {None}
+    listed = {m.digest for m in s.ps.models} if s.ps is not None and s.ps.status == probe.OK else set()
+    return bool(digests) and digests <= listed
 
 
 def _cpu_rate(points: list[tuple[float, int]]) -> float | None:

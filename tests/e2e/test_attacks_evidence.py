@@ -20,6 +20,8 @@ SECURITY.md has a row for each, naming the test here.
 from __future__ import annotations
 
 import json
+import re
+import time
 
 import pytest
 
@@ -54,4 +56,104 @@ def test_a_strangers_empty_generates_do_not_hold_off_recovery(harm: hc.HarmBed):
     harm.report(
         "attack: empty generates every 2 s during a deep wedge",
         f"{forged['ok']} answered 200; detect {out['detect']:.1f}s recover {out['recover']:.1f}s",
+    )
+
+
+#: A stranger's listener: /health answers 200 as a runner's does, /slots never answers.
+SQUATTER = r"""
+import sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path.startswith("/slots"):
+            time.sleep(3600)
+        body = b'{"status":"ok"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+ThreadingHTTPServer.daemon_threads = True
+ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()
+"""
+_PORT = re.compile(r"--port[ =]([0-9]+)")
+
+
+def _squat(h: hc.HarmBed, name: str, host: str, port: int) -> None:
+    """``STRANGER`` listens on host:port (a transient unit running as that user), until _unsquat."""
+    h.c.run(
+        ["systemd-run", f"--unit={name}", f"--uid={STRANGER}", "python3", "-c", SQUATTER, host, str(port)], check=True
+    )
+    for _ in range(100):
+        if h.c.run(["sh", "-c", f"ss -Hltn 'sport = :{port}' | grep -q '{host}:{port}'"]).returncode == 0:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{STRANGER} could not listen on {host}:{port}: {h.c.run(['journalctl', '-u', name]).stdout}")
+
+
+def _unsquat(h: hc.HarmBed, name: str) -> None:
+    h.c.run(["systemctl", "stop", name])
+
+
+def _runner_ports(h: hc.HarmBed, since: float) -> list[int]:
+    """Ollama's runner ports started since ``since``, oldest first, from its own journal lines."""
+    out = []
+    for e in h.journal(since, unit=hc.UNIT):
+        msg = e.get("MESSAGE")
+        if isinstance(msg, str) and "starting llama-server" in msg and (m := _PORT.search(msg)):
+            out.append(int(m.group(1)))
+    return out
+
+
+def _probe_deep(bed: Bed) -> tuple[int, dict]:
+    return bed.json("probe", "--deep", user="alice")
+
+
+def test_a_squatter_on_a_runners_old_port_is_not_ollamas_runner(harm: hc.HarmBed, healthy: Bed):
+    """Unload the model, listen on the port its runner had (/health 200, /slots silent), let anyone reload it
+    on a new port: the watchdog restarts nothing, a member's probe --deep says healthy."""
+    t0 = time.time() - 1
+    harm.configure()
+    harm.warm()
+    (old,) = _runner_ports(harm, t0)[-1:]
+    unload = f'{{"model": "{harm.model}", "keep_alive": 0}}'
+    post = "import sys, urllib.request as u; u.urlopen('http://127.0.0.1:11434/api/generate', sys.argv[1].encode(), 30)"
+    healthy.c.run(["python3", "-c", post, unload], user=STRANGER, check=True)
+    for _ in range(100):  # the runner exits and its port is free
+        if healthy.c.run(["sh", "-c", f"ss -Hltn 'sport = :{old}' | grep -q ."]).returncode != 0:
+            break
+        time.sleep(0.1)
+    _squat(harm, "squat-old", "127.0.0.1", old)
+    try:
+        harm.warm()  # anyone's request loads the model again, on a new port
+        new = _runner_ports(harm, t0)[-1]
+        assert new != old
+        harm.settle()
+        since, inv, nr = harm.mark()
+        time.sleep(25)  # deep_confirm (8 s) three times over
+        rs = harm.restarts(since, inv, nr)
+        code, rep = _probe_deep(healthy)
+        log = harm.watchdog_log(since - 1, 30)
+    finally:
+        _unsquat(harm, "squat-old")
+    assert rs.count == 0 and not {k: v for k, v in rs.verdicts.items() if k == "deep-wedged"}, f"{rs}\n{log}"
+    assert code == 0 and rep["outcome"] == "healthy", rep
+    assert f":{old}" not in rep["evidence"] or "ignored" in rep["evidence"], rep["evidence"]
+    harm.report("attack: a squatter on a runner's old port", f"restarts 0; member's probe --deep: {rep['outcome']}")
+
+
+def test_a_squatter_on_another_loopback_address_does_not_hide_the_runner(harm: hc.HarmBed, healthy: Bed):
+    """A listener on 127.0.0.2 with Ollama's port used to make Ollama's port look shared: no runner found."""
+    harm.configure()
+    harm.warm()
+    _squat(harm, "squat-api", "127.0.0.2", 11434)
+    try:
+        code, rep = _probe_deep(healthy)
+    finally:
+        _unsquat(harm, "squat-api")
+    assert code == 0 and "/slots answered" in rep["evidence"], rep
+    harm.report(
+        "attack: a squatter on 127.0.0.2:11434", f"a member's probe --deep still finds the runner: {rep['outcome']}"
     )

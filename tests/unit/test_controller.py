@@ -93,7 +93,8 @@ def test_a_unit_stopped_between_our_look_and_the_job_stays_stopped(actl, systemd
 def probing(monkeypatch, systemd, ollama):
     """An AsyncController over the fake transports, with one runner on :40001 and an unreadable journal."""
     ollama.runners[40001] = "ok"
-    monkeypatch.setattr(controller_mod.sockets, "runner_ports", lambda port: [40001])  # the kernel's socket list
+    socks = [("127.0.0.1", 11434, 999), ("127.0.0.1", 40001, 999)]  # the kernel's socket list: Ollama's uid 999
+    monkeypatch.setattr(controller_mod.sockets, "listeners", lambda: socks)
     settings = {"watch_period": 0.01, "deep_confirm": 1.0, "probe_timeout": 0.05, "deep_timeout": 0.05}
     cfg = load_config(settings, environ={}, config_file="/dev/null")
     ctl = AsyncController(config=cfg, dbus_transport=systemd, http_transport=ollama)

@@ -277,11 +277,12 @@ PROC_NET_TCP = """\
 
 def test_runner_ports_are_the_loopback_listeners_of_ollamas_user(tmp_path):
     from ollamactl import sockets
+    from ollamactl.runners import api_owner_ports
 
     path = tmp_path / "tcp"
     path.write_text(PROC_NET_TCP if sys.byteorder == "little" else PROC_NET_TCP.replace("0100007F", "7F000001"))
     found = sockets.listeners((str(path), str(tmp_path / "missing")))
     assert ("127.0.0.1", 11434, 996) in found and len(found) == 4
     # 40027 is alice's (uid 1000), 40029 listens on 0.0.0.0, 40030 is a connection, not a listener
-    assert sockets.runner_ports(11434, found) == [40027]
-    assert sockets.runner_ports(11435, found) == []  # nobody listens there: no guessing
+    assert api_owner_ports(probe.parse_url("http://127.0.0.1:11434"), found) == [40027]
+    assert api_owner_ports(probe.parse_url("http://127.0.0.1:11435"), found) == []  # nobody there: no guessing

@@ -364,6 +364,18 @@ def test_liveness_only_samples_keep_a_deep_streak():
 # -- loads ------------------------------------------------------------------------------------------
 
 
+def test_a_load_whose_end_line_was_lost_ends_when_its_runner_answers():
+    """Issue 14 §4: a flood of 404s pushed Ollama over journald's rate limit and "llama-server started in" was
+    dropped; the journal shows the load open for ever.  Its runner answers /health 200: loaded, not stuck."""
+    w = World(mode="loading", runners={PORT: 0})
+    w.runners[PORT + 1] = w.now
+    w.load_started = w.load_activity = w.now  # never closed: the line was suppressed
+    out = run(w, 20)
+    w.mode = "ok"  # the load finished; only the journal does not say so
+    out += run(w, DEFAULTS.load_timeout + 60)
+    assert restarts(out) == [] and out[-1][1].outcome == HEALTHY, out[-1][1].evidence
+
+
 def test_loading_is_never_restarted_within_load_timeout():
     w = World(mode="loading", runners={PORT: 0, PORT + 1: 0})
     w.runners[PORT + 1] = w.now

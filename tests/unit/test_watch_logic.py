@@ -74,7 +74,12 @@ class Harness:
         monkeypatch.setattr(probe, "liveness", liveness)
         monkeypatch.setattr(probe, "loaded_models", loaded_models)
         monkeypatch.setattr(probe, "runner", runner)
-        monkeypatch.setattr(controller_mod.sockets, "runner_ports", lambda port: sorted(world.runners))
+        # the kernel's socket list: Ollama (uid 999) on 11434 and its runners on 127.0.0.1
+        monkeypatch.setattr(
+            controller_mod.sockets,
+            "listeners",
+            lambda: [("127.0.0.1", 11434, 999), *(("127.0.0.1", p, 999) for p in world.runners)],
+        )
         self.logged: list[tuple[str, str]] = []
         monkeypatch.setattr(watch, "log", lambda level, message, **fields: self.logged.append((level, message)))
         self.calls: list[dict] = []
