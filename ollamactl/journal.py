@@ -133,6 +133,8 @@ _EVENTS_RE = r'msg="(starting llama-server|loading model via llama-server|llama-
 _PORT_RE = re.compile(r"--port[ =]([0-9]{1,5})(?=[\s\"\\]|$)")
 _BLOB_RE = re.compile(r"--model[ =]\S*/blobs/sha256[-:]([0-9a-f]{64})(?=[\s\"\\]|$)")
 _HEX32_RE = re.compile(r"[0-9a-f]{32}")
+JOURNALD = "systemd-journald.service"
+_SUPPRESSED_RE = re.compile(r"Suppressed ([0-9]{1,9}) messages from ")
 _DENIED_HINTS = ("insufficient permissions", "not seeing messages from other users")
 
 
@@ -151,6 +153,8 @@ class JournalFacts:
     load_activity_at: float | None = None  # the latest non-access-log line since that load began
     runners: dict[int, float] = field(default_factory=dict)  # llama-server port -> when it was started
     runner_models: dict[int, str] = field(default_factory=dict)  # port -> the sha256 of its model's blob, if named
+    dropped: int = 0  # lines journald suppressed for this invocation (over its rate limit: a flood)
+    dropped_at: float | None = None  # journald said so then
 
     def completed_since(self, t: float) -> bool:
         """Did a request complete (successfully, with inference) after wall-clock time ``t``?"""
@@ -236,13 +240,21 @@ class JournalReader:
         return self.facts
 
     def _matches(self, invocation_id: str) -> list[str]:
-        return [f"_SYSTEMD_UNIT={self.unit}", f"_SYSTEMD_INVOCATION_ID={invocation_id}"]
+        """The unit's own entries, or ("+") journald's about them: "Suppressed N messages" (trusted fields only
+        choose the writer; OBJECT_ names the invocation, and only journald writes as systemd-journald.service)."""
+        return [
+            f"_SYSTEMD_UNIT={self.unit}",
+            f"_SYSTEMD_INVOCATION_ID={invocation_id}",
+            "+",
+            f"_SYSTEMD_UNIT={JOURNALD}",
+            f"OBJECT_SYSTEMD_INVOCATION_ID={invocation_id}",
+        ]
 
     async def _query(
         self, args: list[str], invocation_id: str, deadline: float, *, optional: bool = False
     ) -> list[dict[str, Any]] | None:
         """Entries journalctl gives for ``args`` and the invocation; None (and a problem, unless optional) if none."""
-        base = ["--no-pager", "--quiet", "--output=json", "--output-fields=MESSAGE"]
+        base = ["--no-pager", "--quiet", "--output=json", "--output-fields=MESSAGE,_SYSTEMD_UNIT"]
         out = await self._run([*base, *args, *self._matches(invocation_id)], max(0.001, deadline - time.monotonic()))
         stderr = out.stderr.strip()
         if optional and (stderr or out.returncode not in (0, None)):
@@ -313,6 +325,12 @@ class JournalReader:
         facts = self.facts
         facts.readable, facts.problem, facts.failed_reads = True, "", 0
         for e in entries:
+            if e["unit"] == JOURNALD:  # not Ollama's line: journald saying it dropped some of them
+                m = _SUPPRESSED_RE.match(e["message"])
+                if m:
+                    facts.dropped += int(m.group(1))
+                    facts.dropped_at = max(facts.dropped_at or 0.0, e["at"])
+                continue
             facts.entries += 1
             observe(facts, e["message"], e["at"])
 
@@ -432,7 +450,9 @@ def _entry(line: bytes) -> dict[str, Any] | None:
     if not isinstance(message, str):
         message = ""
     seq = _seqnum(cursor)
-    return {"cursor": cursor, "seq": seq, "at": int(stamp) / 1e6, "message": message[:MAX_LINE]}
+    unit = obj.get("_SYSTEMD_UNIT")
+    unit = unit if isinstance(unit, str) else ""
+    return {"cursor": cursor, "seq": seq, "at": int(stamp) / 1e6, "message": message[:MAX_LINE], "unit": unit}
 
 
 def _seqnum(cursor: str) -> int:

@@ -8,9 +8,11 @@ loopback address.  A port counts only on evidence only Ollama can give:
 - the journal's ``starting llama-server`` line (written by the unit's own
   process) named it, and it is the newest runner of its model, and, when
   /api/ps answers, that model is still loaded (by its blob's sha256);
-- where the kernel shows real socket owners (not inside a user namespace such
-  as the watchdog's PrivateUsers=, where every other uid reads as the overflow
-  uid), it is listened on, on 127.0.0.1, by the user that owns Ollama's port;
+- where the kernel shows real socket owners (not inside a user namespace,
+  where every other uid reads as the overflow uid: the watchdog runs without
+  PrivateUsers= for this), it is listened on, on 127.0.0.1, by the user that
+  owns Ollama's port (this alone rules out a stranger on a crashed runner's
+  port before Ollama reloads it: the model is still listed then);
 - without the journal, the kernel's list is all there is: the loopback
   listeners of the owner of Ollama's port at Ollama's own address.
 

@@ -1,11 +1,11 @@
-"""Listening TCP sockets, from the kernel's /proc/net/tcp and tcp6.
+"""Listening TCP sockets, from the kernel's /proc/self/net/tcp and tcp6.
 
-Why: the deep probe asks each llama-server runner for its /slots, and the
-runners' ports are in Ollama's journal, which most users may not read.  The
-kernel lists every listening socket with its owner's uid to anyone, so the
-runners are the loopback listeners of the user that owns Ollama's own port.
-(Inside a user namespace, e.g. the watchdog's PrivateUsers=, foreign uids all
-read as the overflow uid; the watchdog reads the journal instead.)
+Why: the deep probe asks each llama-server runner for its /slots, and a
+runner's answer counts only if its port is listened on by Ollama's user
+(ollamactl/runners.py).  The kernel lists every listening socket of our network
+namespace with its owner's uid to anyone.  /proc/self/net, not /proc/net: the
+watchdog's ProcSubset=pid hides the latter.  (Inside a user namespace foreign
+uids all read as the overflow uid, so owners cannot be told apart there.)
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import socket
 import struct
 
-PROC_NET = ("/proc/net/tcp", "/proc/net/tcp6")
+PROC_NET = ("/proc/self/net/tcp", "/proc/self/net/tcp6")
 MAX_BYTES = 8 << 20  # ~50,000 sockets; a host with more still gets a bounded read
 MAX_PORTS = 16  # runner candidates we return (one per loaded model)
 _LISTEN = "0A"

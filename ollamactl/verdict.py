@@ -77,6 +77,8 @@ CPU_IDLE = 0.5
 #: computes on a GPU may leave the CPUs idle (a backend that waits without spinning), and a 2048-token batch
 #: took 13.3 s on 2 CPU cores here.  /slots' own silence is judged at deep_confirm: it never lasted 14 ms.
 STALL_CONFIRM = 30.0
+#: A flood (journald dropping Ollama's lines) is named in the evidence for this long after journald said so.
+FLOOD_SHOWN = 120.0
 _TRANSITIONS = ("activating", "deactivating", "reloading", "maintenance", "refreshing")
 
 
@@ -258,7 +260,8 @@ class Judge:
         confirmed = streak.count >= self.limits.threshold and not _stale(s.journal)
         return Verdict(
             outcome,
-            f"{what} ({_nth(streak.count)} time in {span:.1f}s){_no_progress(s.journal, streak.start)}",
+            f"{what} ({_nth(streak.count)} time in {span:.1f}s){_no_progress(s.journal, streak.start)}"
+            + _flood(s.journal, s.done_at),
             confirmed=confirmed,
             pending=not confirmed,
             since=streak.start,
@@ -293,7 +296,8 @@ class Judge:
                 self._deep = None
                 return Verdict(
                     LOADING,
-                    f"a model load is in progress since {_clock(began)} ({s.done_at - began:.0f}s; {how}); {version}",
+                    f"a model load is in progress since {_clock(began)} ({s.done_at - began:.0f}s; {how}); {version}"
+                    + _flood(journal, s.done_at),
                 )
             stuck_load = f"model load since {_clock(began)} shows no sign of life for {quiet:.0f}s ({how})"
 
@@ -367,7 +371,7 @@ class Judge:
                 return Verdict(BUSY, f"{what}, but {s.unit.name} is computing ({cpus:.1f} CPUs over the silence)")
         needed = max(lim.deep_confirm, STALL_CONFIRM) if only_stalled else lim.deep_confirm if silent else 0.0
         confirmed = streak.count >= lim.threshold and span >= needed and not _stale(s.journal)
-        tail = _deep_journal_note(s.journal, streak.start)
+        tail = _deep_journal_note(s.journal, streak.start) + _flood(s.journal, s.done_at)
         if only_stalled and cpus is None:
             confirmed = False  # without the unit's CPU time a long prompt batch cannot be ruled out
             tail += f"; {s.unit.name}'s CPU time is unknown, so a long batch cannot be ruled out"
@@ -469,7 +473,7 @@ class Judge:
             parts.append(f"{s.ps.detail} outside a model load")
         elif loaded:
             parts.append(f"loaded: {loaded}")
-        return Verdict(outcome, "; ".join(parts))
+        return Verdict(outcome, "; ".join(parts) + _flood(s.journal, s.done_at))
 
 
 def _load_ended(s: Sample, journal: JournalFacts) -> bool:
@@ -501,6 +505,16 @@ def _progress(journal: JournalFacts | None, since: float) -> str:
         at = journal.last_completion_at or since
         return f"a request completed at {_clock(at)} ({journal.last_completion}; journal)"
     return ""
+
+
+def _flood(journal: JournalFacts | None, now: float) -> str:
+    """A flood journald dropped lines of, said in the evidence (a missing line is never taken as evidence)."""
+    if journal is None or journal.dropped_at is None or now - journal.dropped_at > FLOOD_SHOWN:
+        return ""
+    return (
+        f"; journald dropped {journal.dropped} of Ollama's lines (rate limit) by {_clock(journal.dropped_at)}:"
+        " a flood, so its log may miss lines"
+    )
 
 
 def _no_progress(journal: JournalFacts | None, since: float) -> str:

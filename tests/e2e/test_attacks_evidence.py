@@ -157,3 +157,97 @@ def test_a_squatter_on_another_loopback_address_does_not_hide_the_runner(harm: h
     harm.report(
         "attack: a squatter on 127.0.0.2:11434", f"a member's probe --deep still finds the runner: {rep['outcome']}"
     )
+
+
+#: A stranger's flood: GETs of a path that does not exist (404, one gin line each) for ``seconds``.
+FLOODER = r"""
+import http.client, sys, threading, time
+end = time.monotonic() + float(sys.argv[1])
+def flood():
+    conn = None
+    while time.monotonic() < end:
+        try:
+            conn = conn or http.client.HTTPConnection("127.0.0.1", 11434, timeout=5)
+            conn.request("GET", "/no-such-page")
+            conn.getresponse().read()
+        except (OSError, http.client.HTTPException):
+            conn = None
+            time.sleep(0.01)
+threads = [threading.Thread(target=flood) for _ in range(16)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"""
+FLOOD_DROPIN = "/etc/systemd/system/ollama.service.d/zz-flood-test.conf"
+#: journald's limit for the unit, lowered from Debian's 10000 lines per 30 s so a short flood exceeds it
+#: (the mechanism, and what it drops, are the same at any limit).
+RATE_LIMIT = "[Service]\nLogRateLimitIntervalSec=15s\nLogRateLimitBurst=300\n"
+
+
+def test_a_flood_that_drops_the_load_end_line_causes_no_restart(harm: hc.HarmBed):
+    """A model load starts, then a stranger floods Ollama with 404s over journald's rate limit, so the load's
+    "llama-server started in" line is dropped: the journal shows the load open for ever.  Before issue 14 the
+    verdict said "loading" from then on (measured: 49 s after a 6 s load), which hides any real wedge, and with
+    no other output the load would look stuck after load_timeout (5 s here) and be restarted.  Now the load ends
+    when its runner answers /health 200: healthy, no restart, and the flood is named in the evidence."""
+    c = harm.c
+    c.write_file(FLOOD_DROPIN, RATE_LIMIT)
+    try:
+        config = f'model = "{harm.model}"\nload_timeout = 5\n'
+        harm.configure({"STANDIN_LOAD_SECONDS": "6"}, config=config)  # nothing loaded yet
+        harm.settle()
+        since, inv, nr = harm.mark()
+        loader = c.run(["systemd-run", "--unit=flood-load", "--uid=root", "python3", "/root/harm_driver.py",
+                        "generate", "--model", harm.model, "--timeout", "60"], check=True)  # fmt: skip
+        time.sleep(1.5)  # the load's start lines are in; its end comes ~5 s into the flood
+        c.run(["systemd-run", "--unit=flood-404", f"--uid={STRANGER}", "python3", "-c", FLOODER, "12"], check=True)
+        time.sleep(12 + 35)  # the flood, then load_timeout + Ollama's own 15 s grace + the confirmations, twice over
+        rs = harm.restarts(since, inv, nr)
+        entries = harm.journal(since, unit=hc.UNIT)
+        log = harm.watchdog_log(since - 1, 40)
+        probe = c.run(["ollamactl", "probe", "--deep", "--json"])  # root reads the journal, as the watchdog does
+    finally:
+        c.run(["systemctl", "stop", "flood-404", "flood-load"])
+        c.run(["rm", "-f", FLOOD_DROPIN])
+        c.run(["systemctl", "daemon-reload"])
+    msgs = [e.get("MESSAGE") for e in entries if isinstance(e.get("MESSAGE"), str)]
+    assert loader.returncode == 0
+    # the attack worked: journald dropped lines, among them the load's end
+    assert any(m.startswith("Suppressed ") for m in msgs), msgs[-20:]
+    assert any("starting llama-server" in m for m in msgs), msgs[:20]
+    assert not any("llama-server started in" in m for m in msgs), "the load-end line got through: no attack"
+    assert rs.count == 0, f"{rs}\n{log}"
+    report = json.loads(probe.stdout)
+    assert report["outcome"] == "healthy" and "journald dropped" in report["evidence"], probe.stdout
+    harm.report("attack: a 404 flood drops the load-end line", f"restarts 0 ({rs.verdicts})")
+
+
+def test_a_squatter_on_a_crashed_runners_port_is_not_ollamas_runner(harm: hc.HarmBed):
+    """The runner dies; until Ollama's next request for its model reloads it, /api/ps still lists the model
+    and the journal still names the port.  A stranger who takes that port (/health 200, /slots silent) is
+    ruled out only by the socket's owner: the watchdog must see real uids (no PrivateUsers=)."""
+    t0 = time.time() - 1
+    harm.configure()
+    harm.warm()
+    port = _runner_ports(harm, t0)[-1]
+    harm.settle()
+    since, inv, nr = harm.mark()
+    harm.set_mode("kill-runner=once")
+    for _ in range(100):  # the runner is dead and its port free; nothing has asked for the model since
+        if harm.c.run(["sh", "-c", f"ss -Hltn 'sport = :{port}' | grep -q ."]).returncode != 0:
+            break
+        time.sleep(0.1)
+    _squat(harm, "squat-dead", "127.0.0.1", port)
+    try:
+        time.sleep(25)  # deep_confirm (8 s) three times over
+        rs = harm.restarts(since, inv, nr)
+        log = harm.watchdog_log(since - 1, 30)
+        probe = harm.c.run(["ollamactl", "probe", "--deep", "--json"])  # as root, reading the journal too
+    finally:
+        _unsquat(harm, "squat-dead")
+    assert rs.count == 0 and not {k: v for k, v in rs.verdicts.items() if k == "deep-wedged"}, f"{rs}\n{log}"
+    report = json.loads(probe.stdout)
+    assert report["outcome"] == "healthy", probe.stdout
+    assert f"runner :{port} ignored: not listened on by Ollama's user" in report["evidence"], probe.stdout
+    harm.report("attack: a squatter on a crashed runner's port", f"restarts 0 ({rs.verdicts})")

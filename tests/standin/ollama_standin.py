@@ -1055,6 +1055,8 @@ class Child:
         self._conns: set[socket.socket] = set()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
+            # cpp-httplib's default_socket_options (llama-server's HTTP server) set SO_REUSEADDR
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             self.sock.bind(("127.0.0.1", 0))
             self.sock.listen(128)
         except OSError:

@@ -287,3 +287,28 @@ def test_a_slow_or_refused_grep_does_not_cost_the_seed():
     assert facts.readable and facts.last_completion_at == 1002.0 and time.monotonic() - t0 < 1
     _, facts = read(FakeJournalctl([(1, GIN)], stderr="Compiled without pattern matching support"))
     assert facts.readable and facts.last_completion_at == 1001.0
+
+
+def test_journalds_word_on_a_flood_is_read_and_only_from_journald():
+    """Issue 14 §4: any local user can flood Ollama's log over journald's rate limit; journald then logs
+    "Suppressed N messages from ollama.service" as itself, naming the invocation in OBJECT_ fields."""
+    rows = [
+        entry(1, START, _SYSTEMD_UNIT="ollama.service"),
+        entry(2, "Suppressed 8123 messages from ollama.service", at=1500.0, _SYSTEMD_UNIT=journal.JOURNALD),
+        entry(3, "Suppressed 99 messages from ollama.service", _SYSTEMD_UNIT="ollama.service"),  # Ollama's own text
+    ]
+    calls = []
+
+    async def run(args, timeout):
+        calls.append(args)
+        return _Output(b"\n".join(rows) + b"\n", "", 0, False)
+
+    _, facts = read(run)
+    assert facts.dropped == 8123 and facts.dropped_at == 1500.0 and facts.entries == 2
+    assert calls[0][-5:] == [
+        "_SYSTEMD_UNIT=ollama.service",
+        f"_SYSTEMD_INVOCATION_ID={INV}",
+        "+",
+        f"_SYSTEMD_UNIT={journal.JOURNALD}",
+        f"OBJECT_SYSTEMD_INVOCATION_ID={INV}",
+    ]

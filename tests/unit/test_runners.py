@@ -70,7 +70,7 @@ def test_a_stranger_listening_on_a_runners_port_is_ignored_where_owners_show():
 
 
 def test_inside_a_user_namespace_owners_do_not_show_and_the_journal_rules_alone_decide():
-    """The watchdog's PrivateUsers=: every other uid reads as the overflow uid."""
+    """Inside a user namespace (a container's own) every other uid reads as the overflow uid."""
     facts = facts_with((40001, A, 1.0), (40002, A, 2.0))
     found = socks(40001, 40002, uid=OVERFLOW_UID)
     assert own_runners([40001, 40002], facts, API, ps(A), found).ports == (40002,)

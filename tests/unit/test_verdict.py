@@ -376,6 +376,20 @@ def test_a_load_whose_end_line_was_lost_ends_when_its_runner_answers():
     assert restarts(out) == [] and out[-1][1].outcome == HEALTHY, out[-1][1].evidence
 
 
+def test_a_flood_shows_in_the_evidence():
+    w = World(mode="ok")
+    original = w.journal
+
+    def flooded():
+        facts = original()
+        facts.dropped, facts.dropped_at = 8123, w.now - 5
+        return facts
+
+    w.journal = flooded
+    out = run(w, 3)
+    assert "journald dropped 8123 of Ollama's lines (rate limit)" in out[-1][1].evidence
+
+
 def test_loading_is_never_restarted_within_load_timeout():
     w = World(mode="loading", runners={PORT: 0, PORT + 1: 0})
     w.runners[PORT + 1] = w.now
