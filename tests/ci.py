@@ -22,6 +22,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 HARM = "tests/e2e/test_harm.py"
+#: Run beside the rest too: like the harm cases they mostly wait (attacks held for deep_confirm and more).
+BESIDE = (HARM, "tests/e2e/test_attacks_evidence.py")
 LOG = REPO / "build" / "ci-harm.log"
 
 
@@ -35,10 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     with open(LOG, "w") as log:
         harm = subprocess.Popen(
-            [*pytest, "-ra", "--durations=15", HARM], cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+            [*pytest, "-ra", "--durations=15", *BESIDE], cwd=REPO, stdout=log, stderr=subprocess.STDOUT
         )
-        print(f"ci: {HARM} runs beside the rest (pid {harm.pid}, log {LOG.relative_to(REPO)})", flush=True)
-        main_run = subprocess.Popen([*pytest, "-ra", "--durations=15", "--ignore", HARM, *rest], cwd=REPO)
+        print(f"ci: {' '.join(BESIDE)} run beside the rest (pid {harm.pid}, log {LOG.relative_to(REPO)})", flush=True)
+        ignore = [arg for path in BESIDE for arg in ("--ignore", path)]
+        main_run = subprocess.Popen([*pytest, "-ra", "--durations=15", *ignore, *rest], cwd=REPO)
         codes = {"main": _wait(main_run, deadline), "harm": None}
         if harm.poll() is None:
             print(f"\nci: waiting for {HARM} (log {LOG.relative_to(REPO)})", flush=True)
