@@ -122,8 +122,8 @@ def check_reachable(argv: str) -> None:
     link's target) would run code as the watchdog, which may restart Ollama and read the whole
     journal: more than "restart Ollama".  So each must be root's.
     """
-    paths = [Path(argv.split()[0]), Path(sys.executable), *_module_paths("ollamactl")]
-    for path in paths:
+    executables, trees, sites = _what_runs(argv)
+    for path in [*(path for path, _ in executables), *trees, *sites]:
         if str(path).startswith(_PRIVATE):
             raise SetupError(
                 f"{path} is under a home or temporary directory, which the watchdog (user {GROUP}, "
@@ -132,7 +132,6 @@ def check_reachable(argv: str) -> None:
                 "sudo /opt/ollamactl/bin/ollamactl setup",
                 path=str(path),
             )
-    executables, trees, sites = _what_runs(argv)
     walk = _Walk()
     for path, need in executables:
         walk.chain(path, need)

@@ -111,6 +111,7 @@ MAX_LINE = 64 * 1024  # one JSON entry; journalctl prints fields over 4096 bytes
 MAX_CURSOR = 512
 SEED_ENTRIES = 1000  # the newest entries read when an invocation is first seen
 SEED_EVENTS = 64  # the newest load/runner lines read then (journalctl --grep)
+SEED_DROPS = 8  # journald's newest "Suppressed N messages" notes about the invocation read then
 BATCH = 2000  # entries per incremental read
 MAX_BATCHES = 5  # incremental reads per update before jumping to the tail
 MAX_RUNNERS = 8  # runner ports remembered per invocation
@@ -250,12 +251,23 @@ class JournalReader:
             f"OBJECT_SYSTEMD_INVOCATION_ID={invocation_id}",
         ]
 
+    def _drop_matches(self, invocation_id: str) -> list[str]:
+        """journald's own notes about the invocation alone (see _matches)."""
+        return [f"_SYSTEMD_UNIT={JOURNALD}", f"OBJECT_SYSTEMD_INVOCATION_ID={invocation_id}"]
+
     async def _query(
-        self, args: list[str], invocation_id: str, deadline: float, *, optional: bool = False
+        self,
+        args: list[str],
+        invocation_id: str,
+        deadline: float,
+        *,
+        optional: bool = False,
+        matches: list[str] | None = None,
     ) -> list[dict[str, Any]] | None:
         """Entries journalctl gives for ``args`` and the invocation; None (and a problem, unless optional) if none."""
         base = ["--no-pager", "--quiet", "--output=json", "--output-fields=MESSAGE,_SYSTEMD_UNIT"]
-        out = await self._run([*base, *args, *self._matches(invocation_id)], max(0.001, deadline - time.monotonic()))
+        matches = self._matches(invocation_id) if matches is None else matches
+        out = await self._run([*base, *args, *matches], max(0.001, deadline - time.monotonic()))
         stderr = out.stderr.strip()
         if optional and (stderr or out.returncode not in (0, None)):
             return None
@@ -288,6 +300,21 @@ class JournalReader:
                     events = await self._query(grep, invocation_id, time.monotonic() + budget, optional=True)
             except TimeoutError:
                 events = None
+            # journald's word on a flood, which a flood itself pushes out of the newest entries: an indexed
+            # lookup of journald's own notes on this invocation, cheap, and as harmless if it fails.
+            budget = max(0.0, (deadline - time.monotonic()) / 2)
+            try:
+                async with asyncio.timeout(budget):
+                    drops = await self._query(
+                        ["--reverse", f"--lines={SEED_DROPS}"],
+                        invocation_id,
+                        time.monotonic() + budget,
+                        optional=True,
+                        matches=self._drop_matches(invocation_id),
+                    )
+            except TimeoutError:
+                drops = None
+            events = [*(events or ()), *(e for e in drops or () if e["unit"] == JOURNALD)]
         if not tail:
             self._problem(
                 f"no journal entries for invocation {invocation_id[:12]} of {self.unit} "

@@ -141,13 +141,14 @@ class FakeJournalctl:
     """Answers the reader's queries from a list of entries, as journalctl would."""
 
     def __init__(self, entries, stderr="", returncode=0):
-        self.entries = list(entries)  # (seq, message)
+        self.entries = list(entries)  # (seq, message) of Ollama's, or (seq, message, unit) of another writer
         self.calls = []
         self.stderr, self.returncode = stderr, returncode
 
     async def __call__(self, args, timeout):
         self.calls.append(args)
-        rows = list(self.entries)
+        units = {a.split("=", 1)[1] for a in args if a.startswith("_SYSTEMD_UNIT=")}
+        rows = [(r[0], r[1]) for r in self.entries if (r[2] if len(r) > 2 else "ollama.service") in units]
         if any(a.startswith("--grep=") for a in args):
             rows = [r for r in rows if "msg=" in r[1]]
         for a in args:
@@ -156,7 +157,8 @@ class FakeJournalctl:
                 rows = [r for r in rows if r[0] > seq]
         lines = int(next(a for a in args if a.startswith("--lines=")).split("=")[1])
         rows = rows[-lines:][::-1] if "--reverse" in args else rows[:lines]
-        out = b"\n".join(entry(seq, msg) for seq, msg in rows) + (b"\n" if rows else b"")
+        unit = {r[0]: (r[2] if len(r) > 2 else "ollama.service") for r in self.entries}
+        out = b"\n".join(entry(seq, msg, _SYSTEMD_UNIT=unit[seq]) for seq, msg in rows) + (b"\n" if rows else b"")
         return _Output(out, self.stderr, self.returncode, False)
 
 
@@ -174,7 +176,17 @@ def test_seed_then_follow_by_cursor():
     fake.entries.append((2001, GIN))
     _, facts = read(fake, reader=reader)
     assert fake.calls[-1][4] == "--after-cursor=s=abc;i=7d0;b=def" and facts.last_completion_at == 1000 + 2001
-    assert len(fake.calls) == 3
+    assert len(fake.calls) == 4  # the tail, the load/runner lines, journald's notes; then one read on
+
+
+def test_a_flood_note_older_than_the_newest_entries_is_still_read():
+    """A flood puts thousands of Ollama's lines after journald's "Suppressed" note (more than the newest entries
+    read when an invocation is first seen, the burst scales with free space); a fresh probe still names it."""
+    note = "Suppressed 4000 messages from ollama.service"
+    noise = [(i, "noise") for i in range(3, 3 + 2 * journal.SEED_ENTRIES)]
+    fake = FakeJournalctl([(1, START), (2, note, journal.JOURNALD), *noise, (9000, note, "ollama.service")])
+    _, facts = read(fake)
+    assert facts.dropped == 4000 and facts.dropped_at == 1002.0 and facts.runners == {40123: 1001.0}
 
 
 def test_a_new_invocation_starts_afresh():
@@ -263,7 +275,7 @@ def test_a_read_that_fails_after_good_ones_keeps_the_facts_but_marks_them_stale(
     for n in range(1, journal.MAX_FAILED_READS + 1):
         _, facts = read(fake, reader=reader)
         assert facts.readable and facts.failed_reads == n and facts.runners == {40123: 1001.0}
-    assert any(a.startswith("--after-cursor=") for a in fake.calls[2])
+    assert any(a.startswith("--after-cursor=") for a in fake.calls[3])
     assert not any(a.startswith("--after-cursor=") for a in fake.calls[-1])  # after a failure: read afresh
     _, facts = read(fake, reader=reader)
     assert not facts.readable and "Failed to seek" in facts.problem  # failing for good: probes alone
