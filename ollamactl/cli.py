@@ -324,15 +324,28 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "probe",
-        help="judge Ollama: healthy, busy, loading, starting, stopped, failed, down, wedged or deep-wedged",
+        help="judge Ollama: healthy, busy, loading, starting, stopped, failed, down, wedged, deep-wedged"
+        " or (--load) load-stuck",
         description="Judge whether Ollama makes progress: GET /api/version, and with --deep GET /api/ps and each "
         "llama-server runner's /slots (read-only: no prompt, no load, no keep-alive), with the journal's access "
         "log as evidence of completed requests. A suspected wedge is sampled again until it is confirmed or "
         "cleared (seconds). -v prints the one line of evidence that decided it. Exits 0 when healthy, else "
-        "with the outcome's code.",
+        "with the outcome's code. --load MODEL is different: it DISTURBS Ollama on purpose, for a human "
+        "checking for a load that never starts (ollama #17408): it asks Ollama to load MODEL (it may load it, "
+        "and may evict another loaded model to make room), waits up to load_stuck_after seconds, and judges "
+        "the wait: healthy once loaded, load-stuck (exit 19) if no load began while every loaded runner sat "
+        "idle, busy while the load waits for a busy model. The watchdog never does this.",
         handler="cli:_cmd_probe",
         result="ProbeReport",
-        options=(Option("--deep", action="store_true", help="also check the runners' inference loops"), _MODEL),
+        options=(
+            Option("--deep", action="store_true", help="also check the runners' inference loops"),
+            _MODEL,
+            Option(
+                "--load",
+                metavar="MODEL",
+                help="load MODEL (it may load it, and may evict another model) and judge the wait (see above)",
+            ),
+        ),
     ),
     Command(
         "watch",
@@ -611,7 +624,8 @@ def _cmd_metrics(args: argparse.Namespace, as_json: bool) -> int:
 
 
 def _cmd_probe(args: argparse.Namespace, as_json: bool) -> int:
-    report = controller(args).probe(deep=args.deep)
+    load = getattr(args, "load", None)
+    report = controller(args).probe_load(load) if load else controller(args).probe(deep=args.deep)
     verbose = getattr(args, "verbose", False)
     emit(report, as_json, lambda p: _probe_text(p, verbose))
     return report.exit_code

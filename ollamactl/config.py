@@ -127,6 +127,13 @@ class Config:
     load_timeout: float = _key(
         300.0, "seconds a model load may show no sign of life (OLLAMA_LOAD_TIMEOUT) before it is stuck", gt=0, le=86400
     )
+    load_stuck_after: float = _key(
+        60.0,
+        "guard and probe --load: seconds a request that needs a load may wait with no load started and every"
+        " loaded runner idle before the load is stuck (ollama #17408)",
+        gt=0,
+        le=86400,
+    )
     watch_period: float = _key(1.0, "watch: seconds between probes", gt=0, le=3600)
     watch_failure_threshold: int = _key(3, "watch: consecutive failed probes before a restart", ge=1, le=100)
     watch_startup_grace: float = _key(

@@ -17,6 +17,7 @@ the HTTP requests of ``probe`` (see ``probe.Transport``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -44,10 +45,11 @@ from ollamactl.models import Instances, ProbeReport, RestartResult, Status
 from ollamactl.nss import current_user
 from ollamactl.runtime import MAX_HISTORY, Restart, RuntimeDir, State
 from ollamactl.systemd import SystemdBus, UnitState
+from ollamactl.text import clean
 
 if TYPE_CHECKING:  # the restart path does not need the verdict or the journal reader: imported where used
     from ollamactl.journal import JournalReader
-    from ollamactl.verdict import Judge, Sample, Verdict
+    from ollamactl.verdict import Judge, LoadWait, Sample, Verdict
 
 T = TypeVar("T")
 # Readiness: a refused connection costs a fraction of a millisecond, so poll every 5 ms while a
@@ -538,7 +540,9 @@ class AsyncController(_Client):
 
         return render(await asyncio.gather(*(one(inst) for inst in cfg.all_instances())))
 
-    async def probe(self, deep: bool = False, *, judge: Judge | None = None) -> ProbeReport:
+    async def probe(
+        self, deep: bool = False, *, judge: Judge | None = None, wait: LoadWait | None = None
+    ) -> ProbeReport:
         """Classify Ollama with the shared verdict (see ollamactl.verdict); never restarts.
 
         deep: also read each llama-server runner's /slots (read-only: no
@@ -549,6 +553,9 @@ class AsyncController(_Client):
         (about deep_confirm for a silent runner).  With ``judge`` (the
         watchdog's): one sample, judged with the streaks that judge keeps.
         The report's ``evidence`` says in one line what decided the outcome.
+        ``wait``: the caller's own request that needs a load (model, since when),
+        the only evidence of a load that never starts (ollama #17408): with it,
+        a healthy server can be ``load-stuck`` (see verdict.LoadWait).
         """
         cfg = self.config
         deep = deep and cfg.deep_probe != "off"
@@ -566,12 +573,56 @@ class AsyncController(_Client):
         async with self._systemd() as bus:
             while True:
                 sample, endpoint = await self._sample(bus, deep)
+                if wait is not None:
+                    sample.wait = wait
                 verdict = judge.observe(sample)
                 samples += 1
                 if once or not verdict.pending or time.monotonic() >= give_up:
                     break
                 await asyncio.sleep(cfg.watch_period)
         return _report(verdict, sample, endpoint, cfg.model if deep else None, samples)
+
+    async def probe_load(self, model: str) -> ProbeReport:
+        """Load ``model`` (Ollama's load-only generate) and judge the wait; never restarts.
+
+        Disturbing, unlike ``probe``: it may load the model, and evict another to make room.  Healthy once
+        the load answers; if it has not within ``load_stuck_after``, the verdict with this request as its
+        LoadWait: ``load-stuck`` if the load never started while every loaded runner sat idle (#17408),
+        ``busy`` while it waits for a busy model, ``loading`` while it loads.  The request is then dropped.
+        """
+        from ollamactl.verdict import LoadWait
+
+        cfg = self.config
+        async with self._systemd() as bus:
+            state = await bus.unit_state(cfg.unit)
+        endpoint = self._endpoint(state)
+        wait = LoadWait(model, time.time())
+        body = {"model": model}  # no prompt: Ollama loads the model and answers done_reason "load"
+        t0 = time.monotonic()
+        name = clean(model, 120)
+        try:
+            resp = await probe.request(
+                endpoint,
+                "POST",
+                "/api/generate",
+                timeout=cfg.load_stuck_after,
+                body=body,
+                transport=self.http_transport,
+            )
+        except TimeoutError:
+            return await self.probe(deep=True, wait=wait)  # it waited load_stuck_after: what holds it?
+        except probe.HTTPError as exc:
+            report = await self.probe(deep=True)
+            return dataclasses.replace(report, evidence=f"the load of {name} failed ({exc}); {report.evidence}")
+        took = time.monotonic() - t0
+        report = await self.probe(deep=True)
+        if resp.status == 404:
+            raise UsageError(f"Ollama has no model {name} (HTTP 404): pull it first (ollama pull {name})")
+        if resp.status != 200:
+            answer = clean(resp.body[:400].decode("utf-8", "replace"), 160)
+            what = f"POST /api/generate for {name} answered HTTP {resp.status} ({answer})"
+            return dataclasses.replace(report, evidence=f"{what}; {report.evidence}")
+        return dataclasses.replace(report, evidence=f"{name} loaded in {took:.1f}s; {report.evidence}")
 
     async def _sample(self, bus: SystemdBus, deep: bool) -> tuple[Sample, probe.Endpoint]:
         """One round of evidence: the unit, then (if it is active) the probes, then the journal; and the URL."""
@@ -606,8 +657,8 @@ class AsyncController(_Client):
             runners, ignored = [r for r in runners if r.port in mine.ports], mine.ignored
             ports = list(mine.ports)
         if deep and cfg.model and ps is not None and ps.status == probe.OK:
-            wanted = _model_name(cfg.model)
-            if all(_model_name(m.name) != wanted for m in ps.models):
+            wanted = probe.model_name(cfg.model)
+            if all(probe.model_name(m.name) != wanted for m in ps.models):
                 note, runners = f"model {cfg.model} is not loaded: nothing to deep-probe", []
         if deep and not ports and not note:
             note = "no runner of Ollama's found to deep-probe" if ignored else "no runner found to deep-probe"
@@ -666,12 +717,6 @@ def _url_unknown(cfg: Config, unit: str, unreadable: tuple[tuple[str, str], ...]
 
 async def _nothing() -> None:
     return None
-
-
-def _model_name(name: str) -> str:
-    """A model name as /api/ps shows it: "llama3" is "llama3:latest"."""
-    name = name.strip().lower()
-    return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
 
 
 def _report(verdict: Verdict, s: Sample, endpoint: probe.Endpoint, model: str | None, samples: int) -> ProbeReport:
@@ -804,9 +849,13 @@ class Controller(_Client):
         """The unit's state and whether Ollama's API answers."""
         return self._call("status", lambda a: a.status())
 
-    def probe(self, deep: bool = False) -> ProbeReport:
+    def probe(self, deep: bool = False, *, wait: LoadWait | None = None) -> ProbeReport:
         """Classify Ollama's health (see AsyncController.probe)."""
-        return self._call("probe", lambda a: a.probe(deep))
+        return self._call("probe", lambda a: a.probe(deep, wait=wait))
+
+    def probe_load(self, model: str) -> ProbeReport:
+        """Ask Ollama to load ``model`` and judge the wait (see AsyncController.probe_load): it may evict another."""
+        return self._call("probe_load", lambda a: a.probe_load(model))
 
     def instances(self) -> Instances:
         """Every instance's status (see AsyncController.instances)."""

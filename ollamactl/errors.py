@@ -28,6 +28,7 @@ EXIT_BUSY = 15
 EXIT_LOADING = 16
 EXIT_FAILED = 17  # probe: failed; restart: refused, the unit failed
 EXIT_URL_UNKNOWN = 18  # the unit's OLLAMA_HOST may be set in a file we cannot read
+EXIT_LOAD_STUCK = 19  # probe --load (and the guard): a load that never starts (ollama #17408)
 EXIT_DOCTOR = 20
 EXIT_REMOTE = 21
 EXIT_INTERRUPTED = 130
@@ -182,6 +183,7 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EXIT_WEDGED, "probe: wedged (GET /api/version gets no answer, no request completes)"),
     (EXIT_DEEP_WEDGED, "probe: deep-wedged (/api/version answers, the runner's inference loop does not)"),
     (EXIT_STARTING, "probe: starting (unit activating or within its startup grace)"),
+    (EXIT_LOAD_STUCK, "probe --load: load-stuck (the load never started, every loaded runner idle: ollama #17408)"),
     (EXIT_STOPPED, "probe: stopped (an admin stopped the unit); restart: refused, start it or pass --start"),
     (EXIT_BUSY, "probe: busy (slow, but requests make progress)"),
     (EXIT_LOADING, "probe: loading (a model load is in progress, within load_timeout)"),

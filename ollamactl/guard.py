@@ -14,6 +14,11 @@ admin's ``systemctl stop`` look the same from inside the client.  So the guard
 first asks ollamactl's verdict (``probe(deep=True)``: one fresh verdict, the
 runners' /slots read too, bounded in time) and acts on it:
 
+- ``load-stuck`` (a call that names a model, which Ollama never starts to
+  load while every loaded model sits idle: ollama #17408, which no read-only
+  probe can see, so the watchdog cannot): the call's own wait is the evidence
+  (verdict.LoadWait), judged only after ``load_stuck_after`` (60 s), so give
+  the client a timeout at least that long; then as below.
 - ``wedged`` / ``deep-wedged``: the coalesced restart (``observed_at`` = when
   the failed call started, so many workers that hit the same wedge cause one
   restart) and, with ``retry=True``, the call once more after Ollama answers
@@ -53,9 +58,12 @@ from ollamactl._log import log
 from ollamactl.config import Config
 from ollamactl.controller import AsyncController, Controller
 from ollamactl.errors import OllamactlError, TimedOut, UnitFailed, UnitStopped
+from ollamactl.verdict import LoadWait
 
 #: The verdicts that are evidence of a wedge (no progress); only these lead to a restart.
-RESTART_ON = frozenset({"wedged", "deep-wedged"})
+RESTART_ON = frozenset({"wedged", "deep-wedged", "load-stuck"})
+#: The client's calls that make Ollama load their model: a failed one is a LoadWait for the verdict.
+LOADING_CALLS = frozenset({"generate", "chat", "embed", "embeddings"})
 #: The restart's refusals that mean "an admin's business, not a wedge": the unit is stopped or failed,
 #: e.g. an admin stopped it between the verdict and the restart (which never starts it).
 _ADMINS_BUSINESS = (UnitStopped, UnitFailed)
@@ -82,6 +90,7 @@ class _Verdict:
 
     deep: bool
     timeout: float
+    wait: LoadWait | None = None  # the failed call's own wait for its model's load
 
 
 @dataclass(frozen=True)
@@ -129,18 +138,20 @@ class _Guard:
     def _reason(self, name: str, exc: BaseException) -> str:
         return f"guard: ollama client {name}() failed: {type(exc).__name__}: {exc}"[:300]
 
-    def _verdict_effect(self, ctl: Any) -> _Verdict:
+    def _verdict_effect(self, ctl: Any, wait: LoadWait | None) -> _Verdict:
         timeout = self._verdict_timeout
-        return _Verdict(self._deep, verdict_deadline(ctl.config) if timeout is None else timeout)
+        return _Verdict(self._deep, verdict_deadline(ctl.config) if timeout is None else timeout, wait)
 
-    def _recover(self, ctl: Any, name: str, exc: BaseException, started: float) -> Generator[Any, Any, bool]:
+    def _recover(
+        self, ctl: Any, name: str, exc: BaseException, started: float, model: str | None = None
+    ) -> Generator[Any, Any, bool]:
         """After the client's wedge-like error ``exc``: True if Ollama was restarted (a retry may follow).
 
         False means "not restarted: re-raise exc" (the verdict, or why there is
         none, is attached to it by then).  A failed restart raises its
         OllamactlError from exc.
         """
-        effect = self._verdict_effect(ctl)
+        effect = self._verdict_effect(ctl, LoadWait(model, started) if model else None)
         exc.ollamactl_verdict = None  # type: ignore[attr-defined]
         exc.ollamactl_error = None  # type: ignore[attr-defined]
         try:
@@ -208,6 +219,14 @@ def _drive(gen: Generator[Any, Any, bool], perform: Callable[[Any], Any]) -> boo
     raise AssertionError("the guard's core suspended in the sync face")
 
 
+def _model_of(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """The model a client call makes Ollama load (its ``model`` argument, first positional), if it is one."""
+    if name not in LOADING_CALLS:
+        return None
+    model = kwargs.get("model", args[0] if args else None)
+    return model if isinstance(model, str) and model else None
+
+
 def _again(recovered: bool, retry: bool, attempt: int, first: bool = True) -> bool:
     """Both faces: call once more after a failure?  Only after a restart, with retry on, on the first
     attempt, and for a stream only if it failed before its first chunk."""
@@ -252,38 +271,41 @@ class GuardedClient(_Guard):
     def _perform(self, effect: Any) -> Any:
         ctl = self._controller
         if isinstance(effect, _Verdict):
-            return _within(effect.timeout, lambda: ctl.probe(deep=effect.deep))
+            return _within(effect.timeout, lambda: ctl.probe(deep=effect.deep, wait=effect.wait))
         return ctl.restart(effect.reason, observed_at=effect.observed_at)
 
-    def _recovered(self, name: str, exc: BaseException, started: float) -> bool:
+    def _recovered(self, name: str, exc: BaseException, started: float, model: str | None = None) -> bool:
         ctl = self._controller = self._controller or Controller()
-        return _drive(self._recover(ctl, name, exc, started), self._perform)
+        return _drive(self._recover(ctl, name, exc, started, model), self._perform)
 
     def _wrap(self, name: str, method: Any) -> Any:
         @functools.wraps(method)
         def call(*args: Any, **kwargs: Any) -> Any:
+            model = _model_of(name, args, kwargs)
             for attempt in (1, 2):
                 started = time.time()
                 try:
                     result = method(*args, **kwargs)
                     if not isinstance(result, Iterator):
                         return result
-                    return self._stream(name, result, started, attempt, lambda: method(*args, **kwargs))
+                    return self._stream(name, result, started, attempt, lambda: method(*args, **kwargs), model)
                 except self._errors as exc:
-                    if not _again(self._recovered(name, exc, started), self._retry, attempt):
+                    if not _again(self._recovered(name, exc, started, model), self._retry, attempt):
                         raise
             raise AssertionError("unreachable")
 
         return call
 
-    def _stream(self, name: str, chunks: Iterator[Any], started: float, attempt: int, again: Any) -> Iterator[Any]:
+    def _stream(
+        self, name: str, chunks: Iterator[Any], started: float, attempt: int, again: Any, model: str | None = None
+    ) -> Iterator[Any]:
         first = True
         try:
             for chunk in chunks:
                 first = False
                 yield chunk
         except self._errors as exc:
-            if not _again(self._recovered(name, exc, started), self._retry, attempt, first):
+            if not _again(self._recovered(name, exc, started, model), self._retry, attempt, first):
                 raise
             yield from again()
 
@@ -306,14 +328,14 @@ class AsyncGuardedClient(_Guard):
         ctl = self._controller
         if isinstance(effect, _Verdict):
             try:
-                return await asyncio.wait_for(ctl.probe(deep=effect.deep), effect.timeout)
+                return await asyncio.wait_for(ctl.probe(deep=effect.deep, wait=effect.wait), effect.timeout)
             except TimeoutError:
                 raise TimedOut(f"no verdict on Ollama within {effect.timeout:g}s") from None
         return await ctl.restart(effect.reason, observed_at=effect.observed_at)
 
-    async def _recovered(self, name: str, exc: BaseException, started: float) -> bool:
+    async def _recovered(self, name: str, exc: BaseException, started: float, model: str | None = None) -> bool:
         ctl = self._controller = self._controller or AsyncController()
-        return await _adrive(self._recover(ctl, name, exc, started), self._perform)
+        return await _adrive(self._recover(ctl, name, exc, started, model), self._perform)
 
     def _wrap(self, name: str, method: Any) -> Any:
         if not inspect.iscoroutinefunction(method):
@@ -321,22 +343,23 @@ class AsyncGuardedClient(_Guard):
 
         @functools.wraps(method)
         async def call(*args: Any, **kwargs: Any) -> Any:
+            model = _model_of(name, args, kwargs)
             for attempt in (1, 2):
                 started = time.time()
                 try:
                     result = await method(*args, **kwargs)
                     if not isinstance(result, AsyncIterator):
                         return result
-                    return self._stream(name, result, started, attempt, lambda: method(*args, **kwargs))
+                    return self._stream(name, result, started, attempt, lambda: method(*args, **kwargs), model)
                 except self._errors as exc:
-                    if not _again(await self._recovered(name, exc, started), self._retry, attempt):
+                    if not _again(await self._recovered(name, exc, started, model), self._retry, attempt):
                         raise
             raise AssertionError("unreachable")
 
         return call
 
     async def _stream(
-        self, name: str, chunks: AsyncIterator[Any], started: float, attempt: int, again: Any
+        self, name: str, chunks: AsyncIterator[Any], started: float, attempt: int, again: Any, model: str | None = None
     ) -> AsyncIterator[Any]:
         first = True
         try:
@@ -344,7 +367,7 @@ class AsyncGuardedClient(_Guard):
                 first = False
                 yield chunk
         except self._errors as exc:
-            if not _again(await self._recovered(name, exc, started), self._retry, attempt, first):
+            if not _again(await self._recovered(name, exc, started, model), self._retry, attempt, first):
                 raise
             async for chunk in await again():
                 yield chunk

@@ -152,6 +152,7 @@ class JournalFacts:
     last_completion: str = ""  # e.g. 'POST "/api/chat" 200 in 1.234567s'
     load_started_at: float | None = None  # a model load began then and has not ended (None: no open load)
     load_activity_at: float | None = None  # the latest non-access-log line since that load began
+    load_begun_at: float | None = None  # the latest load start seen (open or ended): the scheduler ran a load then
     runners: dict[int, float] = field(default_factory=dict)  # llama-server port -> when it was started
     runner_models: dict[int, str] = field(default_factory=dict)  # port -> the sha256 of its model's blob, if named
     dropped: int = 0  # lines journald suppressed for this invocation (over its rate limit: a flood)
@@ -396,6 +397,7 @@ def observe(facts: JournalFacts, message: str, at: float) -> None:
         if facts.load_started_at is None:
             facts.load_started_at = at
         facts.load_activity_at = at
+        facts.load_begun_at = max(facts.load_begun_at or at, at)
     elif msg.startswith("llama-server started in ") or msg == "Load failed":
         facts.load_started_at = facts.load_activity_at = None
 

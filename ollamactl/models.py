@@ -85,7 +85,7 @@ class Status(_Result):
 class ProbeReport(_Result):
     """What ``probe`` saw, and the verdict on it (see ollamactl.verdict)."""
 
-    outcome: str = _f("healthy, busy, loading, starting, stopped, failed, down, wedged or deep-wedged.")
+    outcome: str = _f("healthy, busy, loading, starting, stopped, failed, down, wedged, deep-wedged or load-stuck.")
     healthy: bool = _f('outcome is "healthy".')
     exit_code: int = _f("The outcome's exit code (what ``ollamactl probe`` exits with).")
     evidence: str = _f("One line saying what decided the outcome.", "")

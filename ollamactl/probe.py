@@ -425,6 +425,12 @@ async def liveness(endpoint: Endpoint, timeout: float, *, transport: Transport |
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
+def model_name(name: str) -> str:
+    """A model name as /api/ps shows it: "llama3" is "llama3:latest"."""
+    name = name.strip().lower()
+    return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
+
+
 @dataclass(frozen=True)
 class Loaded:
     """One model /api/ps lists as loaded."""

@@ -12,7 +12,11 @@ unbounded FIFO for a slot, and loads take minutes.  What is evidence:
   /api/version answers and a model is loaded, no request completes meanwhile,
   and the unit is not computing on several CPUs (a long prompt batch on a CPU);
 - a model load with no sign of life for longer than ``load_timeout`` (plus
-  the time Ollama needs to abort a stalled load itself).
+  the time Ollama needs to abort a stalled load itself);
+- only for the one who waits on it (the guard, ``probe --load``): its own
+  request for a model that needs a load, outstanding for ``load_stuck_after``
+  with the model not loaded, no load started since, and every loaded runner
+  idle (ollama #17408: the scheduler stuck on an eviction; nothing else shows).
 
 "Completes" means a successful inference request in Ollama's access log (the
 journal), which gin writes only when a request finishes.  ``Judge`` keeps the
@@ -31,6 +35,7 @@ from ollamactl.errors import (
     EXIT_BUSY,
     EXIT_DEEP_WEDGED,
     EXIT_FAILED,
+    EXIT_LOAD_STUCK,
     EXIT_LOADING,
     EXIT_NOT_ANSWERING,
     EXIT_STARTING,
@@ -50,8 +55,9 @@ FAILED = "failed"  # the unit failed: an admin must look; never restarted by us
 DOWN = "down"  # refused while the unit is active
 WEDGED = "wedged"  # /api/version gets no answer
 DEEP_WEDGED = "deep-wedged"  # /api/version answers, inference (or a load) makes no progress
+LOAD_STUCK = "load-stuck"  # the caller's load never starts while nothing else runs (#17408); only with a LoadWait
 
-OUTCOMES = (HEALTHY, BUSY, LOADING, STARTING, STOPPED, FAILED, DOWN, WEDGED, DEEP_WEDGED)
+OUTCOMES = (HEALTHY, BUSY, LOADING, STARTING, STOPPED, FAILED, DOWN, WEDGED, DEEP_WEDGED, LOAD_STUCK)
 EXIT_CODES = {
     HEALTHY: 0,
     DOWN: EXIT_NOT_ANSWERING,
@@ -62,9 +68,10 @@ EXIT_CODES = {
     BUSY: EXIT_BUSY,
     LOADING: EXIT_LOADING,
     FAILED: EXIT_FAILED,
+    LOAD_STUCK: EXIT_LOAD_STUCK,
 }
 #: Outcomes a restart can cure, once confirmed (see Verdict.restart).
-RESTARTABLE = frozenset({DOWN, WEDGED, DEEP_WEDGED})
+RESTARTABLE = frozenset({DOWN, WEDGED, DEEP_WEDGED, LOAD_STUCK})
 
 #: Seconds Ollama gets to abort a stalled load itself (OLLAMA_LOAD_TIMEOUT) before we call the load stuck.
 LOAD_GRACE = 15.0
@@ -90,11 +97,30 @@ class Limits:
     deep_confirm: float = 8.0  # seconds a runner's /slots must stay silent
     load_timeout: float = 300.0  # seconds a load may go without a sign of life
     startup_grace: float = 10.0  # seconds after a start in which failures do not count
+    load_stuck_after: float = 60.0  # seconds a waiter's load may not start, every runner idle (LoadWait)
 
     @classmethod
     def from_config(cls, cfg: Any) -> Limits:
         """The limits in a Config (or anything with the same attributes)."""
-        return cls(cfg.watch_failure_threshold, cfg.deep_confirm, cfg.load_timeout, cfg.watch_startup_grace)
+        return cls(
+            cfg.watch_failure_threshold,
+            cfg.deep_confirm,
+            cfg.load_timeout,
+            cfg.watch_startup_grace,
+            getattr(cfg, "load_stuck_after", 60.0),
+        )
+
+
+@dataclass(frozen=True)
+class LoadWait:
+    """The caller's own request for ``model``, outstanding since ``since`` (epoch s): evidence only it has.
+
+    No read-only probe sees a load that never starts (#17408): loaded models keep answering and nothing is
+    logged.  Whoever waits on the load holds the one fact that shows it, and gives it to the verdict.
+    """
+
+    model: str
+    since: float
 
 
 @dataclass(frozen=True)
@@ -127,6 +153,7 @@ class Sample:
     deep_note: str = ""  # why the runners were not probed, if they were not
     done_at: float = 0.0
     ignored: tuple[str, ...] = ()  # ports that answered but are not Ollama's runners, and why (runners.py)
+    wait: LoadWait | None = None  # the caller's own request that needs a load, if it has one
 
     def __post_init__(self) -> None:
         self.done_at = self.done_at or self.at
@@ -207,7 +234,10 @@ class Judge:
         if verdict is not None:
             self.reset()
             return verdict
-        return self._live_verdict(s) or self._deep_verdict(s)
+        verdict = self._live_verdict(s) or self._deep_verdict(s)
+        if s.wait is not None and verdict.outcome == HEALTHY:
+            return _load_stuck(s, s.wait, self.limits) or verdict
+        return verdict
 
     # -- the unit ----------------------------------------------------------------
 
@@ -474,6 +504,50 @@ class Judge:
         elif loaded:
             parts.append(f"loaded: {loaded}")
         return Verdict(outcome, "; ".join(parts) + _flood(s.journal, s.done_at))
+
+
+def _load_stuck(s: Sample, wait: LoadWait, lim: Limits) -> Verdict | None:
+    """LOAD_STUCK if every piece of evidence holds (else None: the healthy verdict stands).
+
+    The caller's request for the model has waited load_stuck_after; the model is not loaded (/api/ps
+    answered); no load began since the request (the journal, read; without it, no runner answers "loading");
+    and a runner answered /slots, idle, for every loaded model: a load waiting for a busy model to finish
+    (Ollama evicts only idle runners) is Ollama working as designed, never this.
+    """
+    waited = s.done_at - wait.since
+    if waited < lim.load_stuck_after or s.ps is None or s.ps.status != probe.OK:
+        return None
+    name = probe.model_name(wait.model)
+    if any(probe.model_name(m.name) == name for m in s.ps.models):
+        return None
+    journal = s.journal if s.journal is not None and s.journal.readable else None
+    if journal is not None:
+        if journal.load_begun_at is not None and journal.load_begun_at >= wait.since:
+            return None
+        how = f"no load started since {_clock(wait.since)} (journal)"
+    else:
+        how = "no runner loading (the journal is not readable here)"
+    if any(probe.LOADING in (r.slots_status, r.health_status) for r in s.runners):
+        return None
+    busy = [r.port for r in s.runners if r.slots_status == probe.OK and any(sl.is_processing for sl in r.slots)]
+    if busy:  # Ollama evicts only idle runners: the load waits for these, as designed
+        return Verdict(
+            BUSY,
+            f"a request for {wait.model} has waited {waited:.0f}s: it is not loaded, and the load waits for"
+            f" busy runner(s) :{', :'.join(map(str, busy))} to finish (Ollama evicts only idle ones): not a wedge",
+        )
+    idle = [r for r in s.runners if r.slots_status == probe.OK]
+    if len(idle) != len(s.runners) or len(idle) < len(s.ps.models):
+        return None  # a silent or unseen runner: the load may wait for it
+    loaded = ", ".join(m.name for m in s.ps.models) or "none"
+    return Verdict(
+        LOAD_STUCK,
+        f"a request for {wait.model} has waited {waited:.0f}s (at least {lim.load_stuck_after:g}s): it is not"
+        f" loaded (/api/ps: {loaded}), {how}, and every loaded model's runner is idle, so nothing holds the"
+        " load back: Ollama's scheduler is stuck (ollama #17408)",
+        confirmed=True,
+        since=wait.since,
+    )
 
 
 def _load_ended(s: Sample, journal: JournalFacts) -> bool:

@@ -41,6 +41,7 @@ class Recorder:
     restart_error: OllamactlError | None = None  # the restart raises this
     calls: list[tuple[str, float]] = field(default_factory=list)  # restarts: (reason, observed_at)
     probes: list[bool] = field(default_factory=list)  # verdicts asked for: deep?
+    waits: list[Any] = field(default_factory=list)  # each verdict's LoadWait (the failed call's model), or None
     config: Config = field(default_factory=lambda: load_config(None, config_file=os.devnull, environ={}))
 
     def _verdict(self, deep: bool) -> Any:
@@ -49,7 +50,8 @@ class Recorder:
             raise self.outcome
         return SimpleNamespace(outcome=self.outcome, evidence=f"scripted: {self.outcome}")
 
-    def probe(self, deep: bool = False) -> Any:
+    def probe(self, deep: bool = False, wait: Any = None) -> Any:
+        self.waits.append(wait)
         if self.outcome == "hang":
             self.probes.append(deep)
             time.sleep(30)
@@ -66,7 +68,8 @@ class Recorder:
 
 
 class AsyncRecorder(Recorder):
-    async def probe(self, deep: bool = False) -> Any:  # type: ignore[override]
+    async def probe(self, deep: bool = False, wait: Any = None) -> Any:  # type: ignore[override]
+        self.waits.append(wait)
         if self.outcome == "hang":
             self.probes.append(deep)
             await asyncio.sleep(30)
@@ -100,6 +103,31 @@ def test_slow_generation_past_the_client_timeout_is_busy_not_restarted(launch):
     assert info.value.ollamactl_verdict.outcome == "busy"
     assert info.value.ollamactl_error is None
     assert "ollamactl: Ollama is busy (scripted: busy); not restarted" in notes(info.value)
+
+
+def test_a_failed_call_gives_the_verdict_its_own_wait_for_the_model(launch):
+    """Issue 15: the app's request is the only evidence of a load that never starts (#17408)."""
+    s = launch(env={"STANDIN_TOKEN_SECONDS": "0.5"})
+    rec = Recorder(s, outcome="busy")
+    client = guard(s.client(timeout=1), controller=rec)
+    t0 = time.time()
+    with pytest.raises(httpx.TimeoutException):
+        client.generate(MODEL, "a long answer", options={"num_predict": 8})
+    (wait,) = rec.waits
+    assert wait.model == MODEL and t0 <= wait.since <= t0 + 1
+    with pytest.raises(httpx.TimeoutException):
+        client.generate(model=MODEL, prompt="again", options={"num_predict": 8})
+    assert rec.waits[-1].model == MODEL
+
+
+def test_a_load_that_never_starts_is_restarted_once_and_the_retry_succeeds(launch):
+    """#17408 as the stand-in models it: loaded models answer, a load hangs without a word."""
+    s = launch()
+    s.set_mode("stuck-eviction")
+    rec = Recorder(s, outcome="load-stuck")
+    client = guard(s.client(timeout=2), controller=rec)
+    answer = client.generate(MODEL, "hello", options={"num_predict": 1})
+    assert answer["done"] and len(rec.calls) == 1 and rec.waits[0].model == MODEL
 
 
 def test_stuck_inference_is_restarted_once_and_the_retry_succeeds(launch):
@@ -173,13 +201,13 @@ def test_the_verdict_is_bounded_in_time(launch):
 def test_the_default_bound_comes_from_the_config(launch):
     s = launch()
     rec = Recorder(s)
-    effect = guard(s.client(), controller=rec)._verdict_effect(rec)
+    effect = guard(s.client(), controller=rec)._verdict_effect(rec, None)
     # shipped defaults: deep_confirm 8 + 3 x (period 1 + probe 1 + http 5), then one more sample: bus 10, 1, 5
     assert (effect.deep, effect.timeout) == (True, 8 + 3 * 7 + 16) and verdict_deadline(rec.config) == 45
     rec.config = load_config(
         {"deep_confirm": 2, "http_timeout": 1, "bus_timeout": 1}, config_file=os.devnull, environ={}
     )
-    assert guard(s.client(), controller=rec)._verdict_effect(rec).timeout == 2 + 3 * 3 + 3
+    assert guard(s.client(), controller=rec)._verdict_effect(rec, None).timeout == 2 + 3 * 3 + 3
 
 
 def test_the_verdict_is_deep_unless_told_otherwise(launch):

@@ -16,7 +16,7 @@ import pytest
 from ollamactl import controller as controller_mod
 from ollamactl.config import load_config
 from ollamactl.controller import AsyncController
-from ollamactl.errors import UnitFailed, UnitStopped
+from ollamactl.errors import UnitFailed, UnitStopped, UsageError
 from ollamactl.models import Status, fields_doc
 from ollamactl.runtime import RuntimeDir
 from tests.unit.test_runtime_attacks import group, make_rundir
@@ -150,6 +150,40 @@ def test_a_configured_model_that_is_not_loaded_is_not_deep_probed(probing, ollam
     ollama.runners[40001] = "stuck"
     report = asyncio.run(probing.probe(deep=True))
     assert report.outcome == "healthy" and "model llama3 is not loaded" in report.evidence
+
+
+# -- probe --load: the disturbing check a human runs for #17408 --------------------------------------------------
+
+
+def _loading(probing):
+    probing.config = dataclasses.replace(probing.config, load_stuck_after=0.3)
+    return probing
+
+
+def test_probe_load_of_a_healthy_server_loads_and_says_so(probing, ollama):
+    report = asyncio.run(_loading(probing).probe_load("other"))
+    assert report.outcome == "healthy" and report.exit_code == 0 and "other loaded in" in report.evidence
+    assert "other:latest" in ollama.models and ("/api/generate" in [p for _, _, p in ollama.requests])
+
+
+def test_probe_load_of_a_load_that_never_starts_is_load_stuck(probing, ollama):
+    ollama.load = "hang"
+    t0 = time.monotonic()
+    report = asyncio.run(_loading(probing).probe_load("other"))
+    assert (report.outcome, report.exit_code, report.confirmed) == ("load-stuck", 19, True)
+    assert "ollama #17408" in report.evidence and time.monotonic() - t0 < 5
+    assert "no runner loading (the journal is not readable here)" in report.evidence
+
+
+def test_probe_load_behind_a_busy_model_is_busy_not_load_stuck(probing, ollama):
+    ollama.load, ollama.runners[40001] = "hang", "busy"
+    report = asyncio.run(_loading(probing).probe_load("other"))
+    assert report.outcome == "busy" and "waits for busy runner(s) :40001" in report.evidence
+
+
+def test_probe_load_of_a_model_ollama_does_not_have_says_pull_it(probing):
+    with pytest.raises(UsageError, match=r"no model missing \(HTTP 404\): pull it first"):
+        asyncio.run(_loading(probing).probe_load("missing"))
 
 
 def test_status_has_the_declared_fields(actl):

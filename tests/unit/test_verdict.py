@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from ollamactl import verdict
+from ollamactl import probe, verdict
 from ollamactl.config import load_config
 from ollamactl.verdict import (
     BUSY,
@@ -24,7 +24,7 @@ from ollamactl.verdict import (
     Judge,
     Limits,
 )
-from tests.unit.world import PORT, World
+from tests.unit.world import MODEL, PORT, World
 
 DEFAULTS = Limits.from_config(load_config(environ={}, config_file="/dev/null"))
 
@@ -449,8 +449,10 @@ def test_every_outcome_has_its_exit_code():
         "busy": 15,
         "loading": 16,
         "failed": 17,
+        "load-stuck": 19,
     }
-    assert set(verdict.OUTCOMES) == set(verdict.EXIT_CODES) and verdict.RESTARTABLE == {DOWN, WEDGED, DEEP_WEDGED}
+    assert set(verdict.OUTCOMES) == set(verdict.EXIT_CODES)
+    assert verdict.RESTARTABLE == {DOWN, WEDGED, DEEP_WEDGED, verdict.LOAD_STUCK}
 
 
 def test_nothing_is_confirmed_while_the_journal_read_fails():
@@ -468,3 +470,80 @@ def test_nothing_is_confirmed_while_the_journal_read_fails():
     w.journal = flaky
     out = run(w, 10)
     assert restarts(out) == [] and "as far as the journal was read" in out[-1][1].evidence
+
+
+# -- a load that never starts (#17408): only the one who waits on it can tell ------------------------------
+
+
+def run_waiting(world: World, wait: verdict.LoadWait, seconds: float, judge: Judge | None = None):
+    """``run`` with the caller's LoadWait in every sample, as the guard and probe --load give it."""
+    judge = judge or Judge(DEFAULTS)
+    out = []
+    end = world.now + seconds
+    while world.now < end:
+        s = world.sample(True)
+        s.wait = wait
+        out.append((world.now, judge.observe(s)))
+        world.advance()
+    return out
+
+
+def deadlock(**changes) -> tuple[World, verdict.LoadWait]:
+    """#17408: the loaded model's runner idle, the other model asked for and never loaded, nothing logged."""
+    w = World(mode="ok", **changes)
+    return w, verdict.LoadWait("other", w.now)
+
+
+def test_a_load_that_never_starts_while_every_runner_idles_is_load_stuck_after_load_stuck_after():
+    w, wait = deadlock()
+    out = run_waiting(w, wait, DEFAULTS.load_stuck_after + 5)
+    first = next(t for t, v in out if v.outcome == verdict.LOAD_STUCK)
+    assert DEFAULTS.load_stuck_after <= first - wait.since + 1 <= DEFAULTS.load_stuck_after + 1.5
+    v = out[-1][1]
+    assert v.restart and v.exit_code == 19 and "ollama #17408" in v.evidence and "other" in v.evidence
+    assert all(v.outcome == HEALTHY for t, v in out if t < first)
+
+
+@pytest.mark.parametrize(
+    "flip",
+    [
+        "the model is loaded",
+        "a load began since",
+        "a runner is busy",
+        "a runner is unseen",
+        "api/ps blocks",
+        "api/ps gives no list",
+    ],
+)
+def test_each_piece_of_evidence_on_its_own_keeps_it_from_load_stuck(flip):
+    w, wait = deadlock()
+    if flip == "the model is loaded":
+        w.models = [MODEL, "other:latest"]
+        w.runners[PORT + 1] = w.now - 100
+    elif flip == "a load began since":
+        w.load_begun = wait.since + 5
+    elif flip == "a runner is busy":  # the load waits for it to finish, as Ollama's scheduler does by design
+        w.mode = "stream"
+    elif flip == "a runner is unseen":  # two models loaded, one runner found: the other may be the busy one
+        w.models = [MODEL, "second:latest"]
+    elif flip == "api/ps blocks":
+        w.mode = "loading"
+    elif flip == "api/ps gives no list":  # then "not loaded" is not known
+        w.ps = lambda: probe.PsResult(probe.BAD, 0.01, detail="GET /api/ps answered HTTP 500 without a model list")
+    out = run_waiting(w, wait, DEFAULTS.load_stuck_after + 30)
+    assert verdict.LOAD_STUCK not in outcomes(out) and not any(v.restart for _, v in out)
+    if flip == "a runner is busy":
+        assert out[-1][1].outcome == BUSY and "the load waits for busy runner(s)" in out[-1][1].evidence
+
+
+def test_without_the_journal_no_runner_loading_stands_in_for_no_load_started():
+    w, wait = deadlock(journal_readable=False)
+    out = run_waiting(w, wait, DEFAULTS.load_stuck_after + 5)
+    assert out[-1][1].outcome == verdict.LOAD_STUCK and "journal is not readable" in out[-1][1].evidence
+
+
+def test_without_a_load_wait_the_deadlock_is_healthy_as_it_looks():
+    """The watchdog has no request of its own and never sends one: #17408 is not its to see."""
+    w, _ = deadlock()
+    out = run(w, DEFAULTS.load_stuck_after + 30)
+    assert outcomes(out) == {HEALTHY} and restarts(out) == []

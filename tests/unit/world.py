@@ -45,6 +45,7 @@ class World:
     completions: list[float] = field(default_factory=list)  # journald times of successful requests
     load_started: float | None = None
     load_activity: float | None = None
+    load_begun: float | None = None  # the latest load start the journal shows (open or ended)
     journal_readable: bool = True
     cpus: float = 0.05  # CPUs the unit's processes use
     cpu_ns: int = 0  # their CPU time so far (CPUUsageNSec)
@@ -132,6 +133,7 @@ class World:
             last_completion='POST "/api/chat" 200 in 2.5s' if done else "",
             load_started_at=self.load_started,
             load_activity_at=self.load_activity,
+            load_begun_at=self.load_begun,
             runners=dict(self.runners),
         )
 
@@ -330,8 +332,9 @@ class FakeOllama:
 
     ``mode``: "ok" (answers), "refused" (nothing listens) or "silent"
     (accepts, never answers: the request's deadline ends it).  ``runners``:
-    llama-server ports and how their /slots answer ("ok" or "stuck": never;
-    /health answers either way).  ``requests``: (monotonic time, port, path).
+    llama-server ports and how their /slots answer ("ok", idle; "busy", a slot
+    streaming; or "stuck": never; /health answers either way).  ``load``: how
+    the load-only generate answers.  ``requests``: (monotonic time, port, path).
     """
 
     def __init__(self, mode: str = "ok", *, version: str = "0.12.3") -> None:
@@ -339,6 +342,8 @@ class FakeOllama:
         self.version = version
         self.models = ["m:latest"]
         self.runners: dict[int, str] = {}
+        self.load = "ok"  # POST /api/generate for a model: "ok" (loads it), "hang" (#17408: never answers)
+        self.decoded = 0
         self.requests: list[tuple[float, int, str]] = []
         self.up_since: float | None = time.monotonic() if mode == "ok" else None
         self.port = OLLAMA_PORT  # where it listens
@@ -364,6 +369,14 @@ class FakeOllama:
             return _json(200, {"version": self.version})
         if path == "/api/ps":
             return _json(200, {"models": [{"name": m, "size": 1, "size_vram": 1} for m in self.models]})
+        if path == "/api/generate" and isinstance(body, dict) and not body.get("prompt"):  # the load-only request
+            model = probe.model_name(str(body.get("model")))
+            if model.startswith("missing"):
+                return _json(404, {"error": f"model '{model}' not found"})
+            if self.load == "hang":
+                await asyncio.Event().wait()  # until the request's deadline
+            self.models.append(model)
+            return _json(200, {"model": model, "response": "", "done": True, "done_reason": "load"})
         return _json(404, {"error": "not found"})
 
     async def _runner(self, endpoint: probe.Endpoint, path: str) -> probe.Response:
@@ -374,6 +387,11 @@ class FakeOllama:
             return _json(200, {"status": "ok"})
         if how == "stuck":
             await asyncio.Event().wait()
+        if how == "busy":  # a stream: tokens keep coming
+            self.decoded += 5
+            return _json(
+                200, [{"id": 0, "id_task": 1, "is_processing": True, "next_token": {"n_decoded": self.decoded}}]
+            )
         return _json(200, [{"id": 0, "is_processing": False, "next_token": {"n_decoded": 0}}])
 
 
