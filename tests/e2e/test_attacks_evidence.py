@@ -84,7 +84,8 @@ _PORT = re.compile(r"--port[ =]([0-9]+)")
 def _squat(h: hc.HarmBed, name: str, host: str, port: int) -> None:
     """``STRANGER`` listens on host:port (a transient unit running as that user), until _unsquat."""
     h.c.run(
-        ["systemd-run", f"--unit={name}", f"--uid={STRANGER}", "python3", "-c", SQUATTER, host, str(port)], check=True
+        ["systemd-run", "--collect", f"--unit={name}", f"--uid={STRANGER}", "python3", "-c", SQUATTER, host, str(port)],
+        check=True,
     )
     for _ in range(100):
         if h.c.run(["sh", "-c", f"ss -Hltn 'sport = :{port}' | grep -q '{host}:{port}'"]).returncode == 0:
@@ -198,10 +199,13 @@ def test_a_flood_that_drops_the_load_end_line_causes_no_restart(harm: hc.HarmBed
         harm.configure({"STANDIN_LOAD_SECONDS": "6"}, config=config)  # nothing loaded yet
         harm.settle()
         since, inv, nr = harm.mark()
-        loader = c.run(["systemd-run", "--unit=flood-load", "--uid=root", "python3", "/root/harm_driver.py",
+        loader = c.run(["systemd-run", "--collect", "--unit=flood-load", "python3", "/root/harm_driver.py",
                         "generate", "--model", harm.model, "--timeout", "60"], check=True)  # fmt: skip
         time.sleep(1.5)  # the load's start lines are in; its end comes ~5 s into the flood
-        c.run(["systemd-run", "--unit=flood-404", f"--uid={STRANGER}", "python3", "-c", FLOODER, "12"], check=True)
+        c.run(
+            ["systemd-run", "--collect", "--unit=flood-404", f"--uid={STRANGER}", "python3", "-c", FLOODER, "12"],
+            check=True,
+        )
         time.sleep(12 + 35)  # the flood, then load_timeout + Ollama's own 15 s grace + the confirmations, twice over
         rs = harm.restarts(since, inv, nr)
         entries = harm.journal(since, unit=hc.UNIT)

@@ -91,7 +91,7 @@ def _probe_load(h: hc.HarmBed, model: str) -> tuple[int, dict, float]:
 
 
 def _stream(h: hc.HarmBed) -> None:
-    h.c.run(["systemd-run", "--unit=load-stream", "python3", "-c", STREAM], check=True)
+    h.c.run(["systemd-run", "--collect", "--unit=load-stream", "python3", "-c", STREAM], check=True)
     time.sleep(1.0)  # it holds the only slot
 
 
