@@ -558,7 +558,7 @@ def _load_ended(s: Sample, journal: JournalFacts) -> bool:
     runner started for it answers /health 200 once loaded, and /api/ps lists its model then.
     """
     began = journal.load_started_at or 0.0
-    ports = {port for port, at in journal.runners.items() if at >= began - 1.0}
+    ports = {port for port, at in journal.runners.items() if at >= began}  # started by this load's own line
     if any(r.port in ports and probe.OK in (r.health_status, r.slots_status) for r in s.runners):
         return True
     digests = {journal.runner_models.get(port) for port in ports} - {None}
