@@ -569,15 +569,23 @@ def _config(args: argparse.Namespace, isolate: bool = False) -> Config:
     return load_config(settings, config_file=getattr(args, "config", None), labels=flags, isolate=isolate)
 
 
-def controller(args: argparse.Namespace) -> Controller:
-    """A Controller from the config sources plus the flags the user gave."""
+def controller(args: argparse.Namespace, cfg: Config | None = None) -> Controller:
+    """A Controller from the config sources plus the flags the user gave (``cfg``, if read already)."""
     from ollamactl.controller import Controller
 
-    return Controller(config=_config(args))
+    return Controller(config=cfg or _config(args))
 
 
 def _cmd_restart(args: argparse.Namespace, as_json: bool) -> int:
-    ctl = controller(args)
+    cfg = _config(args)
+    if args.since is not None:  # a late detector: PID 1's record may answer without D-Bus (see late.py)
+        from ollamactl.late import run
+
+        skipped = run(cfg, args.reason, args.since, wait=not args.no_wait, timeout=cfg.timeout)
+        if skipped is not None:
+            emit(skipped, as_json, _restart_text)
+            return 0
+    ctl = controller(args, cfg)
     progress = Progress.for_stderr(as_json)  # on a terminal: one line says what the restart waits for
     try:
         result = ctl.restart(

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from ollamactl import probe, sockets, unitenv
+from ollamactl import late, probe, sockets, unitenv
 from ollamactl._log import audit, log
 from ollamactl.budget import Budget
 from ollamactl.config import DEFAULT_CONFIG_FILE, TIMEOUT_RANGE, Config, Instance, in_timeout_range, load_config
@@ -42,7 +42,6 @@ from ollamactl.errors import (
     UsageError,
 )
 from ollamactl.models import Instances, ProbeReport, RestartResult, Status
-from ollamactl.nss import current_user
 from ollamactl.runtime import MAX_HISTORY, Restart, RuntimeDir, State
 from ollamactl.systemd import SystemdBus, UnitState
 from ollamactl.text import clean
@@ -200,21 +199,14 @@ class AsyncController(_Client):
         """
         cfg = self.config
         clock = _Deadline(cfg.timeout if timeout is None else _check_timeout(timeout))
-        who = {"uid": os.getuid(), "user": current_user(), "pid": os.getpid()}
-        audit_fields = dict(unit=cfg.unit, reason=reason, observed_at=observed_at, **who)
+        audit_fields = late.requested(cfg, reason, observed_at)
         log("INFO", "restart requested", **audit_fields)
         try:
             result = await self._restart(reason, wait, observed_at, clock, unattended, start, progress or _quiet)
         except OllamactlError as err:
             audit(f"restart of {cfg.unit} not done: {err.message}", outcome=err.kind, **audit_fields)
             raise
-        audit(
-            f"{result.action} {result.unit} (reason: {reason or '-'})",
-            outcome=result.action,
-            new_invocation=result.new_invocation_id,
-            job_result=result.job_result,
-            **audit_fields,
-        )
+        late.journal(result, audit_fields)
         return result
 
     async def _restart(
@@ -229,6 +221,13 @@ class AsyncController(_Client):
     ) -> RestartResult:
         runtime = self.runtime
         job = job_result = old_invocation_id = job_seconds = ready_seconds = api_version = None
+        # A late detector first: PID 1's own record (no D-Bus) may show a start since the wedge was seen.
+        skipped = await late.skip(
+            self.config, reason, observed_at, wait=wait, timeout=clock.left(), transport=self.http_transport
+        )
+        if skipped is not None:
+            log("INFO", "already restarted since the wedge was seen (PID 1's record); skipping", unit=skipped.unit)
+            return skipped
         async with _deadline_scope(clock, "restart"), self._systemd() as bus:
             # Coalescing first without the lock: once one detector's restart is done, the many others that
             # saw the same wedge go on at once instead of queueing on the lock one by one.

@@ -10,6 +10,8 @@ pydantic validation is slow, which is not what the properties are about.
 import importlib.util
 import os
 
+import pytest
+
 if importlib.util.find_spec("hypothesis"):
     from hypothesis import settings
 
@@ -19,3 +21,10 @@ if importlib.util.find_spec("hypothesis"):
 
 if importlib.util.find_spec("ollama"):
     from tests.test_standin import launch  # noqa: F401 - a running stand-in Ollama, for the client tests
+
+
+@pytest.fixture(autouse=True)
+def _no_host_unit_records(monkeypatch):
+    """The flow under test must not read this machine's own PID 1 records (/run/systemd/units): tests that
+    want a record make one and point ollamactl.unitrecord.UNITS_DIR at it."""
+    monkeypatch.setattr("ollamactl.unitrecord.UNITS_DIR", "/nonexistent/ollamactl-tests/units")

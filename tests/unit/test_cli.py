@@ -352,7 +352,7 @@ def test_restart_hands_a_progress_line_to_a_controller_that_takes_one(monkeypatc
                 progress("stopping u.service")
             return Result()
 
-    monkeypatch.setattr(cli, "controller", lambda args: FakeController())
+    monkeypatch.setattr(cli, "controller", lambda args, cfg=None: FakeController())
     monkeypatch.setattr(sys, "stderr", _Tty(tty=tty))
     args = build_parser().parse_args(["restart", "--no-wait"])
     assert cli._cmd_restart(args, as_json) == 0

@@ -19,6 +19,7 @@ import pytest
 
 from ollamactl import controller as controller_mod
 from ollamactl import doctor, unitenv
+from ollamactl import late as late_mod
 from ollamactl import watch as watch_mod
 from ollamactl.config import load_config
 from ollamactl.controller import AsyncController, Controller
@@ -36,6 +37,7 @@ UNIT = "ollama.service"
 def wire(monkeypatch):
     """(settings, systemd, ollama): a controller's settings on a real runtime directory, and its transports."""
     monkeypatch.setattr(controller_mod, "audit", lambda *a, **k: None)
+    monkeypatch.setattr(late_mod, "audit", lambda *a, **k: None)
     with make_rundir() as path:
         rd = RuntimeDir(path, group().gr_name)
         settings = {"runtime_dir": str(rd.path), "group": rd.group, "timeout": 10}
