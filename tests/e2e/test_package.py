@@ -25,7 +25,7 @@ CONFIG = "/etc/ollamactl/config.toml"
 STOP_S = int(
     next(
         line.split("=", 1)[1].strip().removesuffix("s")
-        for line in (testbed.REPO_ROOT / "ollamactl/_data/ollama.service.d/ollamactl.conf").read_text().splitlines()
+        for line in (testbed.REPO_ROOT / "packaging/systemd/ollama.service.d/ollamactl.conf").read_text().splitlines()
         if line.startswith("TimeoutStopSec=")
     )
 )
