@@ -45,7 +45,9 @@ roots: deps
 deb: deps
 	$(VPY) tests/debbuild.py --out dist
 
+# setuptools adds whatever an earlier build left in build/lib (the unit files' old place, ollamactl/_data/*).
 wheel: deps
+	rm -rf build/lib
 	$(VPY) -m pip wheel -q --no-deps -w dist .
 
 demo: deb

@@ -2,8 +2,8 @@
 
 On Fedora, Arch, RHEL (or Debian without the .deb) ollamactl comes from pip or
 pipx, and this one root command does the rest, from the same files the .deb
-ships (ollamactl/_data, in the wheel as package data; the
-polkit rule is rendered by ``policy``): the group and the watchdog's user
+ships (packaging/systemd, in the wheel as the package data ollamactl/_data/systemd;
+the polkit rule is rendered by ``policy``): the group and the watchdog's user
 (systemd-sysusers), the runtime directory (systemd-tmpfiles), the grant, the
 TimeoutStopSec drop-in for Ollama's unit and the watchdog unit, left disabled.
 Then systemd reloads its units, which never restarts anything.
@@ -100,9 +100,26 @@ class Layout:
         return self.at(str(RUN_DIR))
 
 
+def shipped_dir() -> Path:
+    """The directory of the unit files and snippets the .deb ships: the wheel's, or a source checkout's.
+
+    Git holds one copy, packaging/systemd; pyproject.toml maps it into the wheel as ollamactl/_data/systemd.
+    Run from a checkout (the tests, an editable install) the package has no _data, and the checkout's
+    packaging/systemd beside it is the same file.
+    """
+    package = Path(str(resources.files("ollamactl")))
+    packaged = package / "_data" / "systemd"
+    if packaged.is_dir():
+        return packaged
+    checkout = package.resolve().parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "packaging" / "systemd").is_dir():
+        return checkout / "packaging" / "systemd"
+    raise SetupError(f"the unit files ollamactl ships are missing: no {packaged}; reinstall ollamactl")
+
+
 def shipped(name: str) -> str:
-    """A file the .deb ships, from ollamactl/_data (package data in the wheel)."""
-    return resources.files("ollamactl").joinpath("_data", name).read_text(encoding="utf-8")
+    """A file the .deb ships, e.g. ``ollama.service.d/ollamactl.conf``, from ``shipped_dir()``."""
+    return (shipped_dir() / name).read_text(encoding="utf-8")
 
 
 def command_line() -> str:
@@ -120,7 +137,8 @@ def check_reachable(argv: str) -> None:
     names, with this interpreter, this package and its dependencies.  Whoever can write any of
     those (a module, a cached .pyc, a .pth file of a site directory, a directory above them, a
     link's target) would run code as the watchdog, which may restart Ollama and read the whole
-    journal: more than "restart Ollama".  So each must be root's.
+    journal: more than "restart Ollama".  So each must be root's, and so must the files the watchdog
+    unit is made from (``shipped_dir()``; in the package, except in a source checkout).
     """
     executables, trees, sites = _what_runs(argv)
     for path in [*(path for path, _ in executables), *trees, *sites]:
@@ -149,6 +167,9 @@ def _what_runs(argv: str) -> tuple[list[tuple[Path, int]], list[Path], list[Path
         executables.append((venv_cfg, 0))
     executables.append((Path(os.__file__).parent, 0o001))  # the standard library's directory, not each file
     trees = [path for name in ("ollamactl", *DEPENDENCIES) for path in _module_paths(name)]
+    data = shipped_dir()  # what the watchdog unit is made from: outside the package in a source checkout
+    if not any(data.resolve().is_relative_to(path.resolve()) for path in trees):
+        trees.append(data)
     return executables, trees, _site_dirs()
 
 

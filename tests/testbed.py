@@ -110,8 +110,8 @@ INSTANCE_ENV = {
 }
 POLICY_FILES = {
     "packaging/polkit/50-ollamactl.rules": ("/usr/share/polkit-1/rules.d/50-ollamactl.rules", 0o644),
-    "ollamactl/_data/ollamactl.sysusers": ("/usr/lib/sysusers.d/ollamactl.conf", 0o644),
-    "ollamactl/_data/ollamactl.tmpfiles": ("/usr/lib/tmpfiles.d/ollamactl.conf", 0o644),
+    "packaging/systemd/ollamactl.sysusers": ("/usr/lib/sysusers.d/ollamactl.conf", 0o644),
+    "packaging/systemd/ollamactl.tmpfiles": ("/usr/lib/tmpfiles.d/ollamactl.conf", 0o644),
 }
 
 #: Extra units the tests poke at: a harmless running one, one that fails, one that is masked.

@@ -8,7 +8,11 @@ by the maintainer scripts and nothing of ours left after purge.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -25,7 +29,7 @@ CONFIG = "/etc/ollamactl/config.toml"
 STOP_S = int(
     next(
         line.split("=", 1)[1].strip().removesuffix("s")
-        for line in (testbed.REPO_ROOT / "ollamactl/_data/ollama.service.d/ollamactl.conf").read_text().splitlines()
+        for line in (testbed.REPO_ROOT / "packaging/systemd/ollama.service.d/ollamactl.conf").read_text().splitlines()
         if line.startswith("TimeoutStopSec=")
     )
 )
@@ -43,6 +47,73 @@ def test_lintian_reports_no_errors_or_warnings(deb: Path):
         + (", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no tags")
     )
     assert not counts.get("E") and not counts.get("W"), build.lintian
+
+
+#: Every file of packaging/systemd and packaging/polkit, their one copy in git -> where the .deb installs it.
+#: The wheel carries each as ollamactl/_data/<the same path> (pyproject.toml maps the directories in).
+SHIPPED = {
+    "systemd/ollamactl-watchdog.service": "usr/lib/systemd/system/ollamactl-watchdog.service",
+    "systemd/ollama.service.d/ollamactl.conf": "usr/lib/systemd/system/ollama.service.d/ollamactl.conf",
+    "systemd/ollamactl.sysusers": "usr/lib/sysusers.d/ollamactl.conf",
+    "systemd/ollamactl.tmpfiles": "usr/lib/tmpfiles.d/ollamactl.conf",
+    "polkit/50-ollamactl.rules": "usr/share/polkit-1/rules.d/50-ollamactl.rules",
+}
+
+
+def _build_wheel(out: Path) -> Path:
+    """``make wheel``'s recipe on a fresh copy of the sources, so a stale build/ of the checkout cannot leak in."""
+    src = out / "src"
+    for rel in (*debbuild.SOURCES, "LICENSE"):
+        path = testbed.REPO_ROOT / rel
+        if path.is_dir():
+            shutil.copytree(path, src / rel, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, src / rel)
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(src)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    (wheel,) = out.glob("ollamactl-*.whl")
+    return wheel
+
+
+def _deb_path(root: Path, path: str) -> Path:
+    """Where the extracted .deb has ``path``; bookworm's debhelper puts units in /lib (the same place, merged /usr)."""
+    if not (root / path).exists() and path.startswith("usr/lib/systemd/"):
+        return root / path.removeprefix("usr/")
+    return root / path
+
+
+def test_the_wheel_and_the_deb_carry_packaging_systemd_and_polkit_byte_for_byte(deb: Path, tmp_path: Path):
+    """Issue 16: one copy of the unit files and the polkit rule in git, and both artefacts carry exactly it."""
+    packaging = testbed.REPO_ROOT / "packaging"
+    ours = {
+        str(f.relative_to(packaging)): f.read_bytes()
+        for top in ("systemd", "polkit")
+        for f in sorted((packaging / top).rglob("*"))
+        if f.is_file()
+    }
+    assert set(ours) == set(SHIPPED), "a file of packaging/systemd or packaging/polkit has no place in SHIPPED"
+    assert not (testbed.REPO_ROOT / "ollamactl" / "_data").exists(), "a second copy in the package's source"
+
+    with zipfile.ZipFile(_build_wheel(tmp_path / "wheel")) as whl:
+        carried = {n.removeprefix("ollamactl/_data/"): whl.read(n) for n in whl.namelist() if "/_data/" in n}
+    assert set(carried) == set(ours), f"the wheel's ollamactl/_data: {sorted(carried)}"
+
+    root = tmp_path / "deb"
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True, capture_output=True, timeout=120)
+    assert not list(root.rglob("_data")), "the .deb ships a second copy (debian/rules removes the wheel's)"
+    differ = [f"wheel: ollamactl/_data/{rel}" for rel, body in ours.items() if carried[rel] != body]
+    for rel, body in ours.items():
+        path = _deb_path(root, SHIPPED[rel])
+        if not path.is_file() or path.read_bytes() != body:
+            differ.append(f".deb: /{path.relative_to(root)} (from packaging/{rel})")
+    assert not differ, "not byte-identical to packaging/: " + ", ".join(differ)
+    conftest.PACKAGE_REPORT.append(
+        f"the wheel and {deb.name} carry the {len(ours)} files of packaging/systemd and packaging/polkit byte for byte"
+    )
 
 
 def test_depends_only_on_distro_packages(bed: Bed):

@@ -61,9 +61,9 @@ def ensure_units(c: testbed.Container) -> None:
     if c.run(["test", "-e", f"{UNIT_DIR}/{WATCHDOG}"]).returncode == 0:
         return
     exe = c.run(["sh", "-c", "command -v ollamactl"], check=True).stdout.strip()
-    unit = (REPO / "ollamactl/_data" / WATCHDOG).read_text().replace("/usr/bin/ollamactl", exe)
+    unit = (REPO / "packaging/systemd" / WATCHDOG).read_text().replace("/usr/bin/ollamactl", exe)
     c.write_file(f"{UNIT_DIR}/{WATCHDOG}", unit)
-    dropin = (REPO / "ollamactl/_data/ollama.service.d/ollamactl.conf").read_text()
+    dropin = (REPO / "packaging/systemd/ollama.service.d/ollamactl.conf").read_text()
     c.write_file(f"{UNIT_DIR}/ollama.service.d/ollamactl.conf", dropin)
     c.run(["systemctl", "daemon-reload"], check=True)
 

@@ -94,8 +94,8 @@ def test_the_rules_use_only_series_and_labels_the_watchdog_writes():
 
 def test_the_thresholds_follow_from_the_defaults():
     cfg = Config()
-    unit = (REPO / "ollamactl" / "_data" / "ollamactl-watchdog.service").read_text()
-    stop = (REPO / "ollamactl" / "_data" / "ollama.service.d" / "ollamactl.conf").read_text()
+    unit = (REPO / "packaging" / "systemd" / "ollamactl-watchdog.service").read_text()
+    stop = (REPO / "packaging" / "systemd" / "ollama.service.d" / "ollamactl.conf").read_text()
 
     def seconds(key: str, text: str) -> float:
         return float(re.search(rf"^{key}=(\d+)s?$", text, re.M).group(1))

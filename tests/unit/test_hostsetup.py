@@ -51,9 +51,9 @@ def test_setup_puts_the_deb_files_in_place_with_this_ollamactl_in_the_watchdog(l
     steps = hostsetup.setup(layout, reload=False)
     assert [s.action for s in steps] == ["created", "ran", "created", "ran", "created", "created", "created"]
     for path, shipped in (
-        (layout.sysusers, "ollamactl/_data/ollamactl.sysusers"),
-        (layout.tmpfiles, "ollamactl/_data/ollamactl.tmpfiles"),
-        (layout.dropin, "ollamactl/_data/ollama.service.d/ollamactl.conf"),
+        (layout.sysusers, "packaging/systemd/ollamactl.sysusers"),
+        (layout.tmpfiles, "packaging/systemd/ollamactl.tmpfiles"),
+        (layout.dropin, "packaging/systemd/ollama.service.d/ollamactl.conf"),
     ):
         assert path.read_text() == f"{hostsetup.MARKER}\n{(REPO / shipped).read_text()}"
         assert path.stat().st_mode & 0o777 == 0o644
@@ -136,6 +136,52 @@ def test_not_root_and_the_debian_package_are_refused(layout, monkeypatch):
     with pytest.raises(PermissionDenied, match="sudo ollamactl setup"):
         hostsetup.setup(layout, reload=False)
     assert not layout.sysusers.exists()
+
+
+# --------------------------------------------------------------------------- where the shipped files are read from
+
+
+def test_from_a_checkout_the_files_are_packaging_systemd():
+    """Git holds one copy (packaging/systemd); a checkout's package has no _data, so setup reads that."""
+    assert hostsetup.shipped_dir() == REPO / "packaging" / "systemd"
+    assert hostsetup.shipped("ollamactl.tmpfiles") == (REPO / "packaging/systemd/ollamactl.tmpfiles").read_text()
+
+
+def _package(tmp_path: Path, monkeypatch) -> Path:
+    """A stand-in for the installed package: ``resources.files("ollamactl")`` answers with it."""
+    pkg = tmp_path / "site" / "ollamactl"
+    pkg.mkdir(parents=True)
+    monkeypatch.setattr(hostsetup, "resources", SimpleNamespace(files=lambda name: pkg))
+    return pkg
+
+
+def test_from_the_wheel_the_files_are_its_package_data(tmp_path, monkeypatch):
+    pkg = _package(tmp_path, monkeypatch)
+    (pkg / "_data" / "systemd" / "ollama.service.d").mkdir(parents=True)
+    (pkg / "_data" / "systemd" / "ollama.service.d" / "ollamactl.conf").write_text("[Service]\n")
+    (tmp_path / "site" / "pyproject.toml").write_text("")  # a checkout's marker is no reason to look past the wheel
+    assert hostsetup.shipped_dir() == pkg / "_data" / "systemd"
+    assert hostsetup.shipped("ollama.service.d/ollamactl.conf") == "[Service]\n"
+
+
+def test_a_packaging_directory_beside_an_installed_package_is_not_taken_for_a_checkout(tmp_path, monkeypatch):
+    """site-packages holds the PyPI package named packaging: only a checkout (pyproject.toml) has ours."""
+    _package(tmp_path, monkeypatch)
+    (tmp_path / "site" / "packaging" / "systemd").mkdir(parents=True)
+    with pytest.raises(SetupError, match="unit files ollamactl ships are missing"):
+        hostsetup.shipped_dir()
+
+
+@pytest.mark.parametrize("where", ["checkout", "wheel"])
+def test_the_shipped_files_are_checked_like_the_package_when_outside_it(monkeypatch, where):
+    """The watchdog unit is made from them: whoever could write a checkout's packaging/systemd would pick
+    what the watchdog runs.  In the wheel they are inside the package, walked already."""
+    data = {"checkout": Path("/x/packaging/systemd"), "wheel": Path("/x/ollamactl/_data/systemd")}[where]
+    monkeypatch.setattr(hostsetup, "shipped_dir", lambda: data)
+    monkeypatch.setattr(hostsetup, "_module_paths", lambda name: [Path("/x/ollamactl")] if name == "ollamactl" else [])
+    monkeypatch.setattr(hostsetup, "_site_dirs", lambda: [])
+    _, trees, _ = hostsetup._what_runs(EXE)
+    assert trees == ([Path("/x/ollamactl"), data] if where == "checkout" else [Path("/x/ollamactl")])
 
 
 @pytest.mark.parametrize("exe", ["/home/alice/.local/bin/ollamactl", "/root/.local/bin/ollamactl", "/tmp/v/bin/x"])
