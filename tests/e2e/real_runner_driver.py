@@ -147,6 +147,24 @@ def summary(r: probe.RunnerResult) -> dict[str, Any]:
     }
 
 
+def all_stopped(pid: int, timeout: float = 5.0) -> None:
+    """Return once every thread of ``pid`` is stopped (state T), or raise after ``timeout``."""
+    end = time.monotonic() + timeout
+    while True:
+        states = set()
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    states.add(f.read().rsplit(")", 1)[1].split()[0])
+            except FileNotFoundError:  # a thread that ended meanwhile
+                continue
+        if states <= {"T", "t"}:
+            return
+        if time.monotonic() > end:
+            raise RuntimeError(f"threads of {pid} not stopped after SIGSTOP: {sorted(states)}")
+        time.sleep(0.01)
+
+
 def claims(model: str) -> dict[str, Any]:
     out: dict[str, Any] = {"model": model, "server": SERVER}
     proc, port = start(model, 2, 2048)
@@ -180,6 +198,7 @@ def claims(model: str) -> dict[str, Any]:
         out["released_stream_progress"] = stream.pieces - resumed_from
         stream.close()
         os.kill(proc.pid, signal.SIGSTOP)
+        all_stopped(proc.pid)  # SIGSTOP reaches the threads asynchronously: probe once none runs (CI saw /health ok)
         out["sigstop"] = summary(runner(port, 2.0))
         os.kill(proc.pid, signal.SIGCONT)
         out["sigcont"] = summary(runner(port))
