@@ -30,13 +30,11 @@ def _record(bed: Bed) -> tuple[str, float] | None:
 
 
 def _inactive_exit(bed: Bed) -> float:
-    out = bed.c.run(["systemctl", "show", "-P", "InactiveExitTimestamp", "--timestamp=unix", UNIT], check=True)
-    if out.stdout.strip().startswith("@"):
-        return float(out.stdout.strip()[1:])
-    # systemd 252 has no --timestamp=unix: the monotonic clock, turned into wall-clock time
+    """InactiveExitTimestamp in epoch seconds with its microseconds (the wall-clock form prints whole seconds
+    on some releases): systemd's CLOCK_MONOTONIC stamp, turned into wall-clock time as the container sees it."""
     mono = int(bed.prop("InactiveExitTimestampMonotonic")) / 1e6
-    now = bed.python("import time; print(time.time() - time.monotonic())", user="root").stdout
-    return mono + float(now)
+    offset = bed.python("import time; print(time.time() - time.monotonic())", user="root").stdout
+    return mono + float(offset)
 
 
 def test_pid1s_record_is_what_the_short_way_relies_on(healthy: Bed):
