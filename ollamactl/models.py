@@ -166,7 +166,7 @@ class History(_Result):
         '"journal" (root, or groups systemd-journal/adm: every decision, who from trusted fields) or '
         '"shared-history" (/run/ollamactl/state.json: restarts carried out, who unverified).'
     )
-    entries: tuple[HistoryEntry, ...] = _f("The decisions, oldest first (see HistoryEntry's fields above).")
+    entries: tuple[HistoryEntry, ...] = _f("The decisions, oldest first, each with the fields of HistoryEntry.")
     unit: str | None = _f("The unit asked about (--unit or an instance's name); null: every unit.", None)
     since: float | None = _f("Only decisions since then (epoch seconds), if asked.", None)
     truncated: bool = _f("Older decisions were left out (a limit was reached): ask with --since.", False)

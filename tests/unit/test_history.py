@@ -311,3 +311,14 @@ def test_text_of_the_shared_history_and_of_nothing():
     assert lines[2].startswith("?: no time to recover was recorded") and lines[3].startswith("note: the journal")
     empty = cli._history_text({"source": "journal", "unit": "ollama.service", "note": "", "entries": []})
     assert empty == "no restart decisions recorded in the journal about ollama.service"
+
+
+def test_the_man_page_and_completion_have_history_and_each_entrys_fields():
+    from ollamactl.models import HistoryEntry, fields_doc
+    from tests.unit.test_policy import _gen_files
+
+    gen = _gen_files()
+    man = gen.man_page()
+    assert '.SS "ollamactl history"' in man and "Each object in entries has these fields (HistoryEntry):" in man
+    assert all(f"\\fB{name}\\fR (" in man for name, _, _ in fields_doc(HistoryEntry))
+    assert " history " in gen.bash_completion()
