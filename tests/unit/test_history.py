@@ -81,6 +81,9 @@ class FakeJournalctl:
         self.calls.append(list(args))
         if args == ["--version"]:
             return _Output(f"systemd {self.version} ({self.version}.1-1)\n+PAM +AUDIT\n".encode(), "", 0, False)
+        if "--output=json" not in args:  # the access check: its hint is the only one (JSON output has none)
+            assert args == ["--no-pager", "--lines=0"], args
+            return _Output(b"-- No entries --\n", self.stderr, self.returncode, False)
         matches: dict[str, set[str]] = {}
         for a in args:
             if not a.startswith("-") and "=" in a:
@@ -98,7 +101,7 @@ class FakeJournalctl:
         rows = rows[-lines:][::-1] if "--reverse" in args else rows[:lines]
         keep = {"__REALTIME_TIMESTAMP", "__CURSOR", "__MONOTONIC_TIMESTAMP", "_BOOT_ID", *fields}
         out = b"".join(json.dumps({k: v for k, v in e.items() if k in keep}).encode() + b"\n" for e in rows)
-        return _Output(out if self.returncode == 0 else b"", self.stderr, self.returncode, False)
+        return _Output(out if self.returncode == 0 else b"", "", self.returncode, False)
 
 
 @pytest.fixture
@@ -143,11 +146,11 @@ def test_the_watchdogs_restart_says_who_why_how_long_and_which_invocation_it_rep
     assert e.log_command == (
         f"journalctl _SYSTEMD_INVOCATION_ID={OLD} + OBJECT_SYSTEMD_INVOCATION_ID={OLD} + INVOCATION_ID={OLD}"
     )
-    query = fake.calls[0]
+    access, query, version = fake.calls
+    assert access == ["--no-pager", "--lines=0"]  # not --quiet: its hint tells a partial view from an empty one
     assert {"SYSLOG_IDENTIFIER=ollamactl", "OLLAMACTL_EVENT=restart", "OLLAMACTL_EVENT=recovered"} <= set(query)
-    assert "--quiet" not in query  # its hint is how a partial view is told from an empty journal
     assert not any(a.startswith("OLLAMACTL_UNIT=") for a in query)  # every unit
-    assert fake.calls[1] == ["--version"]
+    assert version == ["--version"]
 
 
 def test_on_systemd_257_the_command_is_journalctls_own_invocation_option(cfg):
@@ -202,7 +205,7 @@ def test_unit_and_instance_names_and_since_work_as_elsewhere(tmp_path, cfg):
     fake = FakeJournalctl([watchdog_restart(1000.0, **gpu0), watchdog_restart(1000.7, **gpu0)])
     named = load_config({"unit": "gpu0"}, config_file=tmp_path / "config.toml", environ={})
     h = history(named, fake, since=1000.5)
-    assert "OLLAMACTL_UNIT=ollama@11434.service" in fake.calls[0] and "--since=@1000" in fake.calls[0]
+    assert "OLLAMACTL_UNIT=ollama@11434.service" in fake.calls[1] and "--since=@1000" in fake.calls[1]
     (e,) = h.entries  # journalctl's --since is whole seconds: the rest is ours
     assert (e.at, e.instance, e.unit, h.unit, h.since) == (1000.7, "gpu0", "ollama@11434.service", h.unit, 1000.5)
     assert h.unit == "ollama@11434.service"
