@@ -14,6 +14,11 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+#: OLLAMACTL_EVENT of the audit records ``ollamactl history`` reads: a restart decision (any outcome), and
+#: the watchdog's word that Ollama is healthy again after its restart (with the time it took).
+RESTART_EVENT = "restart"
+RECOVERED_EVENT = "recovered"
+
 _enabled = False
 _audit_ready = False
 _MESSAGE_LIMIT = 2000  # characters of a log message; values in it come from outside (text.clean)

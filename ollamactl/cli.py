@@ -348,6 +348,28 @@ COMMANDS: tuple[Command, ...] = (
         ),
     ),
     Command(
+        "history",
+        help="who restarted Ollama, when, why, and how long it took to come back",
+        description="List every restart decision recorded, oldest first: when, the unit, who, the outcome "
+        "(restarted, queued, skipped, or why not: budget-exhausted, permission-denied, ...), the time to "
+        "recover, and why (the verdict and its one line of evidence, else the reason given); under a restart, "
+        "the journalctl command that shows what the replaced Ollama process logged before it died. Read from "
+        "the journal where you may (root, groups systemd-journal and adm), with who from journald's trusted "
+        "fields; else from the shared history in /run/ollamactl (members of ollamactl: restarts carried out, "
+        "who as the restarter wrote it, marked unverified), with a note of what an admin sees. Without --unit, "
+        "every unit.",
+        handler="cli:_cmd_history",
+        result="History",
+        options=(
+            Option(
+                "--since",
+                type=_when,
+                metavar="TIME",
+                help="only decisions since TIME (epoch seconds or ISO 8601)",
+            ),
+        ),
+    ),
+    Command(
         "watch",
         help="probe Ollama in a loop and restart it when it wedges (the watchdog service)",
         description="Sample Ollama every watch_period seconds (the runners' /slots and the journal too, every "
@@ -639,6 +661,16 @@ def _cmd_probe(args: argparse.Namespace, as_json: bool) -> int:
     return report.exit_code
 
 
+def _cmd_history(args: argparse.Namespace, as_json: bool) -> int:
+    from ollamactl.controller import Controller
+
+    config = _config(args)
+    every_unit = config.sources.get("unit", "default") == "default"  # no --unit (nor unit=): every unit
+    found = Controller(config=config).history(args.since, every_unit=every_unit)
+    emit(found, as_json, _history_text)
+    return 0
+
+
 def _cmd_watch(args: argparse.Namespace, as_json: bool) -> int:
     import asyncio
     import os
@@ -740,3 +772,40 @@ def _probe_text(p: dict[str, Any], verbose: bool = False) -> str:
     elif p["outcome"] in ("stopped", "failed") and p["evidence"]:
         text += f": {p['evidence']}"  # what to do about it
     return text
+
+
+def _history_text(h: dict[str, Any]) -> str:
+    """The decisions as a table, oldest first; under a row, its reason (if the verdict is shown) and the
+    journalctl command for the replaced process; then what the source leaves out."""
+    rows = [("TIME", "UNIT", "WHO", "OUTCOME", "RECOVERED", "WHY")]
+    details: list[list[str]] = [[]]
+    unrecorded = False
+    for e in h["entries"]:
+        why = f"{e['verdict']}: {e['evidence'] or '-'}" if e["verdict"] else (e["reason"] or "-")
+        if e["recovery_seconds"] is not None:
+            recovered = f"{e['recovery_seconds']:.1f}s"
+        elif e["outcome"] in ("restarted", "queued"):
+            recovered, unrecorded = "?", True
+        else:
+            recovered = "-"
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"]))
+        rows.append((when, e["instance"] or e["unit"], e["who"], e["outcome"], recovered, why))
+        more = []
+        if e["verdict"] and e["reason"] and e["reason"] != f"watch: {e['verdict']}: {e['evidence']}":
+            more.append(f"  reason: {e['reason']}")
+        if e["log_command"]:
+            more.append(f"  what Ollama logged before: {e['log_command']}")
+        details.append(more)
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = []
+    for row, more in zip(rows, details, strict=True):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row[:5], widths, strict=True)) + "  " + row[5])
+        lines.extend(more)
+    if len(rows) == 1:
+        where = "in the journal" if h["source"] == "journal" else "in the shared history"
+        lines = [f"no restart decisions recorded {where}" + (f" about {h['unit']}" if h["unit"] else "")]
+    if unrecorded:
+        lines.append("?: no time to recover was recorded (see recovery_note in --json)")
+    if h["note"]:
+        lines.append(f"note: {h['note']}")
+    return "\n".join(lines)

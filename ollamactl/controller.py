@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ollamactl import late, probe, sockets, unitenv
-from ollamactl._log import audit, log
+from ollamactl._log import RESTART_EVENT, audit, log
 from ollamactl.budget import Budget
 from ollamactl.config import DEFAULT_CONFIG_FILE, TIMEOUT_RANGE, Config, Instance, in_timeout_range, load_config
 from ollamactl.errors import (
@@ -41,7 +41,7 @@ from ollamactl.errors import (
     UrlUnknown,
     UsageError,
 )
-from ollamactl.models import Instances, ProbeReport, RestartResult, Status
+from ollamactl.models import History, Instances, ProbeReport, RestartResult, Status
 from ollamactl.runtime import MAX_HISTORY, Restart, RuntimeDir, State
 from ollamactl.systemd import SystemdBus, UnitState
 from ollamactl.text import clean
@@ -170,6 +170,8 @@ class AsyncController(_Client):
         unattended: Unattended | None = None,
         start: bool = False,
         progress: Progress | None = None,
+        verdict: str | None = None,
+        evidence: str | None = None,
     ) -> RestartResult:
         """Restart the unit; with ``wait`` return only once the API answers again.
 
@@ -187,6 +189,9 @@ class AsyncController(_Client):
         ``progress`` is called with one line saying what the restart waits for
         (the lock, the stop with the time left until SIGKILL, the start, the
         API), on each change and every half second meanwhile: the CLI's TTY line.
+        ``verdict`` and ``evidence``: the outcome that called for the restart
+        (e.g. "deep-wedged") and its one line of evidence, if the caller judged
+        Ollama first; they are recorded with the decision (``ollamactl history``).
 
         With ``wait`` and the URL read from the unit, an environment file that
         may set OLLAMA_HOST but cannot be read raises UrlUnknown before anything
@@ -199,12 +204,14 @@ class AsyncController(_Client):
         """
         cfg = self.config
         clock = _Deadline(cfg.timeout if timeout is None else _check_timeout(timeout))
-        audit_fields = late.requested(cfg, reason, observed_at)
+        audit_fields = late.requested(cfg, reason, observed_at, verdict=verdict, evidence=evidence)
         log("INFO", "restart requested", **audit_fields)
         try:
             result = await self._restart(reason, wait, observed_at, clock, unattended, start, progress or _quiet)
         except OllamactlError as err:
-            audit(f"restart of {cfg.unit} not done: {err.message}", outcome=err.kind, **audit_fields)
+            audit(
+                f"restart of {cfg.unit} not done: {err.message}", event=RESTART_EVENT, outcome=err.kind, **audit_fields
+            )
             raise
         late.journal(result, audit_fields)
         return result
@@ -477,6 +484,19 @@ class AsyncController(_Client):
             dbus_transport=self.dbus_transport,
             http_transport=self.http_transport,
         )
+
+    async def history(self, since: float | None = None, *, every_unit: bool = False) -> History:
+        """Every restart decision recorded about this unit (every unit with ``every_unit``) since ``since``.
+
+        Who, when, why, the outcome, the verdict and its evidence, the time to
+        recover and the invocation that was replaced, from the journal where
+        this user may read it (root, groups systemd-journal and adm), else the
+        restarts in the shared history, marked unverified (see ollamactl.history).
+        Raises PermissionDenied for a user who may read neither.
+        """
+        from ollamactl.history import read_history
+
+        return await read_history(self.config, since=since, every_unit=every_unit)
 
     async def url(self) -> str:
         """The URL this unit's Ollama is asked at: the one given, else the unit's own OLLAMA_HOST."""
@@ -835,14 +855,17 @@ class Controller(_Client):
         observed_at: float | None = None,
         start: bool = False,
         progress: Progress | None = None,
+        verdict: str | None = None,
+        evidence: str | None = None,
     ) -> RestartResult:
         """Restart the unit (see AsyncController.restart); with ``wait``, block until the API answers."""
         return self._call(
             "restart",
             lambda a: a.restart(
-                reason, wait=wait, timeout=timeout, observed_at=observed_at, start=start, progress=progress
+                reason, wait=wait, timeout=timeout, observed_at=observed_at, start=start, progress=progress,
+                verdict=verdict, evidence=evidence,
             ),
-        )
+        )  # fmt: skip
 
     def status(self) -> Status:
         """The unit's state and whether Ollama's API answers."""
@@ -859,6 +882,10 @@ class Controller(_Client):
     def instances(self) -> Instances:
         """Every instance's status (see AsyncController.instances)."""
         return self._call("instances", lambda a: a.instances())
+
+    def history(self, since: float | None = None, *, every_unit: bool = False) -> History:
+        """Every restart decision recorded (see AsyncController.history)."""
+        return self._call("history", lambda a: a.history(since, every_unit=every_unit))
 
     def metrics(self, deep: bool = False) -> str:
         """Prometheus metrics of every instance from one probe each (see AsyncController.metrics)."""

@@ -99,6 +99,8 @@ class _Restart:
 
     reason: str
     observed_at: float
+    verdict: str | None = None  # the outcome that called for it, and its evidence (recorded with the decision)
+    evidence: str | None = None
 
 
 def verdict_deadline(config: Config) -> float:
@@ -173,7 +175,7 @@ class _Guard:
             return False
         log("WARNING", "ollama call failed on a wedge; asking for a restart", call=name, outcome=outcome)
         try:
-            result = yield _Restart(self._reason(name, exc), started)
+            result = yield _Restart(self._reason(name, exc), started, outcome, evidence or None)
         except OllamactlError as err:
             if isinstance(err, _ADMINS_BUSINESS):  # stopped or failed since: the app gets its own error
                 exc.ollamactl_error = err  # type: ignore[attr-defined]
@@ -272,7 +274,9 @@ class GuardedClient(_Guard):
         ctl = self._controller
         if isinstance(effect, _Verdict):
             return _within(effect.timeout, lambda: ctl.probe(deep=effect.deep, wait=effect.wait))
-        return ctl.restart(effect.reason, observed_at=effect.observed_at)
+        return ctl.restart(
+            effect.reason, observed_at=effect.observed_at, verdict=effect.verdict, evidence=effect.evidence
+        )
 
     def _recovered(self, name: str, exc: BaseException, started: float, model: str | None = None) -> bool:
         ctl = self._controller = self._controller or Controller()
@@ -331,7 +335,9 @@ class AsyncGuardedClient(_Guard):
                 return await asyncio.wait_for(ctl.probe(deep=effect.deep, wait=effect.wait), effect.timeout)
             except TimeoutError:
                 raise TimedOut(f"no verdict on Ollama within {effect.timeout:g}s") from None
-        return await ctl.restart(effect.reason, observed_at=effect.observed_at)
+        return await ctl.restart(
+            effect.reason, observed_at=effect.observed_at, verdict=effect.verdict, evidence=effect.evidence
+        )
 
     async def _recovered(self, name: str, exc: BaseException, started: float, model: str | None = None) -> bool:
         ctl = self._controller = self._controller or AsyncController()

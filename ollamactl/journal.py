@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import re
 import socket
@@ -492,3 +493,126 @@ def _seqnum(cursor: str) -> int:
             except ValueError:
                 return 0
     return 0
+
+
+# -- reading our own records back (ollamactl history) ---------------------------
+#
+# Whatever a sender writes is a claim; what journald adds itself (the trusted fields, starting with
+# an underscore: _UID, _PID, _COMM, _SYSTEMD_UNIT, ...) is not.  Every value is hostile text all
+# the same: cleaned of control characters and capped, and a field given twice counts as not given.
+
+MAX_RECORDS = 1000  # the newest entries a history query reads
+_VERSION_RE = re.compile(r"systemd ([0-9]{1,5})\b")
+
+
+@dataclass
+class Entries:
+    """What one journal query gave: entries (field -> cleaned value, oldest first), or why there are none.
+
+    ``readable`` is False when journald would not show this user everything
+    (no root, no group systemd-journal or adm: journalctl then shows only the
+    user's own entries, if any), or when journalctl failed; ``problem`` says
+    which, in one line.
+    """
+
+    entries: list[dict[str, str]] = field(default_factory=list)
+    readable: bool = True
+    problem: str = ""
+    truncated: bool = False  # limit or MAX_OUTPUT reached: older entries were left out
+
+
+async def query(
+    matches: list[str],
+    fields: tuple[str, ...],
+    *,
+    since: float | None = None,
+    limit: int = MAX_RECORDS,
+    timeout: float,
+    run: Runner = run_journalctl,
+) -> Entries:
+    """The newest ``limit`` entries matching ``matches`` (journalctl's syntax) since ``since``, with ``fields``.
+
+    Never raises for what journalctl does: a timeout, a missing journalctl or
+    a user who may not read the whole journal gives ``readable=False`` and
+    the problem.  JSON output hides journalctl's hint that a user sees only
+    their own entries (measured on systemd 252 and 257), so a first run in
+    the default output, asking for no entries (``--lines=0``), reads it.
+    """
+    args = ["--no-pager", "--output=json", "--reverse", f"--lines={limit}", f"--output-fields={','.join(fields)}"]
+    if since is not None:
+        args.append(f"--since=@{max(0, math.floor(since))}")
+    try:
+        async with asyncio.timeout(timeout):
+            deadline = time.monotonic() + timeout
+            access = await run(["--no-pager", "--lines=0"], timeout)
+            problem = _access_problem(access)
+            if problem:
+                return Entries(readable=False, problem=problem)
+            out = await run([*args, *matches], max(0.001, deadline - time.monotonic()))
+    except TimeoutError:
+        return Entries(readable=False, problem=f"journalctl did not finish within {timeout:g}s")
+    except OSError as exc:
+        return Entries(readable=False, problem=f"cannot run journalctl: {clean(exc.strerror or exc, 120)}")
+    problem = _access_problem(out)
+    if problem:
+        return Entries(readable=False, problem=problem)
+    lines = out.stdout.split(b"\n")[: -1 if out.truncated else None]
+    entries = [e for e in (_fields(line, fields) for line in lines) if e is not None]
+    entries.reverse()
+    return Entries(entries, truncated=out.truncated or len(entries) >= limit)
+
+
+def _access_problem(out: _Output) -> str:
+    """Why journalctl's answer is not the whole journal (one line), or "" if it is."""
+    stderr = out.stderr.strip()
+    if any(hint in stderr for hint in _DENIED_HINTS):
+        return "the journal is not readable by this user (it needs root, or group systemd-journal or adm)"
+    if out.returncode not in (0, None):
+        first = clean(stderr.splitlines()[0], 160) if stderr else ""
+        return f"journalctl failed (exit {out.returncode}): {first}"
+    return ""
+
+
+async def systemd_version(*, timeout: float, run: Runner = run_journalctl) -> int | None:
+    """The journal's systemd version (``journalctl --version``), or None if it cannot be told."""
+    try:
+        async with asyncio.timeout(timeout):
+            out = await run(["--version"], timeout)
+    except (TimeoutError, OSError):
+        return None
+    m = _VERSION_RE.match(out.stdout[:200].decode("ascii", "replace"))
+    return int(m.group(1)) if m else None
+
+
+def is_invocation_id(value: str | None) -> bool:
+    """Is ``value`` an invocation ID as journald writes it (32 lowercase hex digits)?"""
+    return value is not None and _HEX32_RE.fullmatch(value) is not None
+
+
+def _fields(line: bytes, wanted: tuple[str, ...]) -> dict[str, str] | None:
+    """The ``wanted`` fields of one ``journalctl -o json`` line, cleaned; None if the line is unusable.
+
+    ``__REALTIME_TIMESTAMP`` is always there (microseconds, digits).  A field
+    journalctl shows as null (over 4096 bytes), as several values (sent
+    twice) or not at all is left out; one shown as bytes (not UTF-8) is
+    decoded with replacement.
+    """
+    if not line or len(line) > MAX_LINE:
+        return None
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    stamp = obj.get("__REALTIME_TIMESTAMP")
+    if not (isinstance(stamp, str) and stamp.isascii() and stamp.isdigit() and len(stamp) <= 19):
+        return None
+    out = {"__REALTIME_TIMESTAMP": stamp}
+    for name in wanted:
+        value = obj.get(name)
+        if isinstance(value, list) and value and all(isinstance(b, int) and 0 <= b < 256 for b in value):
+            value = bytes(value[:MAX_LINE]).decode("utf-8", "replace")
+        if isinstance(value, str):
+            out[name] = clean(value, _MAX_FIELD)
+    return out

@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from ollamactl import probe, unitrecord
-from ollamactl._log import audit, log
+from ollamactl._log import RESTART_EVENT, audit, log
 from ollamactl.config import Config
 from ollamactl.errors import TimedOut
 from ollamactl.models import RestartResult
@@ -94,18 +94,29 @@ def run(
     return result
 
 
-def requested(cfg: Config, reason: str | None, observed_at: float | None) -> dict[str, Any]:
-    """Who asks for what: the fields of every restart's journal record."""
-    return dict(unit=cfg.unit, reason=reason, observed_at=observed_at, uid=os.getuid(), user=current_user(),
-                pid=os.getpid())  # fmt: skip
+def requested(
+    cfg: Config,
+    reason: str | None,
+    observed_at: float | None,
+    *,
+    verdict: str | None = None,
+    evidence: str | None = None,
+) -> dict[str, Any]:
+    """Who asks for what: the fields of every restart decision's journal record (``ollamactl history``)."""
+    return dict(unit=cfg.unit, reason=reason, observed_at=observed_at, verdict=verdict, evidence=evidence,
+                uid=os.getuid(), user=current_user(), pid=os.getpid())  # fmt: skip
 
 
 def journal(result: RestartResult, fields: dict[str, Any]) -> None:
-    """The journal record of a restart decision (README: "What the journal records")."""
+    """The journal record of a restart decision (README: "What the journal records"; ``ollamactl history``)."""
     audit(
         f"{result.action} {result.unit} (reason: {result.reason or '-'})",
+        event=RESTART_EVENT,
         outcome=result.action,
+        old_invocation=result.old_invocation_id,
         new_invocation=result.new_invocation_id,
         job_result=result.job_result,
+        job_seconds=result.job_seconds,
+        ready_seconds=result.ready_seconds,
         **fields,
     )

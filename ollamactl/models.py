@@ -16,7 +16,7 @@ import dataclasses
 import json
 from typing import Any
 
-__all__ = ["Instances", "ProbeReport", "RestartResult", "Status", "fields_doc"]
+__all__ = ["History", "HistoryEntry", "Instances", "ProbeReport", "RestartResult", "Status", "fields_doc"]
 
 
 def _f(doc: str, default: Any = dataclasses.MISSING) -> Any:
@@ -118,6 +118,70 @@ class Instances(_Result):
     def to_dict(self) -> dict[str, Any]:
         """The fields as a plain dict, each instance's status as one too."""
         return {"healthy": self.healthy, "instances": [s.to_dict() for s in self.instances]}
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryEntry(_Result):
+    """One restart decision (see ``History``): who, when, why, what came of it."""
+
+    at: float = _f("When the decision was recorded (epoch seconds).")
+    unit: str = _f("The unit it was about.")
+    instance: str | None = _f("The instance's name ([instances.NAME] in the config), if the unit is one.", None)
+    outcome: str = _f(
+        "restarted, queued (the job was queued, not waited for), skipped (the unit had started since the wedge "
+        "was seen), or the error that stopped it: budget-exhausted, permission-denied, unit-stopped, ...; "
+        'from the shared history always "restarted" (it lists restarts carried out, nothing else).'
+    )
+    reason: str | None = _f("The reason the restarter gave.", None)
+    verdict: str | None = _f("The verdict that called for it (wedged, deep-wedged, load-stuck), if one did.", None)
+    evidence: str | None = _f("That verdict's one line of evidence.", None)
+    who: str = _f(
+        "Who, in words: from journald's trusted fields (user, and the service it ran in), else from the shared "
+        'history, marked "(shared history, unverified)".'
+    )
+    verified: bool = _f("who comes from journald's trusted fields, which the sender cannot set.")
+    uid: int | None = _f("The restarter's uid (journald's _UID; or what the shared history says).", None)
+    pid: int | None = _f("The restarter's pid (journald's _PID; or what the shared history says).", None)
+    comm: str | None = _f("journald's _COMM of the restarter.", None)
+    sender_unit: str | None = _f("journald's _SYSTEMD_UNIT of the restarter, e.g. ollamactl-watchdog.service.", None)
+    login_uid: int | None = _f("journald's _AUDIT_LOGINUID: who logged in, e.g. before sudo (kernel audit only).", None)
+    claimed_uid: int | None = _f("The uid the record itself claims (OLLAMACTL_UID; anyone can write any).", None)
+    observed_at: float | None = _f("When the restarter saw the wedge (epoch seconds), if it said.", None)
+    recovery_seconds: float | None = _f(
+        "Seconds from the restart job until Ollama answered again, as recorded; null where none was.", None
+    )
+    recovery_note: str = _f("How recovery_seconds was measured, or why there is none.", "")
+    old_invocation_id: str | None = _f("The invocation ID of the Ollama process that was replaced.", None)
+    new_invocation_id: str | None = _f("The invocation ID of the process after it, where recorded.", None)
+    log_command: str | None = _f(
+        "The journalctl command that shows what the replaced process (and systemd about it) logged.", None
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class History(_Result):
+    """What ``history`` found: every restart decision recorded, oldest first, and where it was read."""
+
+    source: str = _f(
+        '"journal" (root, or groups systemd-journal/adm: every decision, who from trusted fields) or '
+        '"shared-history" (/run/ollamactl/state.json: restarts carried out, who unverified).'
+    )
+    entries: tuple[HistoryEntry, ...] = _f("The decisions, oldest first, each with the fields of HistoryEntry.")
+    unit: str | None = _f("The unit asked about (--unit or an instance's name); null: every unit.", None)
+    since: float | None = _f("Only decisions since then (epoch seconds), if asked.", None)
+    truncated: bool = _f("Older decisions were left out (a limit was reached): ask with --since.", False)
+    note: str = _f("What the source leaves out, and what an admin would see; empty when nothing.", "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict, each entry as one too."""
+        return {
+            "source": self.source,
+            "entries": [e.to_dict() for e in self.entries],
+            "unit": self.unit,
+            "since": self.since,
+            "truncated": self.truncated,
+            "note": self.note,
+        }
 
 
 def fields_doc(cls: type) -> list[tuple[str, str, str]]:

@@ -25,6 +25,14 @@ def current_user() -> str | None:
         return None
 
 
+def user_name(uid: int) -> str | None:
+    """The name NSS gives ``uid``, or None if it knows none."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, OverflowError):
+        return None
+
+
 def uid_of(user: str) -> int | None:
     """``user``'s uid, or None if NSS has no such user."""
     try:

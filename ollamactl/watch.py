@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ollamactl._log import log
+from ollamactl._log import RECOVERED_EVENT, audit, log
 from ollamactl.budget import Budget
 from ollamactl.controller import AsyncController, Unattended
 from ollamactl.errors import BudgetExhausted, OllamactlError, UnitFailed, UnitStopped, UrlUnknown
@@ -78,6 +78,7 @@ class Watcher:
         self.heartbeat = time.monotonic()
         self.restarts = 0
         self.restarted_at: float | None = None  # monotonic time of our last restart, until healthy again
+        self.replaced: str | None = None  # the invocation ID that restart replaced (history links the two)
         self.unattended = Unattended()  # our own restart history (budget) and bounded lock wait
         self.errors = 0  # ticks that failed with an unexpected exception
         self.unknown_url: str | None = None  # why Ollama's URL cannot be known, as last logged (UrlUnknown)
@@ -180,8 +181,15 @@ class Watcher:
             if self.restarted_at is not None:
                 took = time.monotonic() - self.restarted_at
                 self.metrics.last_recovery_seconds = round(took, 3)
-                self._log("INFO", f"healthy again {took:.1f}s after the restart: {evidence}")
-                self.restarted_at = None
+                # An audit record, as the restart's: history reads the time to recover from it.
+                audit(
+                    f"{self.tag}healthy again {took:.1f}s after the restart: {evidence}",
+                    event=RECOVERED_EVENT,
+                    unit=self.cfg.unit,
+                    old_invocation=self.replaced,
+                    recovery_seconds=round(took, 3),
+                )
+                self.restarted_at = self.replaced = None
             elif changed and self.last is not None:
                 self._log("INFO", f"healthy: {evidence}", outcome=outcome)
             else:
@@ -221,7 +229,9 @@ class Watcher:
             # No waiting for readiness here: the loop's own probes (and the startup
             # grace) judge the new process, and a wedge that survives the restart
             # must not block the loop for the whole restart timeout.
-            result: Any = await self.actl.restart(reason, wait=False, observed_at=since, unattended=self.unattended)
+            result: Any = await self.actl.restart(
+                reason, wait=False, observed_at=since, unattended=self.unattended, verdict=outcome, evidence=evidence
+            )
         except BudgetExhausted as err:
             self._count("budget-exhausted")
             self.hold_until = time.time() + float(err.details.get("retry_after", self.cfg.watch_period))
@@ -243,6 +253,7 @@ class Watcher:
         if result.action == "queued":
             self.restarts += 1
             self.restarted_at = time.monotonic()
+            self.replaced = result.old_invocation_id
         self._log("INFO", f"restart of {result.unit}: {result.action}", action=result.action, job=result.job)
 
     def _count(self, outcome: str) -> None:

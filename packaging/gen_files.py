@@ -65,6 +65,24 @@ def result_fields(name: str) -> list[tuple[str, str, str]]:
     return [(n, str(getattr(f, "annotation", getattr(f, "outer_type_", ""))), "") for n, f in declared.items()]
 
 
+def _nested(fields: list[tuple[str, str, str]]) -> list[tuple[str, str]]:
+    """(field, class) of the fields that hold a list of result objects that no command prints alone."""
+    printed = set()
+
+    def visit(commands: tuple[Command, ...]) -> None:
+        for c in commands:
+            printed.add(c.result)
+            visit(c.children)
+
+    visit(COMMANDS)
+    found = []
+    for name, type_, _ in fields:
+        m = re.fullmatch(r"tuple\[(\w+), \.\.\.\]", type_)
+        if m and m.group(1) not in printed:
+            found.append((name, m.group(1)))
+    return found
+
+
 def _type_name(t: str) -> str:
     """A field's type as the JSON reader sees it: string, number, integer, boolean, optional ones with "or null"."""
     names = {"str": "string", "float": "number", "int": "integer", "bool": "boolean", "None": "null"}
@@ -123,8 +141,13 @@ def man_page() -> str:
                 out.extend([".TP", _opt_label(a), _help(a)])
             if cmd.result:
                 out.extend([".PP", _roff(f"With --json, one object with these fields ({cmd.result}):")])
-                for name, type_, doc in result_fields(cmd.result):
+                fields = result_fields(cmd.result)
+                for name, type_, doc in fields:
                     out.extend([".TP", f"\\fB{_roff(name)}\\fR ({_roff(_type_name(type_))})", _roff(doc or "-")])
+                for name, inner in _nested(fields):  # a list of objects no command prints alone: its fields too
+                    out.extend([".PP", _roff(f"Each object in {name} has these fields ({inner}):")])
+                    for sub, type_, doc in result_fields(inner):
+                        out.extend([".TP", f"\\fB{_roff(sub)}\\fR ({_roff(_type_name(type_))})", _roff(doc or "-")])
             walk(full, cmd.children)
 
     walk("", COMMANDS)

@@ -40,6 +40,7 @@ class Recorder:
     deny: bool = False
     restart_error: OllamactlError | None = None  # the restart raises this
     calls: list[tuple[str, float]] = field(default_factory=list)  # restarts: (reason, observed_at)
+    verdicts: list[tuple[Any, Any]] = field(default_factory=list)  # restarts: (verdict, evidence) recorded with them
     probes: list[bool] = field(default_factory=list)  # verdicts asked for: deep?
     waits: list[Any] = field(default_factory=list)  # each verdict's LoadWait (the failed call's model), or None
     config: Config = field(default_factory=lambda: load_config(None, config_file=os.devnull, environ={}))
@@ -57,8 +58,9 @@ class Recorder:
             time.sleep(30)
         return self._verdict(deep)
 
-    def restart(self, reason: str, *, observed_at: float) -> str:
+    def restart(self, reason: str, *, observed_at: float, verdict=None, evidence=None) -> str:
         self.calls.append((reason, observed_at))
+        self.verdicts.append((verdict, evidence))
         if self.deny:
             raise PermissionDenied("not allowed to restart ollama.service: add yourself to group ollamactl")
         if self.restart_error is not None:
@@ -75,8 +77,8 @@ class AsyncRecorder(Recorder):
             await asyncio.sleep(30)
         return self._verdict(deep)
 
-    async def restart(self, reason: str, *, observed_at: float) -> str:  # type: ignore[override]
-        return Recorder.restart(self, reason, observed_at=observed_at)
+    async def restart(self, reason: str, *, observed_at: float, verdict=None, evidence=None) -> str:  # type: ignore[override]
+        return Recorder.restart(self, reason, observed_at=observed_at, verdict=verdict, evidence=evidence)
 
 
 def loaded(s: Standin) -> Standin:
@@ -144,6 +146,7 @@ def test_stuck_inference_is_restarted_once_and_the_retry_succeeds(launch):
     assert t0 <= observed_at <= t0 + 0.5  # when the failed call started
     assert client.restarts == ["restarted"]
     assert [v.outcome for v in client.verdicts] == ["deep-wedged"]
+    assert rec.verdicts == [("deep-wedged", "scripted: deep-wedged")]  # recorded with the decision (history)
 
 
 def test_refused_while_stopped_is_re_raised_not_restarted(launch):

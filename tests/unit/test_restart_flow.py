@@ -24,6 +24,8 @@ from ollamactl import watch as watch_mod
 from ollamactl.config import load_config
 from ollamactl.controller import AsyncController, Controller
 from ollamactl.errors import BudgetExhausted, PermissionDenied, RestartFailed, UrlUnknown, UsageError
+from ollamactl.history import from_journal, log_command
+from ollamactl.journal import Journal, field_name
 from ollamactl.models import Instances, ProbeReport, RestartResult, Status, fields_doc
 from ollamactl.runtime import RuntimeDir
 from ollamactl.watch import Notifier, Watcher
@@ -433,3 +435,46 @@ def test_instances_lists_each_with_its_url_and_health(wire, tmp_path):
     assert (gpu0.instance, gpu0.unit, gpu0.url, gpu0.healthy) == ("gpu0", "ollama@11434.service", ollama.url, True)
     assert (gpu1.instance, gpu1.load_state, gpu1.healthy) == ("gpu1", "error", False) and not found.healthy
     assert "ollama@11435.service" in gpu1.api_error and "not" in gpu1.api_error  # what is wrong, for the table
+
+
+# -- what history reads back -------------------------------------------------------------------------------------
+
+
+class RecordingJournal(Journal):
+    """The journal writer, with the datagram replaced by a list of the fields it would have carried."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[dict[str, str]] = []
+
+    def send(self, message: str, priority: int = 6, **fields) -> bool:
+        self.records.append({field_name(k): str(v) for k, v in fields.items() if v is not None})
+        return True
+
+
+def test_every_decision_is_recorded_with_what_history_reads_back(wire, monkeypatch):
+    """The restart's audit records, as journald would store them (plus its trusted fields), read by history."""
+    _, systemd, _ = wire
+    recorder = RecordingJournal()
+    monkeypatch.setattr(
+        controller_mod, "audit", lambda message, **fields: recorder.send_record(message, "INFO", fields, "f", 1, "fn")
+    )
+    ctl = make(wire, restart_backoff=0, max_restarts=2)
+    asyncio.run(ctl.restart("by hand", verdict="wedged", evidence="GET /api/version: no answer"))
+    asyncio.run(ctl.restart("no wait", wait=False))
+    with pytest.raises(BudgetExhausted):
+        asyncio.run(ctl.restart("one too many"))
+    trusted = {"_UID": "0", "_PID": str(os.getpid()), "_BOOT_ID": "b" * 32, "_COMM": "ollamactl"}
+    records = [{"__REALTIME_TIMESTAMP": str(1000 + i), **trusted, **r} for i, r in enumerate(recorder.records)]
+    waited, queued, refused = from_journal(records, {}, 252)
+    assert (waited.outcome, waited.verdict, waited.evidence, waited.reason) == (
+        "restarted", "wedged", "GET /api/version: no answer", "by hand"
+    )  # fmt: skip
+    assert waited.old_invocation_id == "a" * 32 and waited.new_invocation_id == f"{1:032x}"
+    assert waited.recovery_seconds is not None and waited.recovery_seconds > 0 and waited.verified
+    assert waited.log_command == log_command("a" * 32, 252)
+    assert queued.outcome == "queued" and queued.old_invocation_id == f"{1:032x}" and queued.recovery_seconds is None
+    assert (refused.outcome, refused.recovery_note, refused.log_command) == (
+        "budget-exhausted", "nothing was restarted", None
+    )  # fmt: skip
+    assert systemd.jobs == ["TryRestartUnit", "TryRestartUnit"]

@@ -82,18 +82,27 @@ class Harness:
         )
         self.logged: list[tuple[str, str]] = []
         monkeypatch.setattr(watch, "log", lambda level, message, **fields: self.logged.append((level, message)))
+        self.audits: list[dict] = []  # the records history reads (the restart's own is the controller's)
+        monkeypatch.setattr(
+            watch, "audit", lambda message, **fields: self.audits.append(dict(message=message, **fields))
+        )
         self.calls: list[dict] = []
         self.refuse: Exception | None = None
         self.actl.restart = self._restart
         self.watcher = Watcher(self.actl, Notifier(address=""))
 
-    async def _restart(self, reason, *, wait=True, observed_at=None, unattended=None, start=False):
+    async def _restart(
+        self, reason, *, wait=True, observed_at=None, unattended=None, start=False, verdict=None, evidence=None
+    ):
         self.calls.append(dict(at=self.world.clock(), reason=reason, observed_at=observed_at, wait=wait,
-                               unattended=unattended, start=start))  # fmt: skip
+                               unattended=unattended, start=start, verdict=verdict, evidence=evidence))  # fmt: skip
         if self.refuse is not None:
             raise self.refuse
+        old = self.world.invocation
         self.world.restart()
-        return SimpleNamespace(action="queued", unit="ollama.service", job="/org/freedesktop/systemd1/job/1")
+        return SimpleNamespace(
+            action="queued", unit="ollama.service", job="/org/freedesktop/systemd1/job/1", old_invocation_id=old
+        )
 
     def run(self, seconds: float, events=None) -> None:
         w, cfg, watcher = self.world, self.cfg, self.watcher
@@ -201,6 +210,11 @@ def test_whole_server_silent_restarted_within_five_seconds(harness):
     # asked within ~4 s; systemd's restart and a fresh Ollama answering take the rest of the 5 s
     assert call["at"] - wedge_at <= 4.0
     assert h.said("WARNING", "restarting: wedged")
+    # history's figures: the verdict and its evidence go with the restart, the time to recover after it
+    assert call["verdict"] == "wedged" and call["reason"] == f"watch: wedged: {call['evidence']}"
+    (back,) = h.audits
+    assert back["event"] == "recovered" and back["old_invocation"] == "a" * 32 and back["unit"] == "ollama.service"
+    assert back["recovery_seconds"] == h.watcher.metrics.last_recovery_seconds is not None
 
 
 def test_stuck_inference_restarted_within_fifteen_seconds(harness):
@@ -216,7 +230,7 @@ def test_stuck_inference_restarted_within_fifteen_seconds(harness):
 def test_after_the_restart_the_new_process_gets_its_grace_and_is_healthy_again(harness):
     h = harness(World(mode="silent"))
     h.run(30)
-    assert len(h.calls) == 1 and h.said("INFO", "healthy again")
+    assert len(h.calls) == 1 and [a["message"][:13] for a in h.audits] == ["healthy again"]
 
 
 def test_stuck_inference_with_the_journal_unreadable_uses_the_kernels_socket_list(harness):
@@ -271,14 +285,14 @@ class Scripted:
             raise outcome
         return SimpleNamespace(outcome=outcome, evidence="scripted", confirmed=True, since=1.0)
 
-    async def restart(self, reason, *, wait=True, observed_at=None, unattended=None):
+    async def restart(self, reason, *, wait=True, observed_at=None, unattended=None, verdict=None, evidence=None):
         if isinstance(self.budget_left, Exception):
             err, self.budget_left = self.budget_left, 99
             raise err
         self.restarts.append(reason)
         if self.on_restart:
             self.on_restart()
-        return SimpleNamespace(action="queued", unit="ollama.service", job="/j/1")
+        return SimpleNamespace(action="queued", unit="ollama.service", job="/j/1", old_invocation_id=None)
 
 
 @pytest.mark.parametrize(("usec", "pid", "interval"), [("30000000", "", 15.0), ("30000000", "1", None), ("", "", None)])
