@@ -456,9 +456,11 @@ def test_every_decision_is_recorded_with_what_history_reads_back(wire, monkeypat
     """The restart's audit records, as journald would store them (plus its trusted fields), read by history."""
     _, systemd, _ = wire
     recorder = RecordingJournal()
-    monkeypatch.setattr(
-        controller_mod, "audit", lambda message, **fields: recorder.send_record(message, "INFO", fields, "f", 1, "fn")
-    )
+    def record(message, **fields):
+        recorder.send_record(message, "INFO", fields, "f", 1, "fn")
+
+    monkeypatch.setattr(controller_mod, "audit", record)  # decisions not done
+    monkeypatch.setattr(late_mod, "audit", record)  # decisions done (late.journal: both paths)
     ctl = make(wire, restart_backoff=0, max_restarts=2)
     asyncio.run(ctl.restart("by hand", verdict="wedged", evidence="GET /api/version: no answer"))
     asyncio.run(ctl.restart("no wait", wait=False))
