@@ -456,6 +456,7 @@ def test_every_decision_is_recorded_with_what_history_reads_back(wire, monkeypat
     """The restart's audit records, as journald would store them (plus its trusted fields), read by history."""
     _, systemd, _ = wire
     recorder = RecordingJournal()
+
     def record(message, **fields):
         recorder.send_record(message, "INFO", fields, "f", 1, "fn")
 
