@@ -460,20 +460,14 @@ def _go_unquote(text: str) -> str | None:
 
 def _entry(line: bytes) -> dict[str, Any] | None:
     """One ``journalctl -o json`` line: cursor, seqnum, time and message, or None if unusable."""
-    if not line or len(line) > MAX_LINE:
+    record = _json_record(line)
+    if record is None:
         return None
-    try:
-        obj = json.loads(line)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(obj, dict):
-        return None
-    cursor, stamp, message = obj.get("__CURSOR"), obj.get("__REALTIME_TIMESTAMP"), obj.get("MESSAGE")
+    obj, stamp = record
+    cursor, message = obj.get("__CURSOR"), obj.get("MESSAGE")
     if not (isinstance(cursor, str) and 0 < len(cursor) <= MAX_CURSOR and cursor.isascii() and cursor.isprintable()):
         return None
-    if cursor.startswith("-") or not (
-        isinstance(stamp, str) and stamp.isascii() and stamp.isdigit() and len(stamp) <= 19
-    ):
+    if cursor.startswith("-"):
         return None
     if isinstance(message, list):  # journalctl shows a MESSAGE that is not valid UTF-8 as a byte array
         message = bytes(b for b in message[:MAX_LINE] if isinstance(b, int) and 0 <= b < 256).decode("utf-8", "replace")
@@ -483,6 +477,22 @@ def _entry(line: bytes) -> dict[str, Any] | None:
     unit = obj.get("_SYSTEMD_UNIT")
     unit = unit if isinstance(unit, str) else ""
     return {"cursor": cursor, "seq": seq, "at": int(stamp) / 1e6, "message": message[:MAX_LINE], "unit": unit}
+
+
+def _json_record(line: bytes) -> tuple[dict[str, Any], str] | None:
+    """One ``journalctl -o json`` line as an object, and its ``__REALTIME_TIMESTAMP`` (digits); None if unusable."""
+    if not line or len(line) > MAX_LINE:
+        return None
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    stamp = obj.get("__REALTIME_TIMESTAMP")
+    if not (isinstance(stamp, str) and stamp.isascii() and stamp.isdigit() and len(stamp) <= 19):
+        return None
+    return obj, stamp
 
 
 def _seqnum(cursor: str) -> int:
@@ -597,17 +607,10 @@ def _fields(line: bytes, wanted: tuple[str, ...]) -> dict[str, str] | None:
     twice) or not at all is left out; one shown as bytes (not UTF-8) is
     decoded with replacement.
     """
-    if not line or len(line) > MAX_LINE:
+    record = _json_record(line)
+    if record is None:
         return None
-    try:
-        obj = json.loads(line)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(obj, dict):
-        return None
-    stamp = obj.get("__REALTIME_TIMESTAMP")
-    if not (isinstance(stamp, str) and stamp.isascii() and stamp.isdigit() and len(stamp) <= 19):
-        return None
+    obj, stamp = record
     out = {"__REALTIME_TIMESTAMP": stamp}
     for name in wanted:
         value = obj.get(name)
