@@ -51,12 +51,6 @@ if TYPE_CHECKING:  # the restart path does not need the verdict or the journal r
     from ollamactl.verdict import Judge, LoadWait, Sample, Verdict
 
 T = TypeVar("T")
-# Readiness: a refused connection costs a fraction of a millisecond, so poll every 5 ms while a
-# server usually binds its port (the answer is then reported within a few ms of the first one)...
-_POLL_FIRST = 0.005
-_POLL_FAST_FOR = 2.0  # ...for this long...
-_POLL_MAX = 0.25  # ...then back off to this
-_POLL_GROWTH = 1.25
 _UNIT_CHECK_EVERY = 0.1  # how often to ask systemd whether the new process died (concurrently with the polls)
 # The watchdog waits this long for the shared lock, then restarts without it: longer than a legitimate
 # holder keeps it (unit state + restart job of an Ollama that ignores SIGTERM: TimeoutStopSec=10s plus
@@ -401,7 +395,7 @@ class AsyncController(_Client):
         """
         endpoint = self._endpoint(started)
         t0 = time.monotonic()
-        delay = _POLL_FIRST
+        delay = probe.READY_POLL_FIRST
         last_error = "no answer yet"
         death = asyncio.ensure_future(self._until_died(bus, started, clock))
         try:
@@ -423,8 +417,7 @@ class AsyncController(_Client):
                         url=endpoint.url,
                     )
                 await asyncio.wait([death], timeout=min(delay, clock.left()))  # a sleep that a death cuts short
-                if time.monotonic() - t0 > _POLL_FAST_FOR:
-                    delay = min(delay * _POLL_GROWTH, _POLL_MAX)
+                delay = probe.next_ready_poll(delay, time.monotonic() - t0)
         finally:
             death.cancel()
             if death.done() and not death.cancelled():

@@ -27,10 +27,6 @@ from ollamactl.errors import TimedOut
 from ollamactl.models import RestartResult
 from ollamactl.nss import current_user
 
-_POLL_FIRST = 0.005  # readiness polls: as the D-Bus path (controller), fast at first...
-_POLL_MAX = 0.25  # ...then backing off to this
-_POLL_GROWTH = 1.25
-
 
 async def skip(
     cfg: Config,
@@ -56,7 +52,7 @@ async def skip(
         return None  # the URL is the unit's to say: D-Bus
     endpoint = probe.parse_url(cfg.url)
     end = time.monotonic() + timeout
-    t0, delay, last_error = time.monotonic(), _POLL_FIRST, "no answer yet"
+    t0, delay, last_error = time.monotonic(), probe.READY_POLL_FIRST, "no answer yet"
     while True:
         try:
             version = await probe.api_version(endpoint, max(0.001, min(cfg.http_timeout, end - time.monotonic())),
@@ -76,7 +72,7 @@ async def skip(
                 url=endpoint.url,
             )
         await asyncio.sleep(min(delay, max(0.0, end - time.monotonic())))
-        delay = min(delay * _POLL_GROWTH, _POLL_MAX)
+        delay = probe.next_ready_poll(delay, time.monotonic() - t0)
 
 
 def run(

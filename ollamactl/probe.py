@@ -357,6 +357,20 @@ async def _read_to_eof(reader: asyncio.StreamReader) -> bytes:
     return bytes(body)
 
 
+# Readiness (a restart's wait for the API): a refused connection costs a fraction of a millisecond, so
+# poll every 5 ms while a server usually binds its port (the answer is then reported within a few ms of
+# the first one)...
+READY_POLL_FIRST = 0.005
+READY_POLL_FAST_FOR = 2.0  # ...for this long...
+READY_POLL_MAX = 0.25  # ...then back off to this
+READY_POLL_GROWTH = 1.25
+
+
+def next_ready_poll(delay: float, waited: float) -> float:
+    """The pause before the next readiness poll, after ``delay`` and ``waited`` seconds of waiting in all."""
+    return delay if waited <= READY_POLL_FAST_FOR else min(delay * READY_POLL_GROWTH, READY_POLL_MAX)
+
+
 async def api_version(endpoint: Endpoint, timeout: float, *, transport: Transport | None = None) -> str:
     """Ollama's version string from GET /api/version (static: answers even when wedged).
 
