@@ -7,11 +7,10 @@ kept across daemon-reload and daemon-reexec, removed on stop; its directories ar
 
 from __future__ import annotations
 
-import json
 import time
 
 from tests.e2e.conftest import UNIT, Bed
-from tests.e2e.test_recovery import load_model, report, wedge
+from tests.e2e.test_recovery import detectors, load_model, report, wedge
 
 RECORD = f"/run/systemd/units/invocation:{UNIT}"
 URL = "http://127.0.0.1:11434"
@@ -79,14 +78,7 @@ def test_100_concurrent_detectors_naming_the_url(healthy: Bed):
     load_model(healthy)
     seen = wedge(healthy, "deep")
     before = healthy.prop("InvocationID")
-    t0 = time.monotonic()
-    script = (
-        f"for i in $(seq 100); do ollamactl restart --json --since {seen} --url {URL} --reason detector-$i"
-        " > /tmp/late.$i 2>&1 & done; wait; cat /tmp/late.*"
-    )
-    r = healthy.c.run(["/bin/sh", "-c", script], user="alice", timeout=300)
-    elapsed = time.monotonic() - t0
-    results = [json.loads(line) for line in r.stdout.splitlines()]
+    results, elapsed = detectors(healthy, seen, "--url", URL)
     actions = sorted(o.get("action", o.get("error")) for o in results)
     assert actions.count("restarted") == 1 and actions.count("skipped") == 99, actions
     assert len({o["new_invocation_id"] for o in results} | {before}) == 2

@@ -127,15 +127,8 @@ def test_100_concurrent_detectors_cause_exactly_one_restart(healthy: Bed):
     load_model(healthy)
     seen = wedge(healthy, "deep")
     before = (healthy.prop("InvocationID"), healthy.prop("NRestarts"))
-    t0 = time.monotonic()
-    script = (
-        f"for i in $(seq 100); do ollamactl restart --json --since {seen} --reason detector-$i > /tmp/det.$i 2>&1 &"
-        " done; wait; cat /tmp/det.*"
-    )
-    r = healthy.c.run(["/bin/sh", "-c", script], user="alice", timeout=300)
-    elapsed = time.monotonic() - t0
-    results = [json.loads(line) for line in r.stdout.splitlines()]
-    assert len(results) == 100, r.stdout[-2000:]
+    results, elapsed = detectors(healthy, seen)
+    assert len(results) == 100, results[-20:]
     actions = sorted(o.get("action", o.get("error")) for o in results)
     odd = [o for o in results if o.get("action") not in ("restarted", "skipped")]
     assert actions.count("restarted") == 1 and actions.count("skipped") == 99, odd
@@ -144,6 +137,18 @@ def test_100_concurrent_detectors_cause_exactly_one_restart(healthy: Bed):
     assert len(inv) == 1 and inv != {before[0]}
     assert healthy.prop("NRestarts") == before[1]  # our restart is not an automatic one, and no others happened
     report(healthy, "100 concurrent detectors: restarts", 1, f"all 100 returned in {elapsed:.1f}s")
+
+
+def detectors(bed: Bed, seen: float, *extra: str, n: int = 100) -> tuple[list[dict], float]:
+    """Run ``n`` concurrent ``ollamactl restart --since seen`` as alice; their JSON answers, and how long all took."""
+    t0 = time.monotonic()
+    script = (
+        f"for i in $(seq {n}); do ollamactl restart --json --since {seen} {' '.join(extra)} --reason detector-$i"
+        " > /tmp/det.$i 2>&1 & done; wait; cat /tmp/det.*; rm -f /tmp/det.*"
+    )
+    r = bed.c.run(["/bin/sh", "-c", script], user="alice", timeout=300)
+    elapsed = time.monotonic() - t0
+    return [json.loads(line) for line in r.stdout.splitlines()], elapsed
 
 
 def test_budget_stops_a_restart_loop_and_says_when(healthy: Bed):
