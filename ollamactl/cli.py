@@ -599,21 +599,22 @@ def controller(args: argparse.Namespace, cfg: Config | None = None) -> Controlle
 
 
 def _cmd_restart(args: argparse.Namespace, as_json: bool) -> int:
-    cfg = _config(args)
-    if args.since is not None:  # a late detector: PID 1's record may answer without D-Bus (see late.py)
-        from ollamactl.late import run
+    from ollamactl import late
 
-        skipped = run(cfg, args.reason, args.since, wait=not args.no_wait, timeout=cfg.timeout)
-        if skipped is not None:
-            emit(skipped, as_json, _restart_text)
-            return 0
-    ctl = controller(args, cfg)
+    cfg = _config(args)
+    # A late detector: PID 1's record may answer without D-Bus, after its turn at the lock (see late.py).
+    turn = late.run(cfg, args.reason, args.since, wait=not args.no_wait, timeout=cfg.timeout)
+    if turn.skipped is not None:
+        emit(turn.skipped, as_json, _restart_text)
+        return 0
     progress = Progress.for_stderr(as_json)  # on a terminal: one line says what the restart waits for
     try:
-        result = ctl.restart(
-            args.reason, wait=not args.no_wait, observed_at=args.since, start=args.start, progress=progress
-        )
+        result = controller(args, cfg).restart(
+            args.reason, wait=not args.no_wait, observed_at=args.since, start=args.start, progress=progress,
+            timeout=turn.timeout, lock=turn.lock,
+        )  # fmt: skip
     finally:
+        turn.release()
         if progress is not None:
             progress.close()
     emit(result, as_json, _restart_text)
@@ -697,13 +698,10 @@ def _without_gi() -> None:
     """Keep dbus-next from importing PyGObject for its unused GLib backend (~25 ms per run).
 
     Only in this process, which never uses GLib; the library itself leaves
-    an application's ``gi`` alone.
+    an application's ``gi`` alone.  Not by importing dbus-next here: a command
+    that needs no bus (a late detector's skip) must not pay for it (~40 ms).
     """
-    if "gi" not in sys.modules:
-        sys.modules["gi"] = None  # type: ignore[assignment]  # makes "import gi" raise ImportError
-        import dbus_next  # noqa: F401
-
-        del sys.modules["gi"]
+    sys.modules.setdefault("gi", None)  # type: ignore[arg-type]  # makes "import gi" raise ImportError
 
 
 def _fail(err: OllamactlError, as_json: bool, code: int | None = None) -> int:

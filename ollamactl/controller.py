@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ollamactl import late, probe, sockets, unitenv
-from ollamactl._log import RESTART_EVENT, audit, log
+from ollamactl._log import log
 from ollamactl.budget import Budget
 from ollamactl.config import DEFAULT_CONFIG_FILE, TIMEOUT_RANGE, Config, Instance, in_timeout_range, load_config
 from ollamactl.errors import (
@@ -42,7 +42,7 @@ from ollamactl.errors import (
     UsageError,
 )
 from ollamactl.models import History, Instances, ProbeReport, RestartResult, Status
-from ollamactl.runtime import MAX_HISTORY, Restart, RuntimeDir, State
+from ollamactl.runtime import MAX_HISTORY, HeldLock, Restart, RuntimeDir, State
 from ollamactl.systemd import SystemdBus, UnitState
 from ollamactl.text import clean
 
@@ -166,6 +166,7 @@ class AsyncController(_Client):
         progress: Progress | None = None,
         verdict: str | None = None,
         evidence: str | None = None,
+        lock: HeldLock | None = None,
     ) -> RestartResult:
         """Restart the unit; with ``wait`` return only once the API answers again.
 
@@ -186,6 +187,8 @@ class AsyncController(_Client):
         ``verdict`` and ``evidence``: the outcome that called for the restart
         (e.g. "deep-wedged") and its one line of evidence, if the caller judged
         Ollama first; they are recorded with the decision (``ollamactl history``).
+        ``lock``: the restart lock, taken already (``runtime.take_turn``: the
+        CLI takes it before importing the bus); released here, used or not.
 
         With ``wait`` and the URL read from the unit, an environment file that
         may set OLLAMA_HOST but cannot be read raises UrlUnknown before anything
@@ -200,18 +203,23 @@ class AsyncController(_Client):
         clock = _Deadline(cfg.timeout if timeout is None else _check_timeout(timeout))
         audit_fields = late.requested(cfg, reason, observed_at, verdict=verdict, evidence=evidence)
         log("INFO", "restart requested", **audit_fields)
+        runtime = RuntimeDir(Path(cfg.runtime_dir), cfg.group, held=lock)
         try:
-            result = await self._restart(reason, wait, observed_at, clock, unattended, start, progress or _quiet)
-        except OllamactlError as err:
-            audit(
-                f"restart of {cfg.unit} not done: {err.message}", event=RESTART_EVENT, outcome=err.kind, **audit_fields
+            result = await self._restart(
+                runtime, reason, wait, observed_at, clock, unattended, start, progress or _quiet
             )
+        except OllamactlError as err:
+            late.not_done(err, audit_fields)
             raise
+        finally:
+            if lock is not None:
+                lock.close()  # if the restart did not take it over
         late.journal(result, audit_fields)
         return result
 
     async def _restart(
         self,
+        runtime: RuntimeDir,
         reason: str | None,
         wait: bool,
         observed_at: float | None,
@@ -220,7 +228,6 @@ class AsyncController(_Client):
         start: bool,
         progress: Progress,
     ) -> RestartResult:
-        runtime = self.runtime
         job = job_result = old_invocation_id = job_seconds = ready_seconds = api_version = None
         # A late detector first: PID 1's own record (no D-Bus) may show a start since the wedge was seen.
         skipped = await late.skip(
@@ -850,13 +857,14 @@ class Controller(_Client):
         progress: Progress | None = None,
         verdict: str | None = None,
         evidence: str | None = None,
+        lock: HeldLock | None = None,
     ) -> RestartResult:
         """Restart the unit (see AsyncController.restart); with ``wait``, block until the API answers."""
         return self._call(
             "restart",
             lambda a: a.restart(
                 reason, wait=wait, timeout=timeout, observed_at=observed_at, start=start, progress=progress,
-                verdict=verdict, evidence=evidence,
+                verdict=verdict, evidence=evidence, lock=lock,
             ),
         )  # fmt: skip
 

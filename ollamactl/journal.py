@@ -10,7 +10,6 @@ control characters first (``text.clean``): some come from outside, and
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import os
@@ -177,6 +176,8 @@ Runner = Callable[[list[str], float], Awaitable[_Output]]
 
 async def run_journalctl(args: list[str], timeout: float) -> _Output:
     """journalctl ``args`` with a deadline and capped output; TimeoutError if it takes too long."""
+    import asyncio  # here: the journal writer (every restart's audit record) needs no loop
+
     env = {**os.environ, "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": "", "SYSTEMD_LESS": "", "LC_ALL": "C.UTF-8"}
     proc = await asyncio.create_subprocess_exec(
         JOURNALCTL,
@@ -224,6 +225,8 @@ class JournalReader:
         timeout, a missing journalctl) is reported in ``facts.problem``, and
         the verdict then judges on the probes alone.
         """
+        import asyncio
+
         if invocation_id is None or not _HEX32_RE.fullmatch(invocation_id):
             self.facts, self._cursor = JournalFacts(problem="the unit has no current invocation"), None
             return self.facts
@@ -288,6 +291,8 @@ class JournalReader:
 
     async def _seed(self, invocation_id: str, deadline: float) -> None:
         """The newest load/runner lines and the newest entries of the invocation."""
+        import asyncio
+
         tail = await self._query(["--reverse", f"--lines={SEED_ENTRIES}"], invocation_id, deadline)
         if tail is None:
             return
@@ -548,6 +553,8 @@ async def query(
     their own entries (measured on systemd 252 and 257), so a first run in
     the default output, asking for no entries (``--lines=0``), reads it.
     """
+    import asyncio
+
     args = ["--no-pager", "--output=json", "--reverse", f"--lines={limit}", f"--output-fields={','.join(fields)}"]
     if since is not None:
         args.append(f"--since=@{max(0, math.floor(since))}")
@@ -585,6 +592,8 @@ def _access_problem(out: _Output) -> str:
 
 async def systemd_version(*, timeout: float, run: Runner = run_journalctl) -> int | None:
     """The journal's systemd version (``journalctl --version``), or None if it cannot be told."""
+    import asyncio
+
     try:
         async with asyncio.timeout(timeout):
             out = await run(["--version"], timeout)

@@ -3,22 +3,25 @@
 A wedged Ollama accepts connections and then never answers, or trickles
 bytes; per-socket-operation timeouts (urllib, http.client) do not bound that.
 So every request here runs inside one ``asyncio.timeout`` covering connect,
-send and the whole body.  Standard library only, to keep the CLI lean.
+send and the whole body (``api_version_blocking``, for a CLI that needs no
+event loop, reads the whole answer under one deadline itself).  Standard
+library only, to keep the CLI lean; asyncio is imported where it is used.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import re
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ollamactl.text import clean
+
+if TYPE_CHECKING:
+    import asyncio
 
 # Caps on what a server may send.  Ollama's answers to the probes are a few
 # hundred bytes with a handful of headers; whoever listens on ``url`` (anyone,
@@ -93,7 +96,7 @@ def url_from_ollama_host(value: str | None) -> str:
     except ValueError:
         host, port = "127.0.0.1", default_port
         bare = hostport.strip("[]")
-        if _is_ip(bare):
+        if is_ip(bare):
             host = str(ipaddress.ip_address(bare))
         elif hostport:
             host = hostport
@@ -116,12 +119,12 @@ def server_url(value: str) -> str:
     scheme, _, rest = url.partition("://")
     ep = parse_url(f"{scheme}://127.0.0.1{rest}" if rest.startswith(":") else url)  # ":11500": no host given
     host = ep.host
-    if host in ("", "0.0.0.0") or (_is_ip(host) and ipaddress.ip_address(host).is_unspecified):
+    if host in ("", "0.0.0.0") or (is_ip(host) and ipaddress.ip_address(host).is_unspecified):
         host = "::1" if ":" in host else "127.0.0.1"
     return Endpoint(ep.scheme, host, ep.port, ep.path).url
 
 
-def _is_ip(text: str) -> bool:
+def is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -204,11 +207,16 @@ async def request(
     transport: Transport | None = None,
 ) -> Response:
     """One HTTP/1.1 request with a total deadline; raises TimeoutError or HTTPError."""
+    import asyncio  # in each function that uses it: a late detector's wait (api_version_blocking) has no loop
+
     async with asyncio.timeout(timeout):
         return await (transport or open_and_send)(endpoint, method, path, body)
 
 
 async def open_and_send(endpoint: Endpoint, method: str, path: str, body: Any) -> Response:
+    import asyncio
+    import ssl
+
     ctx = ssl.create_default_context() if endpoint.scheme == "https" else None
     try:
         # limit: the longest line StreamReader buffers while looking for its end (see read_response)
@@ -217,18 +225,7 @@ async def open_and_send(endpoint: Endpoint, method: str, path: str, body: Any) -
         refused = isinstance(exc, ConnectionRefusedError)
         raise HTTPError(f"cannot connect to {endpoint.url}: {exc.strerror or exc}", refused=refused) from exc
     try:
-        payload = b"" if body is None else json.dumps(body).encode()
-        host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
-        head = [
-            f"{method} {endpoint.path}{path} HTTP/1.1",
-            f"Host: {host}:{endpoint.port}",
-            "User-Agent: ollamactl",
-            "Accept: application/json",
-            "Connection: close",
-        ]
-        if body is not None:
-            head += ["Content-Type: application/json", f"Content-Length: {len(payload)}"]
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
+        writer.write(_request_bytes(endpoint, method, path, body))
         await writer.drain()
         return await read_response(reader)
     except HTTPError as exc:
@@ -237,6 +234,21 @@ async def open_and_send(endpoint: Endpoint, method: str, path: str, body: Any) -
         raise HTTPError(f"connection to {endpoint.url} failed: {exc.strerror or exc}") from exc
     finally:
         writer.close()
+
+
+def _request_bytes(endpoint: Endpoint, method: str, path: str, body: Any) -> bytes:
+    payload = b"" if body is None else json.dumps(body).encode()
+    host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
+    head = [
+        f"{method} {endpoint.path}{path} HTTP/1.1",
+        f"Host: {host}:{endpoint.port}",
+        "User-Agent: ollamactl",
+        "Accept: application/json",
+        "Connection: close",
+    ]
+    if body is not None:
+        head += ["Content-Type: application/json", f"Content-Length: {len(payload)}"]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + payload
 
 
 async def read_response(reader: asyncio.StreamReader) -> Response:
@@ -272,11 +284,17 @@ async def _line(reader: asyncio.StreamReader, what: str) -> bytes:
     """One line ending in LF, at most MAX_LINE bytes, whatever the reader's own limit."""
     try:
         line = await reader.readuntil(b"\n")
-    except asyncio.IncompleteReadError as exc:
-        where = "inside" if exc.partial else "before"
+    except EOFError as exc:  # asyncio.IncompleteReadError, or the end of an answer read whole (_Whole)
+        where = "inside" if getattr(exc, "partial", b"") else "before"
         raise HTTPError(f"the answer ended {where} a {what}") from None
-    except asyncio.LimitOverrunError:
-        raise HTTPError(f"a {what} is longer than {MAX_LINE} bytes") from None
+    except (OSError, HTTPError, _NeedMore):
+        raise
+    except Exception as exc:
+        import asyncio  # only a StreamReader has a limit of its own (open_and_send's: MAX_LINE)
+
+        if isinstance(exc, asyncio.LimitOverrunError):
+            raise HTTPError(f"a {what} is longer than {MAX_LINE} bytes") from None
+        raise
     if len(line) > MAX_LINE:
         raise HTTPError(f"a {what} is longer than {MAX_LINE} bytes")
     return line
@@ -285,8 +303,9 @@ async def _line(reader: asyncio.StreamReader, what: str) -> bytes:
 async def _exactly(reader: asyncio.StreamReader, n: int, what: str) -> bytes:
     try:
         return await reader.readexactly(n)
-    except asyncio.IncompleteReadError as exc:
-        raise HTTPError(f"the answer ended inside the {what} ({len(exc.partial)} of {n} bytes)") from None
+    except EOFError as exc:  # asyncio.IncompleteReadError, or _Whole's
+        partial = getattr(exc, "partial", b"")
+        raise HTTPError(f"the answer ended inside the {what} ({len(partial)} of {n} bytes)") from None
 
 
 async def _fields(reader: asyncio.StreamReader, what: str, used: int) -> dict[str, list[str]]:
@@ -377,7 +396,117 @@ async def api_version(endpoint: Endpoint, timeout: float, *, transport: Transpor
     Cleaned of control characters and capped at MAX_VERSION characters: it is
     printed, and whoever answers on ``url`` chose it.
     """
-    resp = await request(endpoint, "GET", "/api/version", timeout=timeout, transport=transport)
+    return _version(await request(endpoint, "GET", "/api/version", timeout=timeout, transport=transport))
+
+
+def api_version_blocking(endpoint: Endpoint, timeout: float) -> str:
+    """``api_version`` without an event loop, for a late detector's wait (late.run): no asyncio to import.
+
+    Plain HTTP to an IP address only (else ValueError: use ``api_version``).  The
+    answer is read whole, until the server closes (we send Connection: close),
+    under the one deadline and capped at MAX_HEADER_BYTES + MAX_BODY; then
+    ``read_response`` parses those bytes as it parses a stream.
+    """
+    import socket
+
+    if endpoint.scheme != "http" or not is_ip(endpoint.host):  # no name to resolve, which no deadline bounds
+        raise ValueError(f"api_version_blocking speaks plain HTTP to an IP address, not {endpoint.url}")
+    end = time.monotonic() + timeout
+    try:
+        sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
+    except TimeoutError:
+        raise
+    except OSError as exc:
+        refused = isinstance(exc, ConnectionRefusedError)
+        raise HTTPError(f"cannot connect to {endpoint.url}: {exc.strerror or exc}", refused=refused) from exc
+    answer = bytearray()
+    try:
+        sock.sendall(_request_bytes(endpoint, "GET", "/api/version", None))
+        while True:
+            chunk = _recv(sock, end)
+            answer += chunk
+            if (resp := _parse_so_far(bytes(answer), ended=not chunk)) is not None:
+                return _version(resp)
+    except HTTPError as exc:
+        raise HTTPError(f"bad answer from {endpoint.url}: {exc}") from None
+    except TimeoutError:
+        raise
+    except OSError as exc:
+        raise HTTPError(f"connection to {endpoint.url} failed: {exc.strerror or exc}") from exc
+    finally:
+        sock.close()
+
+
+def _parse_so_far(answer: bytes, *, ended: bool) -> Response | None:
+    """``read_response`` on the bytes received so far: the answer once complete, None if more must come."""
+    parsing = read_response(_Whole(answer, ended))  # the one parser; _Whole never makes it wait
+    try:
+        parsing.send(None)
+    except StopIteration as done:
+        return done.value
+    except _NeedMore:
+        return None
+    parsing.close()
+    raise RuntimeError("read_response waited on bytes in hand")
+
+
+class _Incomplete(EOFError):
+    """The answer ended early (as asyncio.IncompleteReadError, which is an EOFError too)."""
+
+    def __init__(self, partial: bytes) -> None:
+        super().__init__("the answer ended early")
+        self.partial = partial
+
+
+class _NeedMore(Exception):
+    """The bytes so far end before the answer does, and the connection is still open."""
+
+
+class _Whole:
+    """The bytes received so far, with the StreamReader methods ``read_response`` uses; it never waits.
+
+    Past their end: _NeedMore while the connection is open, else what a StreamReader does at EOF.
+    """
+
+    def __init__(self, data: bytes, ended: bool) -> None:
+        self._data, self._at, self._ended = data, 0, ended
+
+    def _take(self, end: int) -> bytes:
+        part, self._at = self._data[self._at : end], end
+        return part
+
+    def _short(self) -> Exception:
+        return _Incomplete(self._take(len(self._data))) if self._ended else _NeedMore()
+
+    async def readuntil(self, separator: bytes) -> bytes:
+        i = self._data.find(separator, self._at)
+        if i < 0:
+            if len(self._data) - self._at > MAX_LINE:  # as open_and_send's StreamReader limit
+                raise HTTPError(f"a line is longer than {MAX_LINE} bytes")
+            raise self._short()
+        return self._take(i + len(separator))
+
+    async def readexactly(self, n: int) -> bytes:
+        if self._at + n > len(self._data):
+            raise self._short()
+        return self._take(self._at + n)
+
+    async def read(self, n: int) -> bytes:
+        if self._at >= len(self._data) and not self._ended:
+            raise _NeedMore()
+        return self._take(min(self._at + n, len(self._data)))
+
+
+def _recv(sock: Any, end: float) -> bytes:
+    """The next bytes from ``sock``, or b"" at its end; TimeoutError once ``end`` (monotonic) has passed."""
+    left = end - time.monotonic()
+    if left <= 0:
+        raise TimeoutError
+    sock.settimeout(left)
+    return sock.recv(_READ_SIZE)
+
+
+def _version(resp: Response) -> str:
     if resp.status != 200:
         raise HTTPError(f"GET /api/version answered HTTP {resp.status}")
     try:
@@ -532,6 +661,8 @@ class RunnerResult:
 
 async def runner(port: int, timeout: float, *, transport: Transport | None = None) -> RunnerResult:
     """GET /slots and GET /health of the llama-server on ``port``, concurrently, each under ``timeout``."""
+    import asyncio
+
     endpoint = Endpoint("http", RUNNER_HOST, port)
     t0 = time.monotonic()
     (slots_status, data), (health_status, _) = await asyncio.gather(

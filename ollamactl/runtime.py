@@ -35,7 +35,6 @@ on every restart.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import fcntl
 import grp
@@ -308,18 +307,92 @@ def encode_state(state: State) -> bytes:
     return (head + sep.join(reversed(kept)) + tail).encode()
 
 
+class HeldLock:
+    """The restart lock, taken by ``take_turn`` before the bus was imported, for one restart to use.
+
+    The restart (``RuntimeDir(held=...)``) takes it over and releases it as its own;
+    ``close`` releases it if no restart did (idempotent).
+    """
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    def take(self) -> int | None:
+        """The locked directory fd, now the caller's to close; None if taken already."""
+        fd, self._fd = self._fd, None
+        return fd
+
+    def close(self) -> None:
+        fd = self.take()
+        if fd is not None:
+            os.close(fd)
+
+
+def take_turn(path: Path = RUN_DIR, group: str = DEFAULT_GROUP, timeout: float = 90.0) -> HeldLock | None:
+    """A late detector's turn at the restart lock, without an event loop (see late.py).
+
+    If the lock is free, take it and return it: this process restarts, if
+    PID 1's record still shows no restart.  If another process holds it (the
+    one restarting), wait until it lets go, then return None: the caller
+    re-reads PID 1's record, which by then shows that restart.  Waiting takes
+    a shared lock, so all waiters go on together.  None at once, too, if the
+    directory cannot be used: the restart itself then says why.  Raises
+    TimedOut if the holder keeps the lock past ``timeout``.
+    """
+    try:
+        fd = open_runtime_dir(path, group)
+    except (RuntimeDirError, PermissionDenied):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return HeldLock(fd)
+    except BlockingIOError:
+        pass
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        end = time.monotonic() + timeout
+        delay = _LOCK_POLL_FIRST
+        while True:
+            time.sleep(min(delay, max(0.0, end - time.monotonic())))
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return None
+            except BlockingIOError:
+                pass
+            if time.monotonic() >= end:
+                raise _lock_timeout(Path(path), timeout)
+            delay = min(delay * 1.5, _LOCK_POLL_MAX)
+    finally:
+        os.close(fd)
+
+
+def _lock_timeout(path: Path, timeout: float) -> TimedOut:
+    return TimedOut(
+        f"another process held the restart lock on {path} for over {timeout:g}s; "
+        f"see which: lslocks -o PID,COMMAND,PATH | grep {path}",
+        step="lock",
+        path=str(path),
+    )
+
+
 class RuntimeDir:
     """The lock and the state in one directory shared by the group.
 
     Each operation opens and verifies the directory (``open_runtime_dir``);
     while ``lock`` is held, state reads and writes reuse its verified fd.
+    ``held``: the lock, taken already (``take_turn``); ``lock`` uses it instead of waiting.
     """
 
-    def __init__(self, path: Path = RUN_DIR, group: str = DEFAULT_GROUP) -> None:
+    def __init__(self, path: Path = RUN_DIR, group: str = DEFAULT_GROUP, *, held: HeldLock | None = None) -> None:
         self.path = Path(path)
         self.group = group
         self.state_path = self.path / STATE_NAME  # for messages and tests; opened only relative to the dir fd
         self._fd: int | None = None  # the verified directory while ``lock`` runs
+        self._held = held
 
     def check_writable(self) -> None:
         """Refuse early, with the fix, when this process cannot use the directory (unsafe, missing, not a member)."""
@@ -345,9 +418,10 @@ class RuntimeDir:
         the lock (yield False): the watchdog must recover Ollama even while a
         member holds the lock forever.  Closing the fd at the end releases it.
         """
-        fd = open_runtime_dir(self.path, self.group)
+        taken = self._held.take() if self._held is not None else None  # taken before the bus was imported
+        fd = open_runtime_dir(self.path, self.group) if taken is None else taken
         try:
-            held = await self._flock(fd, timeout, required)
+            held = True if taken is not None else await self._flock(fd, timeout, required)
             self._fd = fd
             yield held
         finally:
@@ -366,13 +440,8 @@ class RuntimeDir:
             if time.monotonic() + delay >= end - _LOCK_MARGIN:  # no sleep that would overrun the deadline
                 if not required:
                     return False
-                raise TimedOut(
-                    f"another process held the restart lock on {self.path} for over {timeout:g}s; "
-                    f"see which: lslocks -o PID,COMMAND,PATH | grep {self.path}",
-                    step="lock",
-                    path=str(self.path),
-                )
-            await asyncio.sleep(delay)
+                raise _lock_timeout(self.path, timeout)
+            await _sleep(delay)
             delay = min(delay * 1.5, _LOCK_POLL_MAX)
 
     def read_state(self) -> State:
@@ -458,3 +527,9 @@ class RuntimeDir:
         return RuntimeDirError(
             f"cannot write the restart history {self.state_path}: {exc.strerror}", path=str(self.path)
         )
+
+
+async def _sleep(delay: float) -> None:
+    import asyncio  # here: a late detector's turn (take_turn) runs before any event loop is needed
+
+    await asyncio.sleep(delay)

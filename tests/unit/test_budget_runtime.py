@@ -206,6 +206,7 @@ def test_a_wedge_that_survives_every_restart_gets_the_budgets_restarts_and_no_mo
     from types import SimpleNamespace
 
     from ollamactl import controller as controller_mod
+    from ollamactl import late as late_mod
     from ollamactl import watch
     from ollamactl.config import load_config
     from ollamactl.controller import AsyncController
@@ -218,7 +219,7 @@ def test_a_wedge_that_survives_every_restart_gets_the_budgets_restarts_and_no_mo
     )
     monkeypatch.setattr(controller_mod, "time", clock)
     monkeypatch.setattr(watch, "time", clock)
-    monkeypatch.setattr(controller_mod, "audit", lambda *a, **k: None)
+    monkeypatch.setattr(late_mod, "audit", lambda *a, **k: None)
     monkeypatch.setattr(controller_mod, "log", lambda *a, **k: None)
     logged: list[tuple[str, str]] = []
     monkeypatch.setattr(watch, "log", lambda level, message, **k: logged.append((level, message)))

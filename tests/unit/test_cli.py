@@ -346,7 +346,7 @@ def test_restart_hands_a_progress_line_to_a_controller_that_takes_one(monkeypatc
             return {"action": "queued", "unit": "u.service", "job": "/j/1"}
 
     class FakeController:
-        def restart(self, reason, *, wait, observed_at, start, progress=None):
+        def restart(self, reason, *, wait, observed_at, start, progress=None, timeout=None, lock=None):
             seen["progress"] = progress
             if progress is not None:
                 progress("stopping u.service")

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from ollamactl import controller as controller_mod
+from ollamactl import late as late_mod
 from ollamactl.config import load_config
 from ollamactl.controller import AsyncController
 from ollamactl.errors import UnitFailed, UnitStopped, UsageError
@@ -38,7 +39,7 @@ def ollama() -> FakeOllama:
 @pytest.fixture
 def actl(monkeypatch, systemd, ollama):
     with make_rundir() as path:
-        monkeypatch.setattr(controller_mod, "audit", lambda *a, **k: None)
+        monkeypatch.setattr(late_mod, "audit", lambda *a, **k: None)
         rd = RuntimeDir(path, group().gr_name)
         cfg = load_config({"runtime_dir": str(rd.path), "group": rd.group}, environ={}, config_file="/dev/null")
         yield AsyncController(config=cfg, dbus_transport=systemd, http_transport=ollama)

@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import resource
+import sys
 import threading
 import time
 
@@ -92,6 +93,16 @@ def version_body(version: object = "1.2.3") -> bytes:
     return json.dumps({"version": version}).encode()
 
 
+CLIENT = "async"  # which client run_version uses; the ``client`` fixture runs a test with each
+
+
+@pytest.fixture(params=["async", "blocking"])
+def client(request, monkeypatch):
+    """api_version (asyncio) and api_version_blocking (a late detector's wait): one parser, the same answers."""
+    monkeypatch.setattr(sys.modules[__name__], "CLIENT", request.param)
+    return request.param
+
+
 def run_version(handler, timeout: float = 5.0):
     """(version or the exception, seconds) of api_version against a server running ``handler``."""
 
@@ -99,7 +110,10 @@ def run_version(handler, timeout: float = 5.0):
         async with Server(handler) as s:
             t0 = time.monotonic()
             try:
-                result = await probe.api_version(s.endpoint, timeout)
+                if CLIENT == "blocking":  # in a thread: the server runs on this loop
+                    result = await asyncio.to_thread(probe.api_version_blocking, s.endpoint, timeout)
+                else:
+                    result = await probe.api_version(s.endpoint, timeout)
             except (probe.HTTPError, TimeoutError) as exc:
                 result = exc
             return result, time.monotonic() - t0
@@ -114,6 +128,7 @@ def maxrss_mib() -> float:
 # -- sizes: nothing the server announces is buffered before it is checked --------------
 
 
+@pytest.mark.usefixtures("client")
 def test_huge_chunk_size_is_refused_before_reading_it():
     """A chunk of 7fffffffffff bytes: HTTPError at once, not hundreds of MiB read (old code: read, then timeout)."""
     block = b"x" * (1 << 20)
@@ -133,6 +148,7 @@ def test_huge_chunk_size_is_refused_before_reading_it():
     assert grown < 50, f"memory grew by {grown:.0f} MiB"
 
 
+@pytest.mark.usefixtures("client")
 def test_chunked_body_over_the_cap_in_small_chunks():
     async def handler(reader, writer):
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -150,6 +166,7 @@ def test_chunked_body_over_the_cap_in_small_chunks():
     [b"0000000000000000f\r\n", b"-f\r\n", b"0xf\r\n", b"\r\n", b"f f\r\n", b"+f\r\n", b"\xd9\xa1\xd9\xa5\r\n"],
     ids=["17-digits", "negative", "0x", "empty", "two-numbers", "plus", "unicode-digits"],
 )
+@pytest.mark.usefixtures("client")
 def test_malformed_chunk_sizes(size_line):
     """The body is 15 (0xf) bytes: a lax parser (old code: int(x, 16)) accepts several of these."""
 
@@ -161,6 +178,7 @@ def test_malformed_chunk_sizes(size_line):
     assert isinstance(result, probe.HTTPError) and "chunk size" in str(result)
 
 
+@pytest.mark.usefixtures("client")
 def test_ten_thousand_headers():
     async def handler(reader, writer):
         headers = b"".join(b"X-H-%d: v\r\n" % i for i in range(10_000))
@@ -173,6 +191,7 @@ def test_ten_thousand_headers():
     assert seconds < 2
 
 
+@pytest.mark.usefixtures("client")
 def test_header_bytes_are_capped_in_total():
     async def handler(reader, writer):
         headers = b"".join(b"X-H-%d: %s\r\n" % (i, b"v" * 4000) for i in range(50))  # 50 x 4 KiB: each line fine
@@ -183,6 +202,7 @@ def test_header_bytes_are_capped_in_total():
     assert isinstance(result, probe.HTTPError) and "larger than 65536 bytes" in str(result), result
 
 
+@pytest.mark.usefixtures("client")
 def test_one_mib_header_line():
     async def handler(reader, writer):
         writer.write(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n" + version_body())
@@ -194,6 +214,7 @@ def test_one_mib_header_line():
     assert seconds < 2 and maxrss_mib() - before < 50
 
 
+@pytest.mark.usefixtures("client")
 def test_body_without_length_over_the_cap():
     async def handler(reader, writer):
         writer.write(b"HTTP/1.1 200 OK\r\n\r\n")
@@ -228,6 +249,7 @@ def test_body_split_across_segments_without_content_length():
 
 
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
+@pytest.mark.usefixtures("client")
 def test_body_split_across_segments_with_framing(framing):
     body = version_body("4.5.6")
 
@@ -248,6 +270,7 @@ def test_body_split_across_segments_with_framing(framing):
     assert result == "4.5.6" and seconds < 2
 
 
+@pytest.mark.usefixtures("client")
 def test_content_length_longer_than_the_body_then_close():
     async def handler(reader, writer):
         writer.write(answer(b'{"version": "1"}', b"Content-Length: 100"))
@@ -257,6 +280,7 @@ def test_content_length_longer_than_the_body_then_close():
     assert seconds < 1
 
 
+@pytest.mark.usefixtures("client")
 def test_content_length_longer_than_the_body_held_open_ends_at_the_deadline():
     async def handler(reader, writer):
         writer.write(answer(b'{"version": "1"}', b"Content-Length: 100"))
@@ -267,6 +291,7 @@ def test_content_length_longer_than_the_body_held_open_ends_at_the_deadline():
     assert isinstance(result, TimeoutError) and seconds < 1.5
 
 
+@pytest.mark.usefixtures("client")
 def test_content_length_shorter_than_the_body():
     async def handler(reader, writer):
         writer.write(answer(b'{"version": "1.2.3"}', b"Content-Length: 5"))
@@ -287,6 +312,7 @@ def test_content_length_shorter_than_the_body():
     ],
     ids=["duplicates-disagree", "list-disagrees", "plus", "junk", "hex", "unicode-digits"],
 )
+@pytest.mark.usefixtures("client")
 def test_content_length_is_parsed_strictly(headers):
     async def handler(reader, writer):
         writer.write(answer(b'{"version":"1"}', *headers))
@@ -295,6 +321,7 @@ def test_content_length_is_parsed_strictly(headers):
     assert isinstance(result, probe.HTTPError) and "Content-Length" in str(result), result
 
 
+@pytest.mark.usefixtures("client")
 def test_agreeing_duplicate_content_lengths_are_fine():
     async def handler(reader, writer):
         writer.write(answer(b'{"version":"1"}', b"Content-Length: 15", b"content-length: 15"))
@@ -313,6 +340,7 @@ def test_agreeing_duplicate_content_lengths_are_fine():
     ],
     ids=["no-colon", "obs-fold", "space-in-name", "four-digit-status", "gzip"],
 )
+@pytest.mark.usefixtures("client")
 def test_malformed_heads(head):
     async def handler(reader, writer):
         writer.write(head + b'{"version":"1"}')
@@ -325,6 +353,7 @@ def test_malformed_heads(head):
 
 
 @pytest.mark.parametrize("where", ["status-line", "headers", "chunk-size", "chunk-data", "eof-body"])
+@pytest.mark.usefixtures("client")
 def test_trickling_anywhere_ends_at_the_deadline(where):
     prefix = {
         "status-line": b"HTTP/1.1 200",
@@ -346,6 +375,7 @@ def test_trickling_anywhere_ends_at_the_deadline(where):
     assert isinstance(result, (TimeoutError, probe.HTTPError)) and seconds < 1.5, (result, seconds)
 
 
+@pytest.mark.usefixtures("client")
 def test_silent_server_ends_at_the_deadline():
     async def handler(reader, writer):
         await asyncio.sleep(3600)
@@ -416,6 +446,7 @@ def test_escape_sequences_in_the_version_are_cleaned_in_the_probe_result():
     assert not any(ch in result.api_version for ch in RAW)
 
 
+@pytest.mark.usefixtures("client")
 def test_a_long_version_is_capped():
     async def handler(reader, writer):
         writer.write(answer(version_body("9" * 5000)))
@@ -424,6 +455,7 @@ def test_a_long_version_is_capped():
     assert version == "9" * probe.MAX_VERSION + "..."
 
 
+@pytest.mark.usefixtures("client")
 def test_a_version_that_is_not_a_string_is_not_ollama():
     async def handler(reader, writer):
         writer.write(answer(version_body({"x": 1})))

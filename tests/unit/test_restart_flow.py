@@ -38,7 +38,6 @@ UNIT = "ollama.service"
 @pytest.fixture
 def wire(monkeypatch):
     """(settings, systemd, ollama): a controller's settings on a real runtime directory, and its transports."""
-    monkeypatch.setattr(controller_mod, "audit", lambda *a, **k: None)
     monkeypatch.setattr(late_mod, "audit", lambda *a, **k: None)
     with make_rundir() as path:
         rd = RuntimeDir(path, group().gr_name)
@@ -460,8 +459,7 @@ def test_every_decision_is_recorded_with_what_history_reads_back(wire, monkeypat
     def record(message, **fields):
         recorder.send_record(message, "INFO", fields, "f", 1, "fn")
 
-    monkeypatch.setattr(controller_mod, "audit", record)  # decisions not done
-    monkeypatch.setattr(late_mod, "audit", record)  # decisions done (late.journal: both paths)
+    monkeypatch.setattr(late_mod, "audit", record)  # every decision (late.journal, late.not_done: both paths)
     ctl = make(wire, restart_backoff=0, max_restarts=2)
     asyncio.run(ctl.restart("by hand", verdict="wedged", evidence="GET /api/version: no answer"))
     asyncio.run(ctl.restart("no wait", wait=False))

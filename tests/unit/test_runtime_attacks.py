@@ -34,6 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ollamactl import controller as controller_mod
+from ollamactl import late as late_mod
 from ollamactl import runtime
 from ollamactl.budget import Budget
 from ollamactl.config import load_config
@@ -497,7 +498,7 @@ class FakeBus:
 @pytest.fixture
 def actl(rd, monkeypatch):
     logged: list[tuple[str, str]] = []
-    monkeypatch.setattr(controller_mod, "audit", lambda *a, **k: None)
+    monkeypatch.setattr(late_mod, "audit", lambda *a, **k: None)
     monkeypatch.setattr(controller_mod, "log", lambda level, message, **k: logged.append((level, message)))
     cfg = load_config({"runtime_dir": str(rd.path), "group": rd.group}, environ={}, config_file="/dev/null")
     ctl = AsyncController(config=cfg)
