@@ -140,3 +140,118 @@ def test_a_unit_that_stops_while_the_late_detector_waits_is_judged_over_the_bus(
 
     t0 = time.monotonic()
     assert asyncio.run(run()) is None and time.monotonic() - t0 < 1.5
+
+
+NEW = "fedcba9876543210fedcba9876543210"
+
+
+class Version:
+    """A real HTTP server on 127.0.0.1 answering GET /api/version, as Ollama does (for the blocking wait)."""
+
+    def __enter__(self):
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                body = b'{"version": "0.12.3"}'
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def in_thread(fn):
+    """Run ``fn`` in a thread; (thread, box) where box["out"] is its result or box["err"] its exception."""
+    import threading
+
+    box: dict = {}
+
+    def go():
+        try:
+            box["out"] = fn()
+        except Exception as exc:  # noqa: BLE001 - handed to the test
+            box["err"] = exc
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    return t, box
+
+
+def test_of_many_late_detectors_the_first_holds_the_lock_and_the_others_skip_once_it_lets_go(records, wire):  # noqa: F811
+    """The first takes the lock before importing the bus; the others wait, then skip on PID 1's new record."""
+    _, systemd, _ = wire
+    record(records, INV)  # the run that wedged
+    seen = time.time() + 0.01
+    time.sleep(0.02)
+    with Version() as api:
+        cfg = make(wire, url=api.url).config
+        first = late.run(cfg, "worker 1", seen, wait=True, timeout=5)
+        assert first.skipped is None and first.lock is not None  # the lock was free: this one restarts
+        t, box = in_thread(lambda: late.run(cfg, "worker 2", seen, wait=True, timeout=5))
+        time.sleep(0.3)
+        assert t.is_alive()  # waiting for the holder, not off to D-Bus
+        record(records, NEW)  # the holder's restart: PID 1 records the new run
+        first.release()
+        t.join(5)
+    turn = box["out"]
+    assert turn.lock is None and turn.skipped is not None and turn.skipped.action == "skipped"
+    assert turn.skipped.new_invocation_id == NEW and turn.skipped.api_version == "0.12.3"  # it waited for the API
+    assert systemd.calls == []  # neither asked PID 1
+
+
+def test_a_holder_that_did_not_restart_sends_the_waiters_to_the_bus(records, wire):  # noqa: F811
+    record(records, INV)
+    seen = time.time() + 0.01
+    time.sleep(0.02)
+    cfg = make(wire).config
+    first = late.run(cfg, "worker 1", seen, wait=False, timeout=5)
+    t, box = in_thread(lambda: late.run(cfg, "worker 2", seen, wait=False, timeout=5))
+    time.sleep(0.2)
+    first.release()  # e.g. its budget was used up: no new record
+    t.join(5)
+    assert box["out"].skipped is None and box["out"].lock is None  # the D-Bus path judges, and takes the lock itself
+
+
+def test_a_holder_that_keeps_the_lock_times_the_waiters_out_with_the_way_to_see_it(records, wire):  # noqa: F811
+    from ollamactl.errors import TimedOut
+
+    record(records, INV)
+    seen = time.time() + 0.01
+    time.sleep(0.02)
+    cfg = make(wire).config
+    first = late.run(cfg, "worker 1", seen, wait=False, timeout=5)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(TimedOut, match="lslocks"):
+            late.run(cfg, "worker 2", seen, wait=False, timeout=0.5)
+        assert 0.5 <= time.monotonic() - t0 < 1.5
+    finally:
+        first.release()
+
+
+def test_the_lock_taken_before_the_bus_is_the_one_the_restart_holds_and_lets_go(records, wire):  # noqa: F811
+    """Handed to the controller: it restarts under it at once (a second flock here would wait), then frees it."""
+    _, systemd, _ = wire
+    record(records, INV)
+    seen = time.time() + 0.01
+    time.sleep(0.02)
+    ctl = make(wire, timeout=2)
+    first = late.run(ctl.config, "worker 1", seen, wait=False, timeout=2)
+    result = asyncio.run(ctl.restart("worker 1", wait=False, observed_at=seen, lock=first.lock))
+    assert result.action == "queued" and systemd.jobs == ["TryRestartUnit"]
+    again = late.run(ctl.config, "worker 3", time.time() + 1, wait=False, timeout=0.2)  # free again at once
+    assert again.lock is not None
+    again.release()
