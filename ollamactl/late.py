@@ -174,7 +174,9 @@ def run(cfg: Config, reason: str | None, observed_at: float | None, *, wait: boo
     read PID 1's record again, which now shows that restart, and skip without importing the bus.
     """
     end = time.monotonic() + timeout
-    if observed_at is None:
+    if observed_at is None or (wait and cfg.url_from_unit):
+        # Not a late detector; or one whose wait needs the unit's URL, i.e. D-Bus anyway: then it asks PID 1
+        # at once, as the holder restarts (waiting for its turn first would only put the bus after the restart).
         return Turn(timeout=timeout)
     if unitrecord.started_since(cfg.unit, observed_at) is None:
         try:
