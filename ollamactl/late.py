@@ -178,20 +178,20 @@ def run(cfg: Config, reason: str | None, observed_at: float | None, *, wait: boo
         # Not a late detector; or one whose wait needs the unit's URL, i.e. D-Bus anyway: then it asks PID 1
         # at once, as the holder restarts (waiting for its turn first would only put the bus after the restart).
         return Turn(timeout=timeout)
-    if unitrecord.started_since(cfg.unit, observed_at) is None:
-        try:
-            lock = take_turn(Path(cfg.runtime_dir), cfg.group, timeout)
-        except OllamactlError as err:  # the holder kept the lock too long
-            not_done(err, requested(cfg, reason, observed_at))
-            raise
-        if unitrecord.started_since(cfg.unit, observed_at) is None:  # not restarted (yet, or by the holder)
-            return Turn(lock=lock, timeout=max(0.001, end - time.monotonic()))
-        if lock is not None:
-            lock.close()  # restarted just before we took it
-    result = skip_blocking(cfg, reason, observed_at, wait=wait, timeout=max(0.001, end - time.monotonic()))
+    fields = requested(cfg, reason, observed_at)
+    try:
+        if unitrecord.started_since(cfg.unit, observed_at) is None:
+            lock = take_turn(Path(cfg.runtime_dir), cfg.group, timeout)  # TimedOut: the holder kept it too long
+            if unitrecord.started_since(cfg.unit, observed_at) is None:  # not restarted (yet, or by the holder)
+                return Turn(lock=lock, timeout=max(0.001, end - time.monotonic()))
+            if lock is not None:
+                lock.close()  # restarted just before we took it
+        result = skip_blocking(cfg, reason, observed_at, wait=wait, timeout=max(0.001, end - time.monotonic()))
+    except OllamactlError as err:  # journaled as the D-Bus path journals its failures
+        not_done(err, fields)
+        raise
     if result is None:  # the record changed meanwhile, or the URL is the unit's: D-Bus
         return Turn(timeout=max(0.001, end - time.monotonic()))
-    fields = requested(cfg, reason, observed_at)
     log("INFO", "restart requested", **fields)
     log("INFO", "already restarted since the wedge was seen (PID 1's record); skipping", unit=cfg.unit)
     journal(result, fields)

@@ -255,3 +255,18 @@ def test_the_lock_taken_before_the_bus_is_the_one_the_restart_holds_and_lets_go(
     again = late.run(ctl.config, "worker 3", time.time() + 1, wait=False, timeout=0.2)  # free again at once
     assert again.lock is not None
     again.release()
+
+
+def test_a_late_detectors_failures_on_the_short_way_are_journaled_as_the_bus_paths_are(records, wire, monkeypatch):  # noqa: F811
+    """Restarted, but Ollama never answers: TimedOut, and the decision is in the journal (``history`` shows it)."""
+    from ollamactl.errors import TimedOut
+
+    recorded: list[dict] = []
+    monkeypatch.setattr(late, "audit", lambda message, **fields: recorded.append(fields))
+    record(records, NEW)
+    with Version() as api:
+        url = api.url
+    cfg = make(wire, url=url).config  # nothing listens there any more
+    with pytest.raises(TimedOut, match="did not answer"):
+        late.run(cfg, "worker", time.time() - 5, wait=True, timeout=0.3)
+    assert [(f["outcome"], f["reason"]) for f in recorded] == [("timeout", "worker")]
