@@ -182,8 +182,11 @@ for t in threads:
 """
 FLOOD_DROPIN = "/etc/systemd/system/ollama.service.d/zz-flood-test.conf"
 #: journald's limit for the unit, lowered from Debian's 10000 lines per 30 s so a short flood exceeds it
-#: (the mechanism, and what it drops, are the same at any limit).
-RATE_LIMIT = "[Service]\nLogRateLimitIntervalSec=15s\nLogRateLimitBurst=300\n"
+#: (the mechanism, and what it drops, are the same at any limit).  journald multiplies the burst by
+#: (log2(free bytes) - 16) / 4 (burst_modulate in journald-rate-limit.c: 4 to 6 times here); with 300, a
+#: busy CI machine's stand-in once answered too few 404s to pass that before the load's end (sid).  50
+#: leaves the load's own few start lines in and is passed within the flood's first second.
+RATE_LIMIT = "[Service]\nLogRateLimitIntervalSec=15s\nLogRateLimitBurst=50\n"
 
 
 def test_a_flood_that_drops_the_load_end_line_causes_no_restart(harm: hc.HarmBed):
