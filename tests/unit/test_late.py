@@ -190,12 +190,18 @@ def in_thread(fn):
     return t, box
 
 
+def wedged_run(records: Path) -> float:
+    """PID 1's record of the run that wedged, then when the wedge was seen (after it): that run is stale."""
+    record(records, INV)
+    seen = time.time() + 0.01
+    time.sleep(0.02)
+    return seen
+
+
 def test_of_many_late_detectors_the_first_holds_the_lock_and_the_others_skip_once_it_lets_go(records, wire):  # noqa: F811
     """The first takes the lock before importing the bus; the others wait, then skip on PID 1's new record."""
     _, systemd, _ = wire
-    record(records, INV)  # the run that wedged
-    seen = time.time() + 0.01
-    time.sleep(0.02)
+    seen = wedged_run(records)
     with Version() as api:
         cfg = make(wire, url=api.url).config
         first = late.run(cfg, "worker 1", seen, wait=True, timeout=5)
@@ -213,9 +219,7 @@ def test_of_many_late_detectors_the_first_holds_the_lock_and_the_others_skip_onc
 
 
 def test_a_holder_that_did_not_restart_sends_the_waiters_to_the_bus(records, wire):  # noqa: F811
-    record(records, INV)
-    seen = time.time() + 0.01
-    time.sleep(0.02)
+    seen = wedged_run(records)
     cfg = make(wire).config
     first = late.run(cfg, "worker 1", seen, wait=False, timeout=5)
     t, box = in_thread(lambda: late.run(cfg, "worker 2", seen, wait=False, timeout=5))
@@ -228,9 +232,7 @@ def test_a_holder_that_did_not_restart_sends_the_waiters_to_the_bus(records, wir
 def test_a_holder_that_keeps_the_lock_times_the_waiters_out_with_the_way_to_see_it(records, wire):  # noqa: F811
     from ollamactl.errors import TimedOut
 
-    record(records, INV)
-    seen = time.time() + 0.01
-    time.sleep(0.02)
+    seen = wedged_run(records)
     cfg = make(wire).config
     first = late.run(cfg, "worker 1", seen, wait=False, timeout=5)
     try:
@@ -245,9 +247,7 @@ def test_a_holder_that_keeps_the_lock_times_the_waiters_out_with_the_way_to_see_
 def test_the_lock_taken_before_the_bus_is_the_one_the_restart_holds_and_lets_go(records, wire):  # noqa: F811
     """Handed to the controller: it restarts under it at once (a second flock here would wait), then frees it."""
     _, systemd, _ = wire
-    record(records, INV)
-    seen = time.time() + 0.01
-    time.sleep(0.02)
+    seen = wedged_run(records)
     ctl = make(wire, timeout=2)
     first = late.run(ctl.config, "worker 1", seen, wait=False, timeout=2)
     result = asyncio.run(ctl.restart("worker 1", wait=False, observed_at=seen, lock=first.lock))
